@@ -1,0 +1,128 @@
+//! Names and labels of the Kubernetes objects the operator makes.
+//!
+//! Device ids allow characters Kubernetes names do not (`:`, `#`, `@`, upper case ...), so object
+//! names use a DNS-1123 slug of the id plus a short hash of the exact id: two ids that slug alike
+//! still get different names, and the same id always gets the same name.
+
+use sha2::{Digest, Sha256};
+
+/// Field manager and `app.kubernetes.io/managed-by` value.
+pub const MANAGER: &str = "edge-hierarchy-operator";
+/// Label naming the hierarchy an object belongs to.
+pub const HIERARCHY_LABEL: &str = "edgehierarchy.dev/hierarchy";
+/// Label naming the device an object belongs to (the slug, since labels have a charset too).
+pub const DEVICE_LABEL: &str = "edgehierarchy.dev/device";
+/// Annotation carrying the exact device id.
+pub const DEVICE_ID_ANNOTATION: &str = "edgehierarchy.dev/device-id";
+/// Finalizer that holds a hierarchy until its hub objects are handled.
+pub const FINALIZER: &str = "edgehierarchy.dev/cleanup";
+
+/// Most characters of a Kubernetes object name (DNS-1123 subdomain).
+const MAX_NAME: usize = 253;
+
+/// First 8 hex digits of SHA-256: short, and collisions within one hierarchy are negligible.
+pub fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lower-case DNS-1123 label characters of `text`, runs of anything else folded into one `-`.
+pub fn slug(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// Name of a per-device object: `<hierarchy>-<device slug>-<hash8>-<suffix>`, always a valid
+/// DNS-1123 subdomain.
+pub fn device_object_name(hierarchy: &str, device_id: &str, suffix: &str) -> String {
+    let hash = short_hash(device_id);
+    let fixed = hierarchy.len() + hash.len() + suffix.len() + 3;
+    // Aim for names of at most 63 characters (readable in kubectl output); a long hierarchy name
+    // still leaves the device 8 characters, within the 253 of a subdomain.
+    let room = 63usize.saturating_sub(fixed).max(8).min(MAX_NAME.saturating_sub(fixed));
+    let device = slug(device_id, room);
+    let device = if device.is_empty() { "device".to_string() } else { device };
+    format!("{hierarchy}-{device}-{hash}-{suffix}")
+}
+
+/// Label value for a device: a slug of at most 63 characters with the hash, so it stays unique.
+pub fn device_label_value(device_id: &str) -> String {
+    let device = slug(device_id, 54);
+    let device = if device.is_empty() { "device".to_string() } else { device };
+    format!("{device}-{}", short_hash(device_id))
+}
+
+/// Secret holding a device's edge CA (and identity) certificate.
+pub fn certificate_secret_name(hierarchy: &str, device_id: &str) -> String {
+    device_object_name(hierarchy, device_id, "certs")
+}
+
+/// Secret holding a device's config bundle.
+pub fn bundle_secret_name(hierarchy: &str, device_id: &str) -> String {
+    device_object_name(hierarchy, device_id, "bundle")
+}
+
+/// Secret holding the generated root CA.
+pub fn root_ca_secret_name(hierarchy: &str) -> String {
+    format!("{hierarchy}-root-ca")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_dns1123_subdomain(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    }
+
+    #[test]
+    fn device_ids_with_any_iothub_character_make_valid_names() {
+        for id in [
+            "top-layer",
+            "Lower.Layer:01",
+            "a#b*c?d!e(f)g,h=i@j$k'l%m+n_o",
+            "----",
+            "ÄÖÜ",
+            &"x".repeat(128),
+        ] {
+            for name in [bundle_secret_name("tutorial", id), certificate_secret_name("tutorial", id)] {
+                assert!(is_dns1123_subdomain(&name), "{id:?} -> {name:?}");
+            }
+            assert!(bundle_secret_name("tutorial", id).len() <= 63);
+            let label = device_label_value(id);
+            assert!(label.len() <= 63 && is_dns1123_subdomain(&label), "{id:?} -> {label:?}");
+        }
+    }
+
+    #[test]
+    fn ids_that_slug_alike_get_different_names() {
+        assert_ne!(bundle_secret_name("h", "Top-Layer"), bundle_secret_name("h", "top-layer"));
+        assert_ne!(bundle_secret_name("h", "a:b"), bundle_secret_name("h", "a.b"));
+        assert_eq!(bundle_secret_name("h", "a:b"), bundle_secret_name("h", "a:b"));
+    }
+
+    #[test]
+    fn names_read_like_the_device() {
+        assert!(bundle_secret_name("tutorial", "lower-layer").starts_with("tutorial-lower-layer-"));
+        assert!(bundle_secret_name("tutorial", "lower-layer").ends_with("-bundle"));
+        assert_eq!(root_ca_secret_name("tutorial"), "tutorial-root-ca");
+    }
+}
