@@ -1,0 +1,61 @@
+//! `edge-hierarchy-operator`: runs the controller, prints the CRD, and offers offline helpers.
+
+use clap::{Parser, Subcommand};
+use edge_hierarchy_operator::api::EdgeHierarchy;
+use kube::CustomResourceExt;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps hierarchies of Azure IoT Edge devices equal to EdgeHierarchy resources"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (kubeconfig from KUBECONFIG, ~/.kube/config, or in-cluster).
+    Run {
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "LOG_JSON")]
+        log_json: bool,
+    },
+    /// Print the EdgeHierarchy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+fn init_tracing(json: bool) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => print!("{}", serde_yaml::to_string(&EdgeHierarchy::crd())?),
+        Command::Run { log_json } => {
+            init_tracing(log_json);
+            // kube, reqwest and rcgen all use aws-lc-rs; installing it process-wide up front
+            // means no TLS set-up has to guess which provider to use.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let client = kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach Kubernetes ({e}); set KUBECONFIG or run inside a cluster"
+                )
+            })?;
+            edge_hierarchy_operator::reconcile::run(client).await?;
+        }
+    }
+    Ok(())
+}

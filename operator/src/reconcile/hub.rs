@@ -1,0 +1,335 @@
+//! The hub side of a reconcile: `observe` reads this hierarchy's devices with as few queries as
+//! the quota allows, `apply` carries out a plan's actions. Thin I/O; the decisions are in `plan`.
+
+use std::collections::BTreeMap;
+
+use tracing::{debug, info};
+
+use super::model::{HierarchyIdentity, HubDevice, OWNER_TAG};
+use super::plan::{Action, IdentityFix, NewAuth, NewDevice};
+use crate::iothub::{
+    AuthenticationMechanism, AuthenticationType, BulkDeviceOutcome, DeviceCapabilities,
+    DeviceStatus, ExportImportDevice, HubClient, HubError, ImportMode, Twin, X509Thumbprint,
+};
+
+/// Ids per `deviceId IN [...]` query: keeps each query well below the hub's query length limit.
+const IDS_PER_QUERY: usize = 100;
+
+/// Quotes a string literal for the IoT Hub query language.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "\\'"))
+}
+
+/// Reads the hub devices that are ours (one paged query on the ownership tag) and those with a
+/// spec'd id that the first query did not return (only then, in chunks): these are new, taken
+/// by someone else, or lost their tags.
+pub async fn observe(
+    client: &HubClient,
+    identity: &HierarchyIdentity,
+    spec_ids: impl IntoIterator<Item = &str>,
+) -> Result<BTreeMap<String, HubDevice>, HubError> {
+    let owned = client
+        .query(&format!(
+            "SELECT * FROM devices WHERE tags.{OWNER_TAG}.uid = {}",
+            literal(&identity.uid)
+        ))
+        .await?;
+    let mut devices: BTreeMap<String, HubDevice> = owned
+        .iter()
+        .filter_map(HubDevice::from_twin)
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    let unseen: Vec<&str> = spec_ids
+        .into_iter()
+        .filter(|id| !devices.contains_key(*id))
+        .collect();
+    for chunk in unseen.chunks(IDS_PER_QUERY) {
+        let ids: Vec<String> = chunk.iter().map(|id| literal(id)).collect();
+        let found = client
+            .query(&format!(
+                "SELECT * FROM devices WHERE deviceId IN [{}]",
+                ids.join(", ")
+            ))
+            .await?;
+        devices.extend(
+            found
+                .iter()
+                .filter_map(HubDevice::from_twin)
+                .map(|d| (d.id.clone(), d)),
+        );
+    }
+    debug!(
+        owned = owned.len(),
+        total = devices.len(),
+        "observed hub devices"
+    );
+    Ok(devices)
+}
+
+/// What applying a plan did, for status and Events.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub created: Vec<String>,
+    pub fixed: Vec<String>,
+    pub tagged: Vec<String>,
+    pub deleted: Vec<String>,
+    /// Per-device failures that did not stop the rest (a bulk entry rejected, a 412 on a stale
+    /// etag): the next round or resync retries them.
+    pub failures: BTreeMap<String, String>,
+}
+
+impl Applied {
+    pub fn writes(&self) -> usize {
+        self.created.len() + self.fixed.len() + self.tagged.len() + self.deleted.len()
+    }
+}
+
+/// Carries out the actions in order. A failure of the whole hub (auth, network, throttling past
+/// retries) stops and is returned; a failure of one device is recorded and the rest goes on.
+pub async fn apply(client: &HubClient, actions: &[Action]) -> Result<Applied, HubError> {
+    let mut applied = Applied::default();
+    for action in actions {
+        match action {
+            Action::Create(devices) => create(client, devices, &mut applied).await?,
+            Action::FixIdentity { id, etag, fix } => {
+                match fix_identity(client, id, etag.as_deref(), fix).await {
+                    Ok(()) => applied.fixed.push(id.clone()),
+                    Err(e) if is_device_level(&e) => {
+                        applied.failures.insert(id.clone(), e.to_string());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Action::WriteOwnerTags {
+                id,
+                twin_etag,
+                patch,
+            } => {
+                let mut tags = serde_json::Map::new();
+                tags.insert(OWNER_TAG.to_string(), patch.clone());
+                let twin = Twin {
+                    tags: Some(tags),
+                    ..Twin::default()
+                };
+                match client.update_twin(id, &twin, twin_etag.as_deref()).await {
+                    Ok(_) => applied.tagged.push(id.clone()),
+                    Err(e) if is_device_level(&e) => {
+                        applied.failures.insert(id.clone(), e.to_string());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Action::Delete(devices) => delete(client, devices, &mut applied).await?,
+        }
+    }
+    if applied.writes() > 0 {
+        info!(
+            created = applied.created.len(),
+            fixed = applied.fixed.len(),
+            tagged = applied.tagged.len(),
+            deleted = applied.deleted.len(),
+            failed = applied.failures.len(),
+            "applied hub changes"
+        );
+    }
+    Ok(applied)
+}
+
+/// Errors that concern one device and should not stop the others.
+fn is_device_level(error: &HubError) -> bool {
+    error.is_not_found()
+        || error.is_conflict()
+        || error.is_precondition_failed()
+        || error.status() == Some(400)
+}
+
+fn authentication(auth: &NewAuth) -> AuthenticationMechanism {
+    match auth {
+        NewAuth::Sas => AuthenticationMechanism::sas_generated(),
+        NewAuth::SelfSigned { primary, secondary } => AuthenticationMechanism {
+            symmetric_key: None,
+            x509_thumbprint: Some(X509Thumbprint {
+                primary_thumbprint: Some(primary.clone()),
+                secondary_thumbprint: secondary.clone(),
+            }),
+            auth_type: Some(AuthenticationType::SelfSigned),
+        },
+    }
+}
+
+fn import_entry(device: &NewDevice) -> ExportImportDevice {
+    let mut tags = serde_json::Map::new();
+    tags.insert(OWNER_TAG.to_string(), device.owner_tags.clone());
+    let (device_scope, parent_scopes) = match (&device.parent_scope, device.iot_edge) {
+        (None, _) => (None, None),
+        (Some(scope), true) => (None, Some(vec![scope.clone()])),
+        (Some(scope), false) => (Some(scope.clone()), None),
+    };
+    ExportImportDevice {
+        id: Some(device.id.clone()),
+        import_mode: Some(ImportMode::Create),
+        status: Some(DeviceStatus::Enabled),
+        authentication: Some(authentication(&device.auth)),
+        tags: Some(tags),
+        capabilities: Some(DeviceCapabilities {
+            iot_edge: Some(device.iot_edge),
+        }),
+        device_scope,
+        parent_scopes,
+        ..ExportImportDevice::default()
+    }
+}
+
+async fn create(
+    client: &HubClient,
+    devices: &[NewDevice],
+    applied: &mut Applied,
+) -> Result<(), HubError> {
+    let entries: Vec<ExportImportDevice> = devices.iter().map(import_entry).collect();
+    let outcome = client.bulk_devices(&entries).await?;
+    for result in &outcome.results {
+        match &result.outcome {
+            BulkDeviceOutcome::Succeeded { .. } => applied.created.push(result.device_id.clone()),
+            BulkDeviceOutcome::Failed(error) => {
+                applied
+                    .failures
+                    .insert(result.device_id.clone(), describe_bulk_error(error));
+            }
+            BulkDeviceOutcome::RequestFailed(_) | BulkDeviceOutcome::NotSent => {}
+        }
+    }
+    match outcome.request_error() {
+        Some(error) => Err(error.clone()),
+        None => Ok(()),
+    }
+}
+
+fn describe_bulk_error(error: &crate::iothub::DeviceRegistryOperationError) -> String {
+    format!(
+        "{}: {}",
+        error.error_code.as_deref().unwrap_or("UnknownError"),
+        error
+            .error_status
+            .as_deref()
+            .unwrap_or("the hub rejected the device")
+    )
+}
+
+async fn delete(
+    client: &HubClient,
+    devices: &[(String, Option<String>)],
+    applied: &mut Applied,
+) -> Result<(), HubError> {
+    // One by one, in the planned order (children first); a device already gone is fine.
+    for (id, etag) in devices {
+        match client.delete_device(id, etag.as_deref()).await {
+            Ok(()) => applied.deleted.push(id.clone()),
+            Err(e) if e.is_not_found() => applied.deleted.push(id.clone()),
+            Err(e) if is_device_level(&e) => {
+                applied.failures.insert(id.clone(), e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read-modify-write of one identity: the full device read back keeps its keys, so only the
+/// fields in `fix` change. The etag from the observation guards against a concurrent edit.
+async fn fix_identity(
+    client: &HubClient,
+    id: &str,
+    etag: Option<&str>,
+    fix: &IdentityFix,
+) -> Result<(), HubError> {
+    let mut device = client.get_device(id).await?;
+    if let Some(edge) = fix.iot_edge {
+        device.capabilities = Some(DeviceCapabilities {
+            iot_edge: Some(edge),
+        });
+    }
+    if fix.enable {
+        device.status = Some(DeviceStatus::Enabled);
+        device.status_reason = None;
+    }
+    if let Some(scopes) = &fix.parent_scopes {
+        device.parent_scopes = Some(scopes.clone());
+    }
+    if let Some(scope) = &fix.device_scope {
+        device.device_scope = Some(scope.clone());
+    }
+    if let Some(auth) = &fix.auth {
+        device.authentication = Some(authentication(auth));
+    }
+    // The etag seen when planning: if someone edited the device since, the hub answers 412 and
+    // the next round plans again from what is there now.
+    let if_match = etag
+        .map(str::to_string)
+        .or_else(|| device.etag.clone())
+        .unwrap_or_else(|| "*".to_string());
+    // Server-maintained fields are not ours to send back.
+    device.connection_state = None;
+    device.connection_state_updated_time = None;
+    device.status_updated_time = None;
+    device.last_activity_time = None;
+    device.cloud_to_device_message_count = None;
+    client
+        .create_or_update_device(&device, Some(&if_match))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn query_literals_escape_quotes() {
+        assert_eq!(literal("a'b"), "'a\\'b'");
+        assert_eq!(literal("plain"), "'plain'");
+    }
+
+    #[test]
+    fn import_entries_carry_links_and_tags_in_the_create() {
+        let edge = NewDevice {
+            id: "lower".into(),
+            iot_edge: true,
+            parent_scope: Some("ms-azure-iot-edge://top-1".into()),
+            auth: NewAuth::Sas,
+            owner_tags: json!({"uid": "u"}),
+        };
+        let entry = serde_json::to_value(import_entry(&edge)).unwrap();
+        assert_eq!(entry["importMode"], "create");
+        assert_eq!(entry["parentScopes"], json!(["ms-azure-iot-edge://top-1"]));
+        assert!(entry.get("deviceScope").is_none());
+        assert_eq!(entry["capabilities"]["iotEdge"], true);
+        assert_eq!(entry["tags"]["edgeHierarchy"]["uid"], "u");
+        assert_eq!(entry["authentication"]["type"], "sas");
+
+        let leaf = NewDevice {
+            iot_edge: false,
+            id: "sensor".into(),
+            ..edge
+        };
+        let entry = serde_json::to_value(import_entry(&leaf)).unwrap();
+        assert_eq!(entry["deviceScope"], "ms-azure-iot-edge://top-1");
+        assert!(entry.get("parentScopes").is_none());
+
+        let x509 = NewDevice {
+            auth: NewAuth::SelfSigned {
+                primary: "AB".into(),
+                secondary: None,
+            },
+            parent_scope: None,
+            ..leaf
+        };
+        let entry = serde_json::to_value(import_entry(&x509)).unwrap();
+        assert_eq!(entry["authentication"]["type"], "selfSigned");
+        assert_eq!(
+            entry["authentication"]["x509Thumbprint"]["primaryThumbprint"],
+            "AB"
+        );
+        assert!(entry.get("deviceScope").is_none() && entry.get("parentScopes").is_none());
+    }
+}

@@ -1,0 +1,552 @@
+//! The controller: for each `EdgeHierarchy`, observe the hub, validate the spec, plan, apply, and
+//! write the status (DESIGN.md section 4). Decisions live in the pure `plan` and `status`
+//! modules; this file wires them to the apiserver and the hub.
+
+pub mod conditions;
+pub mod credentials;
+pub mod hub;
+pub mod model;
+pub mod plan;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::{
+    DeletionPolicy, EdgeHierarchy, EdgeHierarchyStatus, ReconcilePolicy, duration::parse_duration,
+    validate,
+};
+use crate::iothub::{HubCallCounters, HubError};
+use crate::names::{FINALIZER, MANAGER};
+use credentials::{CredentialError, HubClients};
+use model::{HierarchyIdentity, desired_devices};
+use plan::{PlanInput, plan};
+use status::{SyncOutcome, blocked_status, initial_status, reason, synced_status};
+
+/// Most observe-plan-apply rounds in one reconcile. A tree is at most five Edge layers plus a
+/// Leaf layer deep, so six creation rounds and one confirming round converge any valid spec.
+const MAX_ROUNDS: usize = 8;
+
+/// Errors that end a reconcile early; each is reported in the status and as an Event.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("IoT Hub error: {0}")]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("could not delete every device from the hub: {0}; retrying")]
+    CleanupIncomplete(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub hubs: HubClients,
+}
+
+impl Context {
+    pub fn new(client: Client, counters: Arc<HubCallCounters>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            hubs: HubClients::new(client.clone(), counters),
+            client,
+        }
+    }
+
+    async fn event(
+        &self,
+        hierarchy: &EdgeHierarchy,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(conditions::truncate(&note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &hierarchy.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C.
+pub async fn run(client: Client) -> anyhow::Result<()> {
+    let hierarchies = Api::<EdgeHierarchy>::all(client.clone());
+    if let Err(e) = hierarchies.list(&ListParams::default().limit(1)).await {
+        anyhow::bail!(
+            "cannot list EdgeHierarchy resources ({e}); install the CRD with `edge-hierarchy-operator crd | kubectl apply -f -` and check the operator's RBAC"
+        );
+    }
+    let counters = Arc::new(HubCallCounters::new());
+    let context = Arc::new(Context::new(client.clone(), counters));
+    let controller = Controller::new(hierarchies, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // Hub credentials live in Secrets the user owns: a change to one re-reconciles every
+    // hierarchy that refers to it, so fixing a bad key takes effect at once. Only metadata is
+    // watched; the data is read when needed.
+    let secrets = Api::<PartialObjectMeta<Secret>>::all(client.clone());
+    controller
+        .watches(secrets, watcher::Config::default(), move |secret| {
+            let namespace = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|h| h.namespace() == namespace && credentials::refers_to_secret(h, &name))
+                .map(|h| ObjectRef::from_obj(h.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .with_config(ControllerConfig::default().concurrency(4))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(hierarchy = %object, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+    Ok(())
+}
+
+async fn reconcile(hierarchy: Arc<EdgeHierarchy>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let namespace = hierarchy.namespace().unwrap_or_default();
+    let api: Api<EdgeHierarchy> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, hierarchy, |event| async {
+        match event {
+            FinalizerEvent::Apply(h) => sync(&h, &ctx).await,
+            FinalizerEvent::Cleanup(h) => cleanup(&h, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(hierarchy: Arc<EdgeHierarchy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    warn!(hierarchy = %hierarchy.name_any(), error = %error, "reconcile error; retrying");
+    Requeue::requeue(Duration::from_secs(15))
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+async fn patch_status(
+    ctx: &Context,
+    hierarchy: &EdgeHierarchy,
+    status: &EdgeHierarchyStatus,
+) -> Result<(), Error> {
+    let api: Api<EdgeHierarchy> = Api::namespaced(
+        ctx.client.clone(),
+        &hierarchy.namespace().unwrap_or_default(),
+    );
+    let patch = json!({
+        "apiVersion": EdgeHierarchy::api_version(&()),
+        "kind": EdgeHierarchy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &hierarchy.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn resync_interval(hierarchy: &EdgeHierarchy) -> Duration {
+    parse_duration(&hierarchy.spec.policy.resync_interval)
+        .unwrap_or(Duration::from_secs(300))
+        .max(Duration::from_secs(10))
+}
+
+/// Brings the hub to the spec (or, under Observe, reports how it differs).
+async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error> {
+    let generation = hierarchy.metadata.generation;
+    let previous = hierarchy.status.clone().unwrap_or_default();
+    let first = !previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == crate::api::condition_type::READY);
+    let previous = if first {
+        let status = initial_status(&previous, generation, &now());
+        patch_status(ctx, hierarchy, &status).await?;
+        status
+    } else {
+        previous
+    };
+
+    // Validate before anything touches the hub.
+    let topology = match validate(&hierarchy.spec) {
+        Ok(t) => t,
+        Err(violations) => {
+            let message = violations.to_string();
+            let status = blocked_status(
+                &previous,
+                reason::INVALID_SPEC,
+                &message,
+                true,
+                generation,
+                &now(),
+            );
+            if status != previous {
+                ctx.event(
+                    hierarchy,
+                    EventType::Warning,
+                    reason::INVALID_SPEC,
+                    "Validate",
+                    message,
+                )
+                .await;
+                patch_status(ctx, hierarchy, &status).await?;
+            }
+            return Ok(Requeue::await_change());
+        }
+    };
+
+    let client = match ctx.hubs.client_for(hierarchy).await {
+        Ok(c) => c,
+        Err(e) => return credentials_blocked(hierarchy, ctx, &previous, e).await,
+    };
+
+    let identity = HierarchyIdentity::of(hierarchy);
+    let desired = desired_devices(&identity, &hierarchy.spec, &topology, &BTreeMap::new());
+    let previously_registered: BTreeSet<String> = previous
+        .devices
+        .iter()
+        .filter(|d| d.device_scope.is_some())
+        .map(|d| d.id.clone())
+        .collect();
+    let policy = &hierarchy.spec.policy;
+    let mut drift: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut failures = BTreeMap::new();
+    let mut totals = hub::Applied::default();
+    let mut last = plan::Plan::default();
+    for _ in 0..MAX_ROUNDS {
+        let observed =
+            match hub::observe(&client, &identity, desired.iter().map(|d| d.id.as_str())).await {
+                Ok(o) => o,
+                Err(e) => return hub_blocked(hierarchy, ctx, &previous, e).await,
+            };
+        last = plan(&PlanInput {
+            identity: &identity,
+            policy,
+            desired: &desired,
+            observed: &observed,
+            previously_registered: &previously_registered,
+        });
+        for (id, report) in &last.devices {
+            let seen = drift.entry(id.clone()).or_default();
+            for d in &report.drift {
+                if !seen.contains(d) {
+                    seen.push(d.clone());
+                }
+            }
+        }
+        if last.is_converged() {
+            break;
+        }
+        let applied = match hub::apply(&client, &last.actions).await {
+            Ok(a) => a,
+            Err(e) => return hub_blocked(hierarchy, ctx, &previous, e).await,
+        };
+        failures = applied.failures.clone();
+        let stuck = applied.writes() == 0;
+        merge_applied(&mut totals, applied);
+        if stuck {
+            // Every write of this round failed per device: retrying now would fail the same way.
+            break;
+        }
+    }
+    drift.retain(|_, d| !d.is_empty());
+    publish_sync_events(hierarchy, ctx, &totals, &last, &drift, policy.reconcile).await;
+
+    let order: Vec<String> = desired.iter().map(|d| d.id.clone()).collect();
+    let outcome = SyncOutcome {
+        policy: policy.reconcile,
+        last: &last,
+        drift: &drift,
+        failures: &failures,
+        order: &order,
+    };
+    let status = synced_status(&previous, &outcome, generation, &now());
+    patch_status(ctx, hierarchy, &status).await?;
+    if !last.is_converged() || !failures.is_empty() {
+        return Ok(Requeue::requeue(Duration::from_secs(10)));
+    }
+    Ok(Requeue::requeue(resync_interval(hierarchy)))
+}
+
+fn merge_applied(totals: &mut hub::Applied, applied: hub::Applied) {
+    totals.created.extend(applied.created);
+    totals.fixed.extend(applied.fixed);
+    totals.tagged.extend(applied.tagged);
+    totals.deleted.extend(applied.deleted);
+    totals.failures.extend(applied.failures);
+}
+
+async fn publish_sync_events(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    applied: &hub::Applied,
+    last: &plan::Plan,
+    drift: &BTreeMap<String, Vec<String>>,
+    policy: ReconcilePolicy,
+) {
+    if !applied.created.is_empty() {
+        let note = format!(
+            "created {} devices in the hub: {}",
+            applied.created.len(),
+            list(&applied.created)
+        );
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "Created",
+            "CreateDevices",
+            note,
+        )
+        .await;
+    }
+    for (id, items) in drift {
+        let (type_, reason) = match policy {
+            ReconcilePolicy::Manage => (EventType::Normal, "DriftCorrected"),
+            ReconcilePolicy::Observe => (EventType::Warning, "DriftDetected"),
+        };
+        ctx.event(
+            hierarchy,
+            type_,
+            reason,
+            "Sync",
+            format!("device {id:?}: {}", items.join("; ")),
+        )
+        .await;
+    }
+    let linked: Vec<String> = applied
+        .fixed
+        .iter()
+        .chain(&applied.tagged)
+        .cloned()
+        .collect();
+    if !linked.is_empty() {
+        let note = format!(
+            "updated {} devices in the hub: {}",
+            linked.len(),
+            list(&linked)
+        );
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "Updated",
+            "UpdateDevices",
+            note,
+        )
+        .await;
+    }
+    if !applied.deleted.is_empty() {
+        let note = format!(
+            "deleted {} devices from the hub: {}",
+            applied.deleted.len(),
+            list(&applied.deleted)
+        );
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "Deleted",
+            "DeleteDevices",
+            note,
+        )
+        .await;
+    }
+    for conflict in &last.conflicts {
+        ctx.event(
+            hierarchy,
+            EventType::Warning,
+            reason::OWNERSHIP_CONFLICT,
+            "Sync",
+            conflict.clone(),
+        )
+        .await;
+    }
+    for (id, failure) in &applied.failures {
+        ctx.event(
+            hierarchy,
+            EventType::Warning,
+            "DeviceWriteFailed",
+            "Sync",
+            format!("device {id:?}: {failure}"),
+        )
+        .await;
+    }
+}
+
+fn list(ids: &[String]) -> String {
+    if ids.len() <= 10 {
+        ids.join(", ")
+    } else {
+        format!("{} and {} more", ids[..10].join(", "), ids.len() - 10)
+    }
+}
+
+async fn credentials_blocked(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    previous: &EdgeHierarchyStatus,
+    error: CredentialError,
+) -> Result<Requeue, Error> {
+    let message = error.to_string();
+    let status = blocked_status(
+        previous,
+        reason::BAD_CREDENTIALS,
+        &message,
+        true,
+        hierarchy.metadata.generation,
+        &now(),
+    );
+    if status != *previous {
+        ctx.event(
+            hierarchy,
+            EventType::Warning,
+            reason::BAD_CREDENTIALS,
+            "ReadCredentials",
+            message,
+        )
+        .await;
+        patch_status(ctx, hierarchy, &status).await?;
+    }
+    // A fix to the Secret triggers a reconcile through the Secret watch; this is a fallback.
+    Ok(Requeue::requeue(Duration::from_secs(300)))
+}
+
+async fn hub_blocked(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    previous: &EdgeHierarchyStatus,
+    error: HubError,
+) -> Result<Requeue, Error> {
+    if error.is_unauthorized() {
+        let secret = &hierarchy.spec.iot_hub.connection_string_secret_ref;
+        return credentials_blocked(
+            hierarchy,
+            ctx,
+            previous,
+            CredentialError::Rejected {
+                secret: secret.name.clone(),
+                key: secret.key.clone(),
+                detail: error.to_string(),
+            },
+        )
+        .await;
+    }
+    let message = format!("the hub could not be reached or failed: {error}");
+    let status = blocked_status(
+        previous,
+        reason::HUB_UNREACHABLE,
+        &message,
+        false,
+        hierarchy.metadata.generation,
+        &now(),
+    );
+    ctx.event(
+        hierarchy,
+        EventType::Warning,
+        reason::HUB_UNREACHABLE,
+        "Sync",
+        message,
+    )
+    .await;
+    patch_status(ctx, hierarchy, &status).await?;
+    Ok(Requeue::requeue(Duration::from_secs(30)))
+}
+
+/// The hierarchy is being deleted: under Delete (and Manage) its devices leave the hub, children
+/// first; under Detach or Observe nothing in the hub is touched.
+async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error> {
+    let policy = &hierarchy.spec.policy;
+    if policy.deletion == DeletionPolicy::Detach || policy.reconcile == ReconcilePolicy::Observe {
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "Detached",
+            "Delete",
+            "hierarchy deleted; its hub devices are left in place".into(),
+        )
+        .await;
+        return Ok(Requeue::await_change());
+    }
+    let client = ctx.hubs.client_for(hierarchy).await.map_err(|e| {
+        // Without credentials the devices cannot be deleted; say how to let go.
+        Error::Credentials(CredentialError::Cleanup {
+            detail: e.to_string(),
+        })
+    })?;
+    let identity = HierarchyIdentity::of(hierarchy);
+    let none = BTreeSet::new();
+    let mut deleted = Vec::new();
+    for _ in 0..MAX_ROUNDS {
+        let observed = hub::observe(&client, &identity, std::iter::empty()).await?;
+        let round = plan(&PlanInput {
+            identity: &identity,
+            policy,
+            desired: &[],
+            observed: &observed,
+            previously_registered: &none,
+        });
+        if round.is_converged() {
+            break;
+        }
+        let applied = hub::apply(&client, &round.actions).await?;
+        if !applied.failures.is_empty() {
+            let failures: Vec<String> = applied
+                .failures
+                .iter()
+                .map(|(id, f)| format!("{id}: {f}"))
+                .collect();
+            return Err(Error::CleanupIncomplete(failures.join("; ")));
+        }
+        deleted.extend(applied.deleted);
+    }
+    if !deleted.is_empty() {
+        let note = format!(
+            "deleted {} devices from the hub: {}",
+            deleted.len(),
+            list(&deleted)
+        );
+        ctx.event(hierarchy, EventType::Normal, "Deleted", "Delete", note)
+            .await;
+    }
+    Ok(Requeue::await_change())
+}

@@ -1,0 +1,484 @@
+//! `plan`: desired devices against hub devices, to ordered actions and a per-device report.
+//! Pure: every rule of DESIGN.md section 4 about identities lives here and is tested with
+//! fixtures in `plan/tests.rs`.
+//!
+//! Planning runs in rounds: a child needs its parent's `deviceScope`, which the hub assigns on
+//! creation, so each round creates the devices whose parents already exist; the reconciler
+//! re-observes and plans again until a round has nothing to do.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use super::model::{
+    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, Ownership, ownership,
+};
+use crate::api::{DeletionPolicy, DeviceState, PolicySpec, ReconcilePolicy};
+
+/// Everything `plan` looks at.
+pub struct PlanInput<'a> {
+    pub identity: &'a HierarchyIdentity,
+    pub policy: &'a PolicySpec,
+    /// Devices of the spec, parents first. Empty when the hierarchy is being deleted.
+    pub desired: &'a [DesiredDevice],
+    /// Hub devices that are ours by tag, or carry a spec'd id.
+    pub observed: &'a BTreeMap<String, HubDevice>,
+    /// Devices this hierarchy registered before (from its status): one that comes back without
+    /// tags was re-created out of band and is taken back rather than reported as a conflict.
+    pub previously_registered: &'a BTreeSet<String>,
+}
+
+/// A device to create in one bulk call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDevice {
+    pub id: String,
+    pub iot_edge: bool,
+    /// The parent's scope: an Edge child lists it in `parentScopes`, a Leaf takes it as `deviceScope`.
+    pub parent_scope: Option<String>,
+    pub auth: NewAuth,
+    pub owner_tags: Value,
+}
+
+/// Authentication of a new device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewAuth {
+    /// The hub generates the keys.
+    Sas,
+    SelfSigned {
+        primary: String,
+        secondary: Option<String>,
+    },
+}
+
+/// Corrections to an existing identity; `None` fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IdentityFix {
+    pub iot_edge: Option<bool>,
+    pub enable: bool,
+    /// New `parentScopes` of an Edge device.
+    pub parent_scopes: Option<Vec<String>>,
+    /// New `deviceScope` of a Leaf device.
+    pub device_scope: Option<String>,
+    pub auth: Option<NewAuth>,
+}
+
+/// One step of a plan. A plan's actions run in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create devices (bulk, at most 100 a call) with parent links and tags in the create.
+    Create(Vec<NewDevice>),
+    /// Correct a device identity (read-modify-write with the device etag).
+    FixIdentity {
+        id: String,
+        etag: Option<String>,
+        fix: IdentityFix,
+    },
+    /// Set `tags.edgeHierarchy` (twin patch with the twin etag).
+    WriteOwnerTags {
+        id: String,
+        twin_etag: Option<String>,
+        patch: Value,
+    },
+    /// Delete devices, children before parents.
+    Delete(Vec<(String, Option<String>)>),
+}
+
+impl Action {
+    /// Ids of the devices the action writes to.
+    pub fn device_ids(&self) -> Vec<&str> {
+        match self {
+            Action::Create(devices) => devices.iter().map(|d| d.id.as_str()).collect(),
+            Action::FixIdentity { id, .. } | Action::WriteOwnerTags { id, .. } => vec![id.as_str()],
+            Action::Delete(devices) => devices.iter().map(|(id, _)| id.as_str()).collect(),
+        }
+    }
+}
+
+/// What the plan found about one device.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeviceReport {
+    pub state: DeviceState,
+    pub layer: Option<u32>,
+    pub parent: Option<String>,
+    pub device_scope: Option<String>,
+    /// Differences between hub and spec, each saying what was (or, under Observe, was not) done.
+    pub drift: Vec<String>,
+    pub message: Option<String>,
+    /// The device exists in the hub and is ours.
+    pub registered: bool,
+    /// The device's parent link in the hub is right (a top device has none to be right).
+    pub parented: bool,
+}
+
+/// The outcome of one planning round.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub devices: BTreeMap<String, DeviceReport>,
+    /// Messages about ids another owner holds; each needs a person to act.
+    pub conflicts: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_converged(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// The `parentScopes` / `deviceScope` a device should have, if its parent's scope is known.
+enum ParentScope {
+    /// A top-layer device: no parent link.
+    None,
+    /// The parent exists in the hub with this scope.
+    Known(String),
+    /// The parent is not (yet) in the hub, or is not ours.
+    Unknown(String),
+}
+
+/// Plans one round. See the module docs.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let manage = input.policy.reconcile == ReconcilePolicy::Manage;
+    let mut out = Plan::default();
+    let mut creates = Vec::new();
+    let mut fixes = Vec::new();
+    let mut tag_writes = Vec::new();
+    // Devices treated as ours this round (owned, adopted or taken back): only their scopes can
+    // parent a child.
+    let mut ours: BTreeSet<&str> = BTreeSet::new();
+
+    for want in input.desired {
+        let mut report = DeviceReport {
+            layer: Some(want.layer),
+            parent: want.parent.clone(),
+            ..DeviceReport::default()
+        };
+        let parent_scope = match &want.parent {
+            None => ParentScope::None,
+            Some(p) => match input.observed.get(p) {
+                Some(parent) if ours.contains(p.as_str()) && parent.device_scope.is_some() => {
+                    ParentScope::Known(parent.device_scope.clone().unwrap_or_default())
+                }
+                _ => ParentScope::Unknown(p.clone()),
+            },
+        };
+
+        let Some(have) = input.observed.get(&want.id) else {
+            plan_missing(
+                input,
+                want,
+                &parent_scope,
+                manage,
+                &mut report,
+                &mut creates,
+            );
+            out.devices.insert(want.id.clone(), report);
+            continue;
+        };
+
+        // Ownership first: nothing is compared, let alone written, on a device that is not ours.
+        let taken_back = input.previously_registered.contains(&want.id);
+        match ownership(have, input.identity) {
+            Ownership::Ours => {}
+            Ownership::Other { namespace, name } => {
+                let message = format!(
+                    "device {:?} already exists in the hub and belongs to hierarchy {namespace}/{name}; \
+                     remove it from one of the two hierarchies",
+                    want.id
+                );
+                report.state = DeviceState::Conflict;
+                report.message = Some(message.clone());
+                out.conflicts.push(message);
+                out.devices.insert(want.id.clone(), report);
+                continue;
+            }
+            Ownership::Unowned if input.policy.adopt_existing || taken_back => {
+                let why = if taken_back {
+                    "re-created outside the operator without ownership tags; taken back"
+                } else {
+                    "existed in the hub without an owner; adopted (policy.adoptExisting)"
+                };
+                report.drift.push(if manage {
+                    why.to_string()
+                } else {
+                    format!("{why} once reconcile is Manage (Observe: not written)")
+                });
+            }
+            Ownership::Unowned => {
+                let message = format!(
+                    "device {:?} already exists in the hub and no hierarchy owns it; set \
+                     spec.policy.adoptExisting: true to take it over, or rename the device in the spec",
+                    want.id
+                );
+                report.state = DeviceState::Conflict;
+                report.message = Some(message.clone());
+                out.conflicts.push(message);
+                out.devices.insert(want.id.clone(), report);
+                continue;
+            }
+        }
+        ours.insert(want.id.as_str());
+        report.registered = true;
+        report.device_scope = have.device_scope.clone();
+
+        let mut fix = IdentityFix::default();
+        let mut drift = Vec::new();
+        if have.iot_edge != want.is_edge() {
+            drift.push(format!(
+                "edge capability is {} in the hub, the spec says {}",
+                on_off(have.iot_edge),
+                on_off(want.is_edge())
+            ));
+            fix.iot_edge = Some(want.is_edge());
+        }
+        if !have.enabled {
+            drift.push("device is disabled in the hub".to_string());
+            fix.enable = true;
+        }
+        match (&want.auth, have.auth) {
+            (DesiredAuth::SymmetricKey, HubAuthKind::Sas) => {}
+            (DesiredAuth::SymmetricKey, other) => {
+                drift.push(format!(
+                    "authentication is {other:?} in the hub, the spec says SymmetricKey"
+                ));
+                fix.auth = Some(NewAuth::Sas);
+            }
+            (DesiredAuth::X509 { thumbprints }, kind) => {
+                if let Some((primary, secondary)) = thumbprints {
+                    let registered = (&have.thumbprints.0, &have.thumbprints.1);
+                    let wanted = (Some(primary), secondary.as_ref());
+                    if kind != HubAuthKind::SelfSigned
+                        || (registered.0.as_ref(), registered.1.as_ref()) != wanted
+                    {
+                        drift.push("X.509 thumbprints in the hub differ from the issued identity certificates".into());
+                        fix.auth = Some(NewAuth::SelfSigned {
+                            primary: primary.clone(),
+                            secondary: secondary.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        match &parent_scope {
+            ParentScope::None => {
+                report.parented = true;
+                if want.is_edge() && !have.parent_scopes.is_empty() {
+                    drift.push(format!(
+                        "has parent link {:?} in the hub but is a top-layer device in the spec",
+                        have.parent_scopes
+                    ));
+                    fix.parent_scopes = Some(Vec::new());
+                }
+            }
+            ParentScope::Known(scope) => {
+                let linked = if want.is_edge() {
+                    have.parent_scopes == [scope.clone()]
+                } else {
+                    have.device_scope.as_deref() == Some(scope)
+                };
+                if linked {
+                    report.parented = true;
+                } else {
+                    let now = if want.is_edge() {
+                        format!("{:?}", have.parent_scopes)
+                    } else {
+                        format!("{:?}", have.device_scope)
+                    };
+                    drift.push(format!(
+                        "parent link is {now} in the hub, the spec's parent {:?} has scope {scope:?}",
+                        want.parent.as_deref().unwrap_or_default()
+                    ));
+                    if want.is_edge() {
+                        fix.parent_scopes = Some(vec![scope.clone()]);
+                    } else {
+                        fix.device_scope = Some(scope.clone());
+                    }
+                }
+            }
+            ParentScope::Unknown(parent) => {
+                report.message = Some(format!("waiting for parent {parent:?} to be registered"));
+            }
+        }
+        let owner_drift = have.owner_tags.as_ref() != Some(&want.owner_tags);
+        if owner_drift
+            && have.owner_tags.is_some()
+            && ownership(have, input.identity) == Ownership::Ours
+        {
+            drift.push("ownership tags differ from the spec".to_string());
+        }
+
+        let corrected = if manage {
+            "; corrected"
+        } else {
+            "; not corrected (reconcile: Observe)"
+        };
+        report
+            .drift
+            .extend(drift.iter().map(|d| format!("{d}{corrected}")));
+        if manage {
+            if fix != IdentityFix::default() {
+                fixes.push(Action::FixIdentity {
+                    id: want.id.clone(),
+                    etag: have.device_etag.clone(),
+                    fix,
+                });
+            }
+            if owner_drift {
+                tag_writes.push(Action::WriteOwnerTags {
+                    id: want.id.clone(),
+                    twin_etag: have.twin_etag.clone(),
+                    patch: merge_patch(have.owner_tags.as_ref(), &want.owner_tags),
+                });
+            }
+        }
+        report.state = if !report.drift.is_empty() {
+            if manage {
+                DeviceState::Pending
+            } else {
+                DeviceState::Drifted
+            }
+        } else if matches!(parent_scope, ParentScope::Unknown(_)) {
+            DeviceState::Pending
+        } else {
+            DeviceState::Ready
+        };
+        out.devices.insert(want.id.clone(), report);
+    }
+
+    let deletes = plan_removals(input, manage, &mut out);
+    if !creates.is_empty() {
+        out.actions.push(Action::Create(creates));
+    }
+    out.actions.extend(fixes);
+    out.actions.extend(tag_writes);
+    if !deletes.is_empty() {
+        out.actions.push(Action::Delete(deletes));
+    }
+    out
+}
+
+fn plan_missing(
+    input: &PlanInput<'_>,
+    want: &DesiredDevice,
+    parent_scope: &ParentScope,
+    manage: bool,
+    report: &mut DeviceReport,
+    creates: &mut Vec<NewDevice>,
+) {
+    report.state = DeviceState::Pending;
+    let was_ours = input.previously_registered.contains(&want.id);
+    if was_ours {
+        report.drift.push(if manage {
+            "device was deleted from the hub outside the operator; re-created".to_string()
+        } else {
+            "device was deleted from the hub outside the operator; not re-created (reconcile: Observe)".to_string()
+        });
+        if !manage {
+            report.state = DeviceState::Drifted;
+        }
+    }
+    if !manage {
+        report.message = Some("not in the hub; reconcile is Observe, so it is not created".into());
+        return;
+    }
+    let auth = match &want.auth {
+        DesiredAuth::SymmetricKey => NewAuth::Sas,
+        DesiredAuth::X509 {
+            thumbprints: Some((primary, secondary)),
+        } => NewAuth::SelfSigned {
+            primary: primary.clone(),
+            secondary: secondary.clone(),
+        },
+        DesiredAuth::X509 { thumbprints: None } => {
+            report.message = Some("waiting for its identity certificate".into());
+            return;
+        }
+    };
+    let scope = match parent_scope {
+        ParentScope::None => None,
+        ParentScope::Known(scope) => Some(scope.clone()),
+        ParentScope::Unknown(parent) => {
+            report.message = Some(format!("waiting for parent {parent:?} to be registered"));
+            return;
+        }
+    };
+    report.message = Some("creating".into());
+    creates.push(NewDevice {
+        id: want.id.clone(),
+        iot_edge: want.is_edge(),
+        parent_scope: scope,
+        auth,
+        owner_tags: want.owner_tags.clone(),
+    });
+}
+
+/// Owned hub devices the spec no longer has: deleted children first under Delete, left alone
+/// under Detach or Observe.
+fn plan_removals(
+    input: &PlanInput<'_>,
+    manage: bool,
+    out: &mut Plan,
+) -> Vec<(String, Option<String>)> {
+    let wanted: BTreeSet<&str> = input.desired.iter().map(|d| d.id.as_str()).collect();
+    let mut removed: Vec<&HubDevice> = input
+        .observed
+        .values()
+        .filter(|d| !wanted.contains(d.id.as_str()))
+        .filter(|d| ownership(d, input.identity) == Ownership::Ours)
+        .collect();
+    if removed.is_empty() || !manage || input.policy.deletion == DeletionPolicy::Detach {
+        return Vec::new();
+    }
+    // Deepest first; the ownership tags record each device's layer.
+    removed.sort_by(|a, b| {
+        b.tagged_layer()
+            .cmp(&a.tagged_layer())
+            .then(a.id.cmp(&b.id))
+    });
+    for d in &removed {
+        out.devices.insert(
+            d.id.clone(),
+            DeviceReport {
+                state: DeviceState::Deleting,
+                layer: Some(d.tagged_layer()),
+                device_scope: d.device_scope.clone(),
+                message: Some(
+                    "removed from the spec; deleting from the hub (policy.deletion: Delete)".into(),
+                ),
+                registered: true,
+                ..DeviceReport::default()
+            },
+        );
+    }
+    removed
+        .into_iter()
+        .map(|d| (d.id.clone(), d.device_etag.clone()))
+        .collect()
+}
+
+/// A JSON merge patch that turns `current` into `desired`: keys only in `current` become null.
+pub fn merge_patch(current: Option<&Value>, desired: &Value) -> Value {
+    match (current, desired) {
+        (Some(Value::Object(have)), Value::Object(want)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, value) in want {
+                if have.get(key) != Some(value) {
+                    patch.insert(key.clone(), merge_patch(have.get(key), value));
+                }
+            }
+            for key in have.keys() {
+                if !want.contains_key(key) {
+                    patch.insert(key.clone(), Value::Null);
+                }
+            }
+            Value::Object(patch)
+        }
+        _ => desired.clone(),
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! Builds the status from what a reconcile found. Pure: the controller only patches the result.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::conditions::{ConditionUpdate, Status, merge_conditions};
+use super::plan::{DeviceReport, Plan};
+use crate::api::{
+    DeviceState, DeviceStatus, EdgeHierarchyStatus, ReconcilePolicy, StatusSummary,
+    condition_type as ct,
+};
+
+/// Condition reasons (PascalCase, as kstatus tooling shows them).
+pub mod reason {
+    pub const RECONCILED: &str = "Reconciled";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const BAD_CREDENTIALS: &str = "BadCredentials";
+    pub const HUB_UNREACHABLE: &str = "HubUnreachable";
+    pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+    pub const DRIFT_REPORTED: &str = "DriftReported";
+    pub const NO_DRIFT: &str = "NoDrift";
+    pub const DELETING: &str = "Deleting";
+}
+
+/// The outcome of the reconcile rounds, as status input.
+pub struct SyncOutcome<'a> {
+    pub policy: ReconcilePolicy,
+    /// The last round's plan: final device states.
+    pub last: &'a Plan,
+    /// Drift found in any round, per device (a corrected drift is gone from the last round).
+    pub drift: &'a BTreeMap<String, Vec<String>>,
+    /// Device-level write failures of the last applied round.
+    pub failures: &'a BTreeMap<String, String>,
+    /// Spec device ids in parent-first order (status lists them in this order).
+    pub order: &'a [String],
+}
+
+/// Status after a full sync with the hub.
+pub fn synced_status(
+    previous: &EdgeHierarchyStatus,
+    outcome: &SyncOutcome<'_>,
+    generation: Option<i64>,
+    now: &Time,
+) -> EdgeHierarchyStatus {
+    let mut devices = Vec::new();
+    let mut summary = StatusSummary::default();
+    let ids = outcome.order.iter().chain(
+        outcome
+            .last
+            .devices
+            .keys()
+            .filter(|id| !outcome.order.contains(id)),
+    );
+    for id in ids {
+        let Some(report) = outcome.last.devices.get(id) else {
+            continue;
+        };
+        let mut status = device_status(id, report, previous);
+        if let Some(drift) = outcome.drift.get(id) {
+            status.drift = drift.clone();
+        }
+        if let Some(failure) = outcome.failures.get(id) {
+            status.state = DeviceState::Error;
+            status.message = Some(failure.clone());
+        }
+        if report.state != DeviceState::Deleting {
+            summary.devices += 1;
+            summary.registered += u32::from(report.registered);
+            summary.parented += u32::from(report.parented && report.parent.is_some());
+            summary.drifted += u32::from(!status.drift.is_empty());
+        }
+        devices.push(status);
+    }
+
+    let manage = outcome.policy == ReconcilePolicy::Manage;
+    let count = |state: DeviceState| devices.iter().filter(|d| d.state == state).count();
+    let not_ready: Vec<String> = devices
+        .iter()
+        .filter(|d| d.state != DeviceState::Ready)
+        .map(|d| format!("{} ({:?})", d.id, d.state))
+        .collect();
+    let converged = outcome.last.is_converged() && outcome.failures.is_empty();
+    let drifted = summary.drifted;
+
+    let mut updates = Vec::new();
+    let conflicts = &outcome.last.conflicts;
+    if !conflicts.is_empty() {
+        updates.push(ConditionUpdate::new(
+            ct::READY,
+            Status::False,
+            reason::OWNERSHIP_CONFLICT,
+            conflicts.join("; "),
+        ));
+        updates.push(ConditionUpdate::new(
+            ct::STALLED,
+            Status::True,
+            reason::OWNERSHIP_CONFLICT,
+            conflicts.join("; "),
+        ));
+    } else {
+        updates.push(ConditionUpdate::new(
+            ct::STALLED,
+            Status::False,
+            reason::RECONCILED,
+            "",
+        ));
+        if not_ready.is_empty() {
+            updates.push(ConditionUpdate::new(
+                ct::READY,
+                Status::True,
+                reason::RECONCILED,
+                format!("{} devices registered and linked", summary.devices),
+            ));
+        } else {
+            let (reason, what) = if !manage && count(DeviceState::Drifted) > 0 {
+                (
+                    reason::DRIFT_REPORTED,
+                    "differ from the spec (reconcile: Observe)",
+                )
+            } else {
+                (reason::PROGRESSING, "not ready")
+            };
+            updates.push(ConditionUpdate::new(
+                ct::READY,
+                Status::False,
+                reason,
+                format!(
+                    "{} of {} devices {what}: {}",
+                    not_ready.len(),
+                    devices.len(),
+                    summarize(&not_ready)
+                ),
+            ));
+        }
+    }
+    updates.push(ConditionUpdate::new(
+        ct::RECONCILING,
+        Status::from_bool(!converged && conflicts.is_empty()),
+        if converged {
+            reason::RECONCILED
+        } else {
+            reason::PROGRESSING
+        },
+        if converged {
+            String::new()
+        } else {
+            "changes to the hub are still in progress".into()
+        },
+    ));
+    updates.push(if drifted == 0 {
+        ConditionUpdate::new(ct::DRIFT_DETECTED, Status::False, reason::NO_DRIFT, "the hub matched the spec at the last sync")
+    } else if manage {
+        ConditionUpdate::new(ct::DRIFT_DETECTED, Status::True, reason::DRIFT_CORRECTED, format!("{drifted} devices differed from the spec and were corrected"))
+    } else {
+        ConditionUpdate::new(ct::DRIFT_DETECTED, Status::True, reason::DRIFT_REPORTED, format!("{drifted} devices differ from the spec; reconcile is Observe, so nothing was written"))
+    });
+
+    EdgeHierarchyStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
+        summary: Some(summary),
+        root_ca: previous.root_ca.clone(),
+        last_sync_time: Some(now.clone()),
+        devices,
+    }
+}
+
+/// Status when the reconcile could not get as far as the hub: an invalid spec, credentials, or
+/// an unreachable hub. Device entries are kept from before so nothing already known is lost.
+pub fn blocked_status(
+    previous: &EdgeHierarchyStatus,
+    reason: &str,
+    message: &str,
+    stalled: bool,
+    generation: Option<i64>,
+    now: &Time,
+) -> EdgeHierarchyStatus {
+    let updates = [
+        ConditionUpdate::new(ct::READY, Status::False, reason, message),
+        ConditionUpdate::new(
+            ct::STALLED,
+            Status::from_bool(stalled),
+            reason,
+            if stalled { message } else { "" },
+        ),
+        ConditionUpdate::new(
+            ct::RECONCILING,
+            Status::from_bool(!stalled),
+            reason,
+            if stalled { "" } else { message },
+        ),
+    ];
+    EdgeHierarchyStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
+        ..previous.clone()
+    }
+}
+
+/// Status written on the very first reconcile, so kstatus never reads "Current" by default.
+pub fn initial_status(
+    previous: &EdgeHierarchyStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> EdgeHierarchyStatus {
+    let updates = [
+        ConditionUpdate::new(
+            ct::READY,
+            Status::Unknown,
+            reason::PROGRESSING,
+            "first reconcile in progress",
+        ),
+        ConditionUpdate::new(
+            ct::RECONCILING,
+            Status::True,
+            reason::PROGRESSING,
+            "first reconcile in progress",
+        ),
+    ];
+    EdgeHierarchyStatus {
+        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
+        ..previous.clone()
+    }
+}
+
+fn device_status(id: &str, report: &DeviceReport, previous: &EdgeHierarchyStatus) -> DeviceStatus {
+    let before = previous.devices.iter().find(|d| d.id == id);
+    DeviceStatus {
+        id: id.to_string(),
+        layer: report.layer,
+        parent: report.parent.clone(),
+        state: report.state,
+        device_scope: report.device_scope.clone(),
+        // Kept from before: certificates, bundles, deployments and modules have their own steps.
+        certificate: before.and_then(|d| d.certificate.clone()),
+        bundle: before.and_then(|d| d.bundle.clone()),
+        deployment: before.and_then(|d| d.deployment.clone()),
+        modules: before.and_then(|d| d.modules.clone()),
+        drift: report.drift.clone(),
+        message: report.message.clone(),
+    }
+}
+
+/// At most five names, then a count, so condition messages stay readable for big fleets.
+fn summarize(items: &[String]) -> String {
+    if items.len() <= 5 {
+        items.join(", ")
+    } else {
+        format!("{} and {} more", items[..5].join(", "), items.len() - 5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::plan::Action;
+
+    fn now(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn report(state: DeviceState, parent: Option<&str>) -> DeviceReport {
+        DeviceReport {
+            state,
+            layer: Some(if parent.is_some() { 2 } else { 1 }),
+            parent: parent.map(Into::into),
+            device_scope: Some("scope".into()),
+            registered: true,
+            parented: true,
+            ..Default::default()
+        }
+    }
+
+    fn condition<'a>(
+        s: &'a EdgeHierarchyStatus,
+        t: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t} condition"))
+    }
+
+    fn outcome_status(
+        plan: &Plan,
+        drift: BTreeMap<String, Vec<String>>,
+        policy: ReconcilePolicy,
+    ) -> EdgeHierarchyStatus {
+        let order = vec!["top".to_string(), "lower".to_string()];
+        let failures = BTreeMap::new();
+        let outcome = SyncOutcome {
+            policy,
+            last: plan,
+            drift: &drift,
+            failures: &failures,
+            order: &order,
+        };
+        synced_status(&EdgeHierarchyStatus::default(), &outcome, Some(3), &now(10))
+    }
+
+    #[test]
+    fn all_ready_is_ready_and_counts_are_right() {
+        let mut plan = Plan::default();
+        plan.devices
+            .insert("top".into(), report(DeviceState::Ready, None));
+        plan.devices
+            .insert("lower".into(), report(DeviceState::Ready, Some("top")));
+        let s = outcome_status(&plan, BTreeMap::new(), ReconcilePolicy::Manage);
+        assert_eq!(condition(&s, "Ready").status, "True");
+        assert_eq!(condition(&s, "Stalled").status, "False");
+        assert_eq!(condition(&s, "Reconciling").status, "False");
+        assert_eq!(condition(&s, "DriftDetected").status, "False");
+        assert_eq!(
+            s.summary,
+            Some(StatusSummary {
+                devices: 2,
+                registered: 2,
+                parented: 1,
+                deployed: 0,
+                healthy: 0,
+                drifted: 0
+            })
+        );
+        assert_eq!(
+            s.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["top", "lower"]
+        );
+        assert_eq!(s.observed_generation, Some(3));
+        assert!(s.last_sync_time.is_some());
+    }
+
+    #[test]
+    fn corrected_drift_is_reported_but_ready() {
+        let mut plan = Plan::default();
+        plan.devices
+            .insert("top".into(), report(DeviceState::Ready, None));
+        plan.devices
+            .insert("lower".into(), report(DeviceState::Ready, Some("top")));
+        let drift = BTreeMap::from([(
+            "lower".to_string(),
+            vec!["device is disabled in the hub; corrected".to_string()],
+        )]);
+        let s = outcome_status(&plan, drift, ReconcilePolicy::Manage);
+        assert_eq!(condition(&s, "Ready").status, "True");
+        let d = condition(&s, "DriftDetected");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", reason::DRIFT_CORRECTED)
+        );
+        assert_eq!(s.summary.unwrap().drifted, 1);
+        assert_eq!(
+            s.devices[1].drift,
+            ["device is disabled in the hub; corrected"]
+        );
+    }
+
+    #[test]
+    fn observe_drift_is_not_ready() {
+        let mut plan = Plan::default();
+        plan.devices
+            .insert("top".into(), report(DeviceState::Ready, None));
+        let mut lower = report(DeviceState::Drifted, Some("top"));
+        lower.drift = vec!["x; not corrected (reconcile: Observe)".into()];
+        plan.devices.insert("lower".into(), lower);
+        let s = outcome_status(
+            &plan,
+            BTreeMap::from([("lower".into(), vec!["x".into()])]),
+            ReconcilePolicy::Observe,
+        );
+        let ready = condition(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::DRIFT_REPORTED)
+        );
+        assert!(ready.message.contains("lower"), "{}", ready.message);
+        assert_eq!(
+            condition(&s, "DriftDetected").reason,
+            reason::DRIFT_REPORTED
+        );
+    }
+
+    #[test]
+    fn conflicts_stall() {
+        let mut plan = Plan::default();
+        plan.devices
+            .insert("top".into(), report(DeviceState::Conflict, None));
+        plan.conflicts.push("device \"top\" already exists".into());
+        let s = outcome_status(&plan, BTreeMap::new(), ReconcilePolicy::Manage);
+        let stalled = condition(&s, "Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", reason::OWNERSHIP_CONFLICT)
+        );
+        assert!(stalled.message.contains("top"));
+        assert_eq!(condition(&s, "Ready").status, "False");
+        assert_eq!(condition(&s, "Reconciling").status, "False");
+    }
+
+    #[test]
+    fn pending_actions_keep_reconciling() {
+        let mut plan = Plan::default();
+        plan.devices
+            .insert("top".into(), report(DeviceState::Pending, None));
+        plan.actions.push(Action::Delete(vec![]));
+        let s = outcome_status(&plan, BTreeMap::new(), ReconcilePolicy::Manage);
+        assert_eq!(condition(&s, "Reconciling").status, "True");
+        assert_eq!(condition(&s, "Ready").reason, reason::PROGRESSING);
+    }
+
+    #[test]
+    fn blocked_status_keeps_devices_and_stalls_only_when_asked() {
+        let mut previous = EdgeHierarchyStatus::default();
+        previous.devices.push(DeviceStatus {
+            id: "top".into(),
+            ..Default::default()
+        });
+        let s = blocked_status(
+            &previous,
+            reason::INVALID_SPEC,
+            "device \"x\": bad",
+            true,
+            Some(2),
+            &now(5),
+        );
+        assert_eq!(s.devices.len(), 1);
+        assert_eq!(condition(&s, "Stalled").status, "True");
+        assert_eq!(condition(&s, "Ready").message, "device \"x\": bad");
+        let s = blocked_status(
+            &previous,
+            reason::HUB_UNREACHABLE,
+            "timeout",
+            false,
+            Some(2),
+            &now(5),
+        );
+        assert_eq!(condition(&s, "Stalled").status, "False");
+        assert_eq!(condition(&s, "Reconciling").status, "True");
+    }
+
+    #[test]
+    fn first_status_is_ready_unknown() {
+        let s = initial_status(&EdgeHierarchyStatus::default(), Some(1), &now(1));
+        assert_eq!(condition(&s, "Ready").status, "Unknown");
+        assert_eq!(condition(&s, "Reconciling").status, "True");
+    }
+}
