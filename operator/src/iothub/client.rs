@@ -1,0 +1,1113 @@
+//! The typed HTTP client for the IoT Hub service API (api-version 2021-04-12).
+//!
+//! Every call goes through one pipeline: wait for the hub's rate limiter, sign (or reuse) a SAS
+//! token, send with a timeout, count the attempt, and retry transient failures (5xx, 408,
+//! connection errors with jittered exponential backoff; 429 honouring `Retry-After` and holding
+//! back every caller of that throttle class meanwhile). The `Authorization` header is marked
+//! sensitive and never logged; errors carry only the operation, the target, the status, the
+//! hub's error code and a scrubbed message.
+//!
+//! Retried writes are safe to repeat but may surface as a "conflict" when the lost first
+//! attempt actually succeeded (409 `DeviceAlreadyExists` for a create, 412 for an etag-guarded
+//! update, `DeviceAlreadyExists` per device in a bulk create). Callers re-read and compare.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::connection_string::ConnectionString;
+use super::error::{HubError, HubTarget, TransportKind, parse_error, scrub};
+use super::metrics::{CallResult, HubCallCounters};
+use super::models::{
+    BulkRegistryOperationResult, Configuration, ConfigurationContent, Device,
+    DeviceRegistryOperationError, DeviceRegistryOperationWarning, ExportImportDevice, Module,
+    QuerySpecification, Twin,
+};
+use super::operation::HubOperation;
+use super::rate_limit::HubRateLimiter;
+use super::retry::{AttemptOutcome, RetryDecision, RetryPolicy, parse_retry_after};
+use super::sas::TokenSource;
+
+/// The api-version this client speaks.
+pub const API_VERSION: &str = "2021-04-12";
+
+/// Most entries the hub accepts in one `POST /devices`.
+pub const MAX_BULK_ENTRIES: usize = 100;
+
+/// Characters kept as they are in a path segment (RFC 3986 unreserved). Everything else,
+/// including `#`, `?`, `%`, `$` and `/`, is percent-encoded: `$edgeAgent` -> `%24edgeAgent`.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Client settings. `Default` is what the operator uses.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Whole-request timeout (connect, send, read the body).
+    pub request_timeout: Duration,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// Lifetime of each SAS token.
+    pub token_lifetime: Duration,
+    /// Renew a token this long before it expires (covers clock skew between us and the hub).
+    pub token_refresh_before: Duration,
+    /// `x-ms-max-item-count` for queries.
+    pub query_page_size: u32,
+    /// Entries per bulk call, 1 to 100.
+    pub bulk_chunk_size: usize,
+    /// Counters to record into; a fresh set when `None`. Share one to aggregate clients.
+    pub counters: Option<Arc<HubCallCounters>>,
+    /// `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            token_lifetime: Duration::from_secs(3600),
+            token_refresh_before: Duration::from_secs(300),
+            query_page_size: 100,
+            bulk_chunk_size: MAX_BULK_ENTRIES,
+            counters: None,
+            user_agent: concat!("edge-hierarchy-operator/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry", &self.retry)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("token_refresh_before", &self.token_refresh_before)
+            .field("query_page_size", &self.query_page_size)
+            .field("bulk_chunk_size", &self.bulk_chunk_size)
+            .field("user_agent", &self.user_agent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client for one hub. Cheap to clone (one `Arc`); clones share the connection pool, the token
+/// cache, the rate limiter and the counters.
+#[derive(Clone)]
+pub struct HubClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: String,
+    tokens: TokenSource,
+    limiter: Arc<HubRateLimiter>,
+    counters: Arc<HubCallCounters>,
+    options: ClientOptions,
+}
+
+impl fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubClient")
+            .field("host", &self.host_name())
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-device result of [`HubClient::bulk_devices`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum BulkDeviceOutcome {
+    /// Done; the hub may attach warnings (`DeviceRegisteredWithoutTwin`).
+    Succeeded {
+        /// Warnings for this device.
+        warnings: Vec<DeviceRegistryOperationWarning>,
+    },
+    /// The hub rejected this entry (for example `DeviceAlreadyExists`, `InvalidDeviceScope`).
+    Failed(DeviceRegistryOperationError),
+    /// The call carrying this entry failed as a whole (after retries).
+    RequestFailed(HubError),
+    /// Not sent because an earlier call failed.
+    NotSent,
+}
+
+/// One entry's result, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkDeviceResult {
+    /// The entry's device id.
+    pub device_id: String,
+    /// The entry's module id, for module entries.
+    pub module_id: Option<String>,
+    /// What happened.
+    pub outcome: BulkDeviceOutcome,
+}
+
+/// Results of a bulk registry operation split into calls of at most 100 entries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BulkOutcome {
+    /// One result per input entry, in input order.
+    pub results: Vec<BulkDeviceResult>,
+    /// HTTP calls made (not counting retries).
+    pub calls: usize,
+}
+
+impl BulkOutcome {
+    /// True when every entry succeeded.
+    pub fn all_succeeded(&self) -> bool {
+        self.results
+            .iter()
+            .all(|r| matches!(r.outcome, BulkDeviceOutcome::Succeeded { .. }))
+    }
+
+    /// Entries that did not succeed.
+    pub fn failures(&self) -> impl Iterator<Item = &BulkDeviceResult> {
+        self.results
+            .iter()
+            .filter(|r| !matches!(r.outcome, BulkDeviceOutcome::Succeeded { .. }))
+    }
+
+    /// The first whole-call error, if a call failed (the reason the rest were not sent).
+    pub fn request_error(&self) -> Option<&HubError> {
+        self.results.iter().find_map(|r| match &r.outcome {
+            BulkDeviceOutcome::RequestFailed(e) => Some(e),
+            _ => None,
+        })
+    }
+}
+
+/// One HTTP request description.
+struct Call {
+    operation: HubOperation,
+    target: HubTarget,
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    cost: u32,
+    accept: &'static [u16],
+}
+
+/// A response with an accepted status.
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl HubClient {
+    /// Builds a client. `extra_ca_pem` (one or more PEM certificates, for example the local
+    /// emulator's CA or a private endpoint's) is trusted in addition to the system roots.
+    /// `limiter` should come from [`super::HubLimiters::for_hub`] so all users of one hub share
+    /// it.
+    pub fn new(
+        conn: ConnectionString,
+        extra_ca_pem: Option<&[u8]>,
+        limiter: Arc<HubRateLimiter>,
+        options: ClientOptions,
+    ) -> Result<HubClient, HubError> {
+        let host = conn.host_name().to_string();
+        let setup = |message: String| HubError::Setup {
+            host: host.clone(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
+            .https_only(true)
+            .timeout(options.request_timeout)
+            .connect_timeout(options.connect_timeout)
+            .user_agent(options.user_agent.clone())
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(pem) = extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                setup(format!(
+                    "the extra CA certificate is not valid PEM ({e}); give the CA in PEM form (-----BEGIN CERTIFICATE-----)"
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(setup(
+                    "the extra CA data holds no PEM certificate; give the CA in PEM form (-----BEGIN CERTIFICATE-----)".into(),
+                ));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| setup(format!("TLS/HTTP set-up failed: {}", error_chain(&e))))?;
+        let counters = options.counters.clone().unwrap_or_default();
+        let tokens = TokenSource::new(conn, options.token_lifetime, options.token_refresh_before);
+        Ok(HubClient {
+            inner: Arc::new(Inner {
+                http,
+                base_url: format!("https://{host}"),
+                tokens,
+                limiter,
+                counters,
+                options,
+            }),
+        })
+    }
+
+    /// The hub host this client talks to.
+    pub fn host_name(&self) -> &str {
+        self.inner.tokens.connection().host_name()
+    }
+
+    /// The shared access policy name in use.
+    pub fn policy_name(&self) -> &str {
+        self.inner.tokens.connection().key_name()
+    }
+
+    /// Call counters of this client (shared with whoever passed them in the options).
+    pub fn counters(&self) -> &Arc<HubCallCounters> {
+        &self.inner.counters
+    }
+
+    /// The rate limiter this client waits on.
+    pub fn limiter(&self) -> &Arc<HubRateLimiter> {
+        &self.inner.limiter
+    }
+
+    // ----- device identities -------------------------------------------------------------
+
+    /// `GET /devices/{id}`. A missing device is an error with `is_not_found()`.
+    pub async fn get_device(&self, device_id: &str) -> Result<Device, HubError> {
+        let op = HubOperation::GetDevice;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(op, &target, &["devices", device_id])?;
+        let reply = self
+            .execute(Call::new(op, target.clone(), Method::GET, path, &[200]))
+            .await?;
+        let mut device: Device = decode(op, &target, &reply)?;
+        fill_etag(&mut device.etag, &reply.headers);
+        Ok(device)
+    }
+
+    /// `PUT /devices/{id}` with the id from `device.device_id`. Without `if_match` this is a
+    /// create (409 if the device exists); with it, an update that fails with 412 when the etag
+    /// no longer matches (`"*"` forces). Send the full device read before (read-modify-write):
+    /// omitted fields may be reset by the hub.
+    pub async fn create_or_update_device(
+        &self,
+        device: &Device,
+        if_match: Option<&str>,
+    ) -> Result<Device, HubError> {
+        let op = HubOperation::CreateOrUpdateDevice;
+        let device_id = required_id(op, device.device_id.as_deref(), "device.deviceId")?;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(op, &target, &["devices", device_id])?;
+        let mut call = Call::new(op, target.clone(), Method::PUT, path, &[200, 201])
+            .json(op, &target, device)?;
+        if let Some(etag) = if_match {
+            call = call.if_match(etag);
+        }
+        let reply = self.execute(call).await?;
+        let mut device: Device = decode(op, &target, &reply)?;
+        fill_etag(&mut device.etag, &reply.headers);
+        Ok(device)
+    }
+
+    /// `DELETE /devices/{id}`; `if_match` `None` deletes unconditionally (`"*"`).
+    pub async fn delete_device(
+        &self,
+        device_id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), HubError> {
+        let op = HubOperation::DeleteDevice;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(op, &target, &["devices", device_id])?;
+        let call = Call::new(op, target, Method::DELETE, path, &[200, 204])
+            .if_match(if_match.unwrap_or("*"));
+        self.execute(call).await.map(|_| ())
+    }
+
+    /// `GET /devices/{id}/modules`.
+    pub async fn list_modules(&self, device_id: &str) -> Result<Vec<Module>, HubError> {
+        let op = HubOperation::ListModules;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(op, &target, &["devices", device_id, "modules"])?;
+        let reply = self
+            .execute(Call::new(op, target.clone(), Method::GET, path, &[200]))
+            .await?;
+        decode(op, &target, &reply)
+    }
+
+    /// `POST /devices` in calls of at most `bulk_chunk_size` (≤ 100) entries. Each entry's
+    /// `id` must be set and appear once (per module id). Per-entry failures and failed calls
+    /// are returned in the outcome, in input order; after a call fails as a whole the remaining
+    /// entries are not sent. Each call waits for one registry token per entry, since the hub
+    /// counts bulk entries individually.
+    pub async fn bulk_devices(
+        &self,
+        entries: &[ExportImportDevice],
+    ) -> Result<BulkOutcome, HubError> {
+        let op = HubOperation::BulkDevices;
+        let mut seen = HashSet::new();
+        for entry in entries {
+            let id = required_id(op, entry.id.as_deref(), "ExportImportDevice.id")?;
+            if !seen.insert((id, entry.module_id.as_deref())) {
+                return Err(HubError::InvalidRequest {
+                    operation: op,
+                    target: HubTarget::Device(id.to_string()),
+                    message:
+                        "the device appears more than once in the bulk request; merge the entries"
+                            .into(),
+                });
+            }
+        }
+        let chunk_size = self
+            .inner
+            .options
+            .bulk_chunk_size
+            .clamp(1, MAX_BULK_ENTRIES);
+        let mut outcome = BulkOutcome::default();
+        let mut failed: Option<HubError> = None;
+        for chunk in entries.chunks(chunk_size) {
+            if failed.is_some() {
+                outcome.results.extend(
+                    chunk
+                        .iter()
+                        .map(|e| entry_result(e, BulkDeviceOutcome::NotSent)),
+                );
+                continue;
+            }
+            outcome.calls += 1;
+            match self.bulk_chunk(chunk).await {
+                Ok(results) => outcome.results.extend(results),
+                Err(error) => {
+                    outcome.results.extend(
+                        chunk.iter().map(|e| {
+                            entry_result(e, BulkDeviceOutcome::RequestFailed(error.clone()))
+                        }),
+                    );
+                    failed = Some(error);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn bulk_chunk(
+        &self,
+        chunk: &[ExportImportDevice],
+    ) -> Result<Vec<BulkDeviceResult>, HubError> {
+        let op = HubOperation::BulkDevices;
+        let target = HubTarget::Devices {
+            first: chunk
+                .iter()
+                .take(3)
+                .map(|e| e.id.clone().unwrap_or_default())
+                .collect(),
+            count: chunk.len(),
+        };
+        let mut call = Call::new(
+            op,
+            target.clone(),
+            Method::POST,
+            "/devices".into(),
+            &[200, 400],
+        )
+        .json(op, &target, &chunk)?;
+        call.cost = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        let reply = self.execute(call).await?;
+        let parsed = serde_json::from_slice::<BulkRegistryOperationResult>(&reply.body)
+            .ok()
+            .filter(|r| r.is_successful.is_some());
+        let Some(result) = parsed else {
+            // A 400 that is not a bulk result is an ordinary error (bad body, duplicate ids).
+            if reply.status == 400 {
+                return Err(api_error(op, target, &reply));
+            }
+            return Err(HubError::InvalidResponse {
+                operation: op,
+                target,
+                status: reply.status,
+                message: "expected a BulkRegistryOperationResult".into(),
+            });
+        };
+        let errors = result.errors.unwrap_or_default();
+        if result.is_successful == Some(false) && errors.is_empty() {
+            let error = HubError::Api {
+                operation: op,
+                target,
+                status: reply.status,
+                code: Some("BulkRegistryOperationFailure".into()),
+                message: "the hub reported failure without per-device errors".into(),
+                retry_after: None,
+            };
+            return Err(error);
+        }
+        let mut errors_by_entry: HashMap<(String, Option<String>), DeviceRegistryOperationError> =
+            HashMap::new();
+        for error in errors {
+            let key = (
+                error.device_id.clone().unwrap_or_default(),
+                error.module_id.clone().filter(|m| !m.is_empty()),
+            );
+            errors_by_entry.entry(key).or_insert(error);
+        }
+        let mut warnings_by_device: HashMap<String, Vec<DeviceRegistryOperationWarning>> =
+            HashMap::new();
+        for warning in result.warnings.unwrap_or_default() {
+            warnings_by_device
+                .entry(warning.device_id.clone().unwrap_or_default())
+                .or_default()
+                .push(warning);
+        }
+        Ok(chunk
+            .iter()
+            .map(|entry| {
+                let key = (
+                    entry.id.clone().unwrap_or_default(),
+                    entry.module_id.clone().filter(|m| !m.is_empty()),
+                );
+                let outcome = match errors_by_entry.remove(&key) {
+                    Some(error) => BulkDeviceOutcome::Failed(error),
+                    None => BulkDeviceOutcome::Succeeded {
+                        warnings: warnings_by_device.remove(&key.0).unwrap_or_default(),
+                    },
+                };
+                entry_result(entry, outcome)
+            })
+            .collect())
+    }
+
+    // ----- queries -----------------------------------------------------------------------
+
+    /// `POST /devices/query`, following `x-ms-continuation` until the hub stops sending it.
+    /// Returns every item (twins for `SELECT *`, objects for projections).
+    pub async fn query(&self, query: &str) -> Result<Vec<serde_json::Value>, HubError> {
+        let op = HubOperation::Query;
+        let target = HubTarget::Hub;
+        let body = QuerySpecification {
+            query: query.to_string(),
+        };
+        let mut items = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut call = Call::new(
+                op,
+                target.clone(),
+                Method::POST,
+                "/devices/query".into(),
+                &[200],
+            )
+            .json(op, &target, &body)?;
+            call.headers.push((
+                "x-ms-max-item-count",
+                self.inner.options.query_page_size.max(1).to_string(),
+            ));
+            if let Some(token) = &continuation {
+                call.headers.push(("x-ms-continuation", token.clone()));
+            }
+            let reply = self.execute(call).await?;
+            let page: Vec<serde_json::Value> = decode(op, &target, &reply)?;
+            items.extend(page);
+            let next = reply
+                .headers
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .filter(|t| !t.is_empty());
+            match next {
+                None => return Ok(items),
+                Some(token) if continuation.as_deref() == Some(token.as_str()) => {
+                    return Err(HubError::InvalidResponse {
+                        operation: op,
+                        target,
+                        status: reply.status,
+                        message: "the hub returned the same continuation token twice; stopping to avoid an endless loop".into(),
+                    });
+                }
+                Some(token) => continuation = Some(token),
+            }
+        }
+    }
+
+    /// [`HubClient::query`] for `SELECT * FROM devices` / `devices.modules` queries, each item
+    /// read as a [`Twin`].
+    pub async fn query_twins(&self, query: &str) -> Result<Vec<Twin>, HubError> {
+        let items = self.query(query).await?;
+        items
+            .into_iter()
+            .map(|item| {
+                serde_json::from_value(item).map_err(|e| HubError::InvalidResponse {
+                    operation: HubOperation::Query,
+                    target: HubTarget::Hub,
+                    status: 200,
+                    message: format!("a query item is not a twin: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    // ----- twins -------------------------------------------------------------------------
+
+    /// `GET /twins/{id}`.
+    pub async fn get_twin(&self, device_id: &str) -> Result<Twin, HubError> {
+        let op = HubOperation::GetTwin;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(op, &target, &["twins", device_id])?;
+        self.twin_call(Call::new(op, target, Method::GET, path, &[200]))
+            .await
+    }
+
+    /// `PATCH /twins/{id}`: merges `patch` (typically only `tags` and/or
+    /// `properties.desired`); `if_match` is the twin etag.
+    pub async fn update_twin(
+        &self,
+        device_id: &str,
+        patch: &Twin,
+        if_match: Option<&str>,
+    ) -> Result<Twin, HubError> {
+        let op = HubOperation::UpdateTwin;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(op, &target, &["twins", device_id])?;
+        let mut call =
+            Call::new(op, target.clone(), Method::PATCH, path, &[200]).json(op, &target, patch)?;
+        if let Some(etag) = if_match {
+            call = call.if_match(etag);
+        }
+        self.twin_call(call).await
+    }
+
+    /// `PUT /twins/{id}`: replaces tags and desired properties.
+    pub async fn replace_twin(
+        &self,
+        device_id: &str,
+        twin: &Twin,
+        if_match: Option<&str>,
+    ) -> Result<Twin, HubError> {
+        let op = HubOperation::ReplaceTwin;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(op, &target, &["twins", device_id])?;
+        let mut call =
+            Call::new(op, target.clone(), Method::PUT, path, &[200]).json(op, &target, twin)?;
+        if let Some(etag) = if_match {
+            call = call.if_match(etag);
+        }
+        self.twin_call(call).await
+    }
+
+    /// `GET /twins/{id}/modules/{mid}` (for example `$edgeAgent` for deployment health).
+    pub async fn get_module_twin(
+        &self,
+        device_id: &str,
+        module_id: &str,
+    ) -> Result<Twin, HubError> {
+        let op = HubOperation::GetModuleTwin;
+        let target = HubTarget::Module {
+            device_id: device_id.to_string(),
+            module_id: module_id.to_string(),
+        };
+        let path = path(op, &target, &["twins", device_id, "modules", module_id])?;
+        self.twin_call(Call::new(op, target, Method::GET, path, &[200]))
+            .await
+    }
+
+    async fn twin_call(&self, call: Call) -> Result<Twin, HubError> {
+        let (op, target) = (call.operation, call.target.clone());
+        let reply = self.execute(call).await?;
+        let mut twin: Twin = decode(op, &target, &reply)?;
+        fill_etag(&mut twin.etag, &reply.headers);
+        Ok(twin)
+    }
+
+    // ----- configurations ----------------------------------------------------------------
+
+    /// `GET /configurations/{id}`.
+    pub async fn get_configuration(&self, id: &str) -> Result<Configuration, HubError> {
+        let op = HubOperation::GetConfiguration;
+        let target = HubTarget::Configuration(id.to_string());
+        let path = path(op, &target, &["configurations", id])?;
+        self.configuration_call(Call::new(op, target, Method::GET, path, &[200]))
+            .await
+    }
+
+    /// `PUT /configurations/{id}` with the id from `configuration.id`. Without `if_match` a
+    /// create (409 if it exists); with it an update of the mutable parts (target condition,
+    /// priority, labels, metrics).
+    pub async fn create_or_update_configuration(
+        &self,
+        configuration: &Configuration,
+        if_match: Option<&str>,
+    ) -> Result<Configuration, HubError> {
+        let op = HubOperation::CreateOrUpdateConfiguration;
+        let id = required_id(op, configuration.id.as_deref(), "configuration.id")?;
+        let target = HubTarget::Configuration(id.to_string());
+        let path = path(op, &target, &["configurations", id])?;
+        let mut call = Call::new(op, target.clone(), Method::PUT, path, &[200, 201]).json(
+            op,
+            &target,
+            configuration,
+        )?;
+        if let Some(etag) = if_match {
+            call = call.if_match(etag);
+        }
+        self.configuration_call(call).await
+    }
+
+    /// `DELETE /configurations/{id}`; `if_match` `None` deletes unconditionally (`"*"`).
+    pub async fn delete_configuration(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), HubError> {
+        let op = HubOperation::DeleteConfiguration;
+        let target = HubTarget::Configuration(id.to_string());
+        let path = path(op, &target, &["configurations", id])?;
+        let call = Call::new(op, target, Method::DELETE, path, &[200, 204])
+            .if_match(if_match.unwrap_or("*"));
+        self.execute(call).await.map(|_| ())
+    }
+
+    /// `GET /configurations[?top=N]` (the hub does not page this list).
+    pub async fn list_configurations(
+        &self,
+        top: Option<u32>,
+    ) -> Result<Vec<Configuration>, HubError> {
+        let op = HubOperation::ListConfigurations;
+        let target = HubTarget::Hub;
+        let mut call = Call::new(
+            op,
+            target.clone(),
+            Method::GET,
+            "/configurations".into(),
+            &[200],
+        );
+        if let Some(top) = top {
+            call.query.push(("top", top.to_string()));
+        }
+        let reply = self.execute(call).await?;
+        decode(op, &target, &reply)
+    }
+
+    /// `POST /devices/{id}/applyConfigurationContent` (a single-device deployment;
+    /// `modulesContent` is required by the hub). The hub answers 204; 200 is accepted too.
+    pub async fn apply_configuration_content(
+        &self,
+        device_id: &str,
+        content: &ConfigurationContent,
+    ) -> Result<(), HubError> {
+        let op = HubOperation::ApplyConfigurationContent;
+        let target = HubTarget::Device(device_id.to_string());
+        let path = path(
+            op,
+            &target,
+            &["devices", device_id, "applyConfigurationContent"],
+        )?;
+        let call = Call::new(op, target.clone(), Method::POST, path, &[200, 204])
+            .json(op, &target, content)?;
+        self.execute(call).await.map(|_| ())
+    }
+
+    async fn configuration_call(&self, call: Call) -> Result<Configuration, HubError> {
+        let (op, target) = (call.operation, call.target.clone());
+        let reply = self.execute(call).await?;
+        let mut configuration: Configuration = decode(op, &target, &reply)?;
+        fill_etag(&mut configuration.etag, &reply.headers);
+        Ok(configuration)
+    }
+
+    // ----- pipeline ----------------------------------------------------------------------
+
+    async fn execute(&self, call: Call) -> Result<Reply, HubError> {
+        let inner = &self.inner;
+        let class = call.operation.class();
+        let mut url = format!("{}{}?api-version={API_VERSION}", inner.base_url, call.path);
+        for (name, value) in &call.query {
+            url.push('&');
+            url.push_str(name);
+            url.push('=');
+            url.extend(utf8_percent_encode(value, SEGMENT));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let waited = inner.limiter.acquire(class, call.cost).await;
+            inner.counters.record_rate_limit_wait(waited);
+
+            let token = inner.tokens.token();
+            let mut authorization = HeaderValue::from_str(token.header_value()).map_err(|_| {
+                HubError::Setup {
+                    host: self.host_name().to_string(),
+                    message: "the SAS token is not a valid header value; check the policy name in the connection string".into(),
+                }
+            })?;
+            authorization.set_sensitive(true);
+            let mut request = inner
+                .http
+                .request(call.method.clone(), &url)
+                .header(AUTHORIZATION, authorization)
+                .header(ACCEPT, "application/json");
+            for (name, value) in &call.headers {
+                request = request.header(*name, value);
+            }
+            if let Some(body) = &call.body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json; charset=utf-8")
+                    .body(body.clone());
+            }
+
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let headers = response.headers().clone();
+                    match response.bytes().await {
+                        Ok(body) => Ok(Reply {
+                            status,
+                            headers,
+                            body: body.to_vec(),
+                        }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+
+            match outcome {
+                Err(error) => {
+                    let kind = if error.is_timeout() {
+                        TransportKind::Timeout
+                    } else if error.is_connect() {
+                        TransportKind::Connect
+                    } else {
+                        TransportKind::Io
+                    };
+                    inner
+                        .counters
+                        .record(call.operation, CallResult::TransportError);
+                    let decision = inner.options.retry.decide(
+                        attempt,
+                        AttemptOutcome::Transport(kind),
+                        rand::random::<f64>(),
+                    );
+                    if let RetryDecision::RetryAfter(delay) = decision {
+                        tracing::debug!(
+                            operation = %call.operation, target = %call.target, attempt,
+                            delay_ms = delay.as_millis() as u64, error = %kind,
+                            "IoT Hub call failed to connect; retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(HubError::Transport {
+                        operation: call.operation,
+                        target: call.target,
+                        kind,
+                        message: scrub(&error_chain(&error)),
+                    });
+                }
+                Ok(reply) => {
+                    inner
+                        .counters
+                        .record(call.operation, CallResult::Status(reply.status));
+                    if call.accept.contains(&reply.status) {
+                        return Ok(reply);
+                    }
+                    let retry_after = reply
+                        .headers
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+                    let decision = inner.options.retry.decide(
+                        attempt,
+                        AttemptOutcome::Status {
+                            status: reply.status,
+                            retry_after,
+                        },
+                        rand::random::<f64>(),
+                    );
+                    if let RetryDecision::RetryAfter(delay) = decision {
+                        tracing::debug!(
+                            operation = %call.operation, target = %call.target, attempt,
+                            status = reply.status, delay_ms = delay.as_millis() as u64,
+                            "IoT Hub call failed transiently; retrying"
+                        );
+                        if reply.status == 429 {
+                            // Hold back every caller of this throttle class, not only this one;
+                            // the next acquire() waits out the block.
+                            inner.limiter.block_for(class, delay);
+                        } else {
+                            tokio::time::sleep(delay).await;
+                        }
+                        continue;
+                    }
+                    return Err(api_error(call.operation, call.target, &reply));
+                }
+            }
+        }
+    }
+}
+
+impl Call {
+    fn new(
+        operation: HubOperation,
+        target: HubTarget,
+        method: Method,
+        path: String,
+        accept: &'static [u16],
+    ) -> Call {
+        Call {
+            operation,
+            target,
+            method,
+            path,
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: None,
+            cost: 1,
+            accept,
+        }
+    }
+
+    fn json<T: Serialize + ?Sized>(
+        mut self,
+        operation: HubOperation,
+        target: &HubTarget,
+        body: &T,
+    ) -> Result<Call, HubError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| HubError::InvalidRequest {
+            operation,
+            target: target.clone(),
+            message: format!("the request body could not be serialized: {e}"),
+        })?;
+        self.body = Some(bytes);
+        Ok(self)
+    }
+
+    fn if_match(mut self, etag: &str) -> Call {
+        self.headers.push(("if-match", quote_etag(etag)));
+        self
+    }
+}
+
+fn entry_result(entry: &ExportImportDevice, outcome: BulkDeviceOutcome) -> BulkDeviceResult {
+    BulkDeviceResult {
+        device_id: entry.id.clone().unwrap_or_default(),
+        module_id: entry.module_id.clone(),
+        outcome,
+    }
+}
+
+fn api_error(operation: HubOperation, target: HubTarget, reply: &Reply) -> HubError {
+    let header_code = reply
+        .headers
+        .get("iothub-errorcode")
+        .and_then(|v| v.to_str().ok());
+    let parsed = parse_error(header_code, &reply.body);
+    let retry_after = reply
+        .headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+    HubError::Api {
+        operation,
+        target,
+        status: reply.status,
+        code: parsed.code,
+        message: parsed.message,
+        retry_after,
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    operation: HubOperation,
+    target: &HubTarget,
+    reply: &Reply,
+) -> Result<T, HubError> {
+    serde_json::from_slice(&reply.body).map_err(|e| HubError::InvalidResponse {
+        operation,
+        target: target.clone(),
+        status: reply.status,
+        message: format!("body does not match the API model: {e}"),
+    })
+}
+
+/// Builds `/seg/seg/...` with every segment percent-encoded. Ids the URL syntax cannot carry
+/// (empty, `.`, `..`, which URL parsers collapse even when encoded) are refused.
+fn path(
+    operation: HubOperation,
+    target: &HubTarget,
+    segments: &[&str],
+) -> Result<String, HubError> {
+    let mut out = String::new();
+    for segment in segments {
+        if segment.is_empty() || *segment == "." || *segment == ".." {
+            return Err(HubError::InvalidRequest {
+                operation,
+                target: target.clone(),
+                message: format!(
+                    "the id {segment:?} cannot be used in a request path; ids must be non-empty and not '.' or '..'"
+                ),
+            });
+        }
+        out.push('/');
+        out.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+    Ok(out)
+}
+
+fn required_id<'a>(
+    operation: HubOperation,
+    id: Option<&'a str>,
+    field: &str,
+) -> Result<&'a str, HubError> {
+    match id {
+        Some(id) if !id.is_empty() => Ok(id),
+        _ => Err(HubError::InvalidRequest {
+            operation,
+            target: HubTarget::Hub,
+            message: format!("{field} is required; set it to the id to write"),
+        }),
+    }
+}
+
+/// `If-Match` value: clients send etags quoted (`"MA=="`), and the wildcard as `"*"`.
+pub fn quote_etag(etag: &str) -> String {
+    let etag = etag.trim();
+    if etag.len() >= 2 && etag.starts_with('"') && etag.ends_with('"') {
+        etag.to_string()
+    } else {
+        format!("\"{etag}\"")
+    }
+}
+
+/// The response's `ETag` header without quotes or a weak marker.
+fn header_etag(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(reqwest::header::ETAG)?.to_str().ok()?.trim();
+    let value = value.strip_prefix("W/").unwrap_or(value);
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// The hub treats the `ETag` header as authoritative; use it when the body has no etag.
+fn fill_etag(etag: &mut Option<String>, headers: &HeaderMap) {
+    if etag.as_deref().is_none_or(str::is_empty)
+        && let Some(from_header) = header_etag(headers)
+    {
+        *etag = Some(from_header);
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        let target = HubTarget::Hub;
+        let op = HubOperation::GetDevice;
+        assert_eq!(
+            path(op, &target, &["twins", "edge1", "modules", "$edgeAgent"]).unwrap(),
+            "/twins/edge1/modules/%24edgeAgent"
+        );
+        assert_eq!(
+            path(
+                op,
+                &target,
+                &["devices", "a#b?c%d/e f+g:h;i=j@k!l*m(n)o,p'q.r-s_t~u"]
+            )
+            .unwrap(),
+            "/devices/a%23b%3Fc%25d%2Fe%20f%2Bg%3Ah%3Bi%3Dj%40k%21l%2Am%28n%29o%2Cp%27q.r-s_t~u"
+        );
+        for bad in ["", ".", ".."] {
+            let err = path(op, &HubTarget::Device(bad.into()), &["devices", bad]).unwrap_err();
+            assert!(matches!(err, HubError::InvalidRequest { .. }), "{err}");
+        }
+        // Dots inside an id are fine.
+        assert_eq!(
+            path(op, &target, &["devices", "a..b"]).unwrap(),
+            "/devices/a..b"
+        );
+    }
+
+    #[test]
+    fn etags_are_quoted_once() {
+        assert_eq!(quote_etag("MA=="), "\"MA==\"");
+        assert_eq!(quote_etag("\"MA==\""), "\"MA==\"");
+        assert_eq!(quote_etag("*"), "\"*\"");
+    }
+
+    #[test]
+    fn etag_header_is_unquoted_and_fills_a_missing_body_etag() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::ETAG,
+            HeaderValue::from_static("W/\"AAAAAAAAAAE=\""),
+        );
+        let mut etag = None;
+        fill_etag(&mut etag, &headers);
+        assert_eq!(etag.as_deref(), Some("AAAAAAAAAAE="));
+        let mut body_etag = Some("body".to_string());
+        fill_etag(&mut body_etag, &headers);
+        assert_eq!(body_etag.as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn bulk_outcome_helpers() {
+        let error = HubError::Api {
+            operation: HubOperation::BulkDevices,
+            target: HubTarget::Hub,
+            status: 503,
+            code: None,
+            message: "busy".into(),
+            retry_after: None,
+        };
+        let outcome = BulkOutcome {
+            results: vec![
+                BulkDeviceResult {
+                    device_id: "a".into(),
+                    module_id: None,
+                    outcome: BulkDeviceOutcome::Succeeded { warnings: vec![] },
+                },
+                BulkDeviceResult {
+                    device_id: "b".into(),
+                    module_id: None,
+                    outcome: BulkDeviceOutcome::RequestFailed(error.clone()),
+                },
+                BulkDeviceResult {
+                    device_id: "c".into(),
+                    module_id: None,
+                    outcome: BulkDeviceOutcome::NotSent,
+                },
+            ],
+            calls: 2,
+        };
+        assert!(!outcome.all_succeeded());
+        assert_eq!(
+            outcome
+                .failures()
+                .map(|r| r.device_id.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert_eq!(outcome.request_error(), Some(&error));
+    }
+}

@@ -1,0 +1,189 @@
+//! Counts of hub calls by operation and result, readable directly (benchmarks, e2e tests) and
+//! exportable through a prometheus-client registry.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::operation::HubOperation;
+
+/// How one HTTP attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CallResult {
+    /// The hub answered with this status.
+    Status(u16),
+    /// No answer (connection failure, timeout).
+    TransportError,
+}
+
+impl CallResult {
+    fn label(self) -> String {
+        match self {
+            CallResult::Status(status) => status.to_string(),
+            CallResult::TransportError => "transport_error".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    operation: String,
+    status: String,
+}
+
+/// A snapshot row: how many attempts of `operation` ended with `result`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCount {
+    /// The call.
+    pub operation: HubOperation,
+    /// How it ended.
+    pub result: CallResult,
+    /// Number of HTTP attempts (retries count separately).
+    pub count: u64,
+}
+
+/// Call counters shared by clients (pass one in [`super::ClientOptions::counters`] to
+/// aggregate several clients). Every HTTP attempt is counted, retries included.
+#[derive(Debug, Default)]
+pub struct HubCallCounters {
+    calls: Mutex<BTreeMap<(HubOperation, CallResult), u64>>,
+    rate_limit_wait: Mutex<Duration>,
+    family: Family<CallLabels, Counter>,
+}
+
+impl HubCallCounters {
+    /// Empty counters.
+    pub fn new() -> Self {
+        HubCallCounters::default()
+    }
+
+    /// Records one attempt.
+    pub fn record(&self, operation: HubOperation, result: CallResult) {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((operation, result))
+            .or_default() += 1;
+        self.family
+            .get_or_create(&CallLabels {
+                operation: operation.as_str().to_string(),
+                status: result.label(),
+            })
+            .inc();
+    }
+
+    /// Adds time spent waiting for the client-side rate limiter.
+    pub fn record_rate_limit_wait(&self, waited: Duration) {
+        *self
+            .rate_limit_wait
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) += waited;
+    }
+
+    /// All non-zero counts, ordered by operation then result.
+    pub fn snapshot(&self) -> Vec<CallCount> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(&(operation, result), &count)| CallCount {
+                operation,
+                result,
+                count,
+            })
+            .collect()
+    }
+
+    /// Attempts in total.
+    pub fn total(&self) -> u64 {
+        self.sum(|_, _| true)
+    }
+
+    /// Attempts of one operation.
+    pub fn count_operation(&self, operation: HubOperation) -> u64 {
+        self.sum(|op, _| op == operation)
+    }
+
+    /// Attempts that ended with an HTTP status.
+    pub fn count_status(&self, status: u16) -> u64 {
+        self.sum(|_, result| result == CallResult::Status(status))
+    }
+
+    /// Attempts of operations that change hub state ([`HubOperation::is_write`]).
+    pub fn writes(&self) -> u64 {
+        self.sum(|op, _| op.is_write())
+    }
+
+    /// Total time callers waited for the client-side rate limiter.
+    pub fn rate_limit_wait(&self) -> Duration {
+        *self
+            .rate_limit_wait
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sum(&self, keep: impl Fn(HubOperation, CallResult) -> bool) -> u64 {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((op, result), _)| keep(*op, *result))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// Registers `iothub_calls_total{operation, status}` in a prometheus-client registry.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "iothub_calls",
+            "IoT Hub service API calls by operation and HTTP status (retries counted separately)",
+            self.family.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_operation_and_result() {
+        let counters = HubCallCounters::new();
+        counters.record(HubOperation::GetDevice, CallResult::Status(200));
+        counters.record(HubOperation::GetDevice, CallResult::Status(200));
+        counters.record(HubOperation::BulkDevices, CallResult::Status(429));
+        counters.record(HubOperation::Query, CallResult::TransportError);
+        assert_eq!(counters.total(), 4);
+        assert_eq!(counters.count_operation(HubOperation::GetDevice), 2);
+        assert_eq!(counters.count_status(429), 1);
+        assert_eq!(counters.writes(), 1);
+        assert_eq!(
+            counters.snapshot()[0],
+            CallCount {
+                operation: HubOperation::GetDevice,
+                result: CallResult::Status(200),
+                count: 2
+            }
+        );
+    }
+
+    #[test]
+    fn exports_through_prometheus() {
+        let counters = HubCallCounters::new();
+        let mut registry = Registry::default();
+        counters.register(&mut registry);
+        counters.record(HubOperation::DeleteDevice, CallResult::Status(204));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"iothub_calls_total{operation="delete_device",status="204"} 1"#),
+            "{text}"
+        );
+    }
+}
