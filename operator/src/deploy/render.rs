@@ -1,0 +1,93 @@
+//! Rendering a manifest for a layer: below the top layer, images from `upstreamRegistries` are
+//! pulled through the parent, so they become `$upstream:<upstreamPort>/<path>`.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::image::upstream_image;
+use super::manifest::{DESIRED, EDGE_AGENT, LAYERED_MODULE_PREFIX};
+use crate::api::EdgeRuntimeSpec;
+
+/// Which rendering of a deployment a device gets. Rendered content differs between them, so each
+/// (deployment, variant) in use is its own IoT Hub configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Variant {
+    /// Layer 1: reaches the cloud; images stay as written.
+    Top,
+    /// Layer 2 and below: images from `upstreamRegistries` are pulled via `$upstream`.
+    Lower,
+}
+
+impl Variant {
+    /// The variant of a device in `layer` (top layer is 1; 0 is treated as top).
+    pub fn for_layer(layer: u32) -> Self {
+        if layer <= 1 {
+            Variant::Top
+        } else {
+            Variant::Lower
+        }
+    }
+
+    /// `top` or `lower`, as used in labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Top => "top",
+            Variant::Lower => "lower",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `content` (`{"modulesContent": ...}`, standard or layered) rendered for `variant`.
+///
+/// Top: returned unchanged. Lower: every `settings.image` under `$edgeAgent` — system modules and
+/// modules of the full `properties.desired` form, and `properties.desired.modules.<m>` entries of
+/// the layered form — is replaced by [`upstream_image`] when that applies. Other values are left
+/// as they are; rendering twice gives the same result. Malformed parts are skipped, not fixed
+/// (validation reports them).
+pub fn render_content(content: &Value, variant: Variant, edge: &EdgeRuntimeSpec) -> Value {
+    let mut rendered = content.clone();
+    if variant == Variant::Top {
+        return rendered;
+    }
+    let Some(agent) = rendered
+        .get_mut("modulesContent")
+        .and_then(|m| m.get_mut(EDGE_AGENT))
+        .and_then(Value::as_object_mut)
+    else {
+        return rendered;
+    };
+    for (key, value) in agent.iter_mut() {
+        if key == DESIRED {
+            for group in ["systemModules", "modules"] {
+                if let Some(modules) = value.get_mut(group).and_then(Value::as_object_mut) {
+                    for module in modules.values_mut() {
+                        rewrite_module_image(module, edge);
+                    }
+                }
+            }
+        } else if key.starts_with(LAYERED_MODULE_PREFIX) {
+            rewrite_module_image(value, edge);
+        }
+    }
+    rendered
+}
+
+fn rewrite_module_image(module: &mut Value, edge: &EdgeRuntimeSpec) {
+    let Some(image) = module.get_mut("settings").and_then(|s| s.get_mut("image")) else {
+        return;
+    };
+    if let Some(rewritten) = image.as_str().and_then(|i| upstream_image(i, edge)) {
+        *image = Value::String(rewritten);
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/render.rs"]
+mod tests;

@@ -1,0 +1,143 @@
+use super::*;
+
+fn edge(registries: &[&str], port: u16) -> EdgeRuntimeSpec {
+    EdgeRuntimeSpec {
+        upstream_registries: registries.iter().map(|r| r.to_string()).collect(),
+        upstream_port: port,
+        ..EdgeRuntimeSpec::default()
+    }
+}
+
+#[test]
+fn registry_host_follows_dockers_rule() {
+    for (image, host) in [
+        (
+            "mcr.microsoft.com/azureiotedge-agent:1.5",
+            Some("mcr.microsoft.com"),
+        ),
+        ("localhost/x", Some("localhost")),
+        ("localhost:5000/team/x:1", Some("localhost:5000")),
+        ("10.0.0.1/x", Some("10.0.0.1")),
+        ("$upstream:443/azureiotedge-hub:1.5", Some("$upstream:443")),
+        ("registry:latest", None),
+        ("registry", None),
+        ("library/registry:2", None),
+        ("myteam/app:1", None),
+        ("", None),
+    ] {
+        assert_eq!(registry_host(image), host, "{image}");
+    }
+}
+
+#[test]
+fn listed_registries_are_rewritten_with_their_path() {
+    let e = edge(&["mcr.microsoft.com"], 443);
+    for (image, want) in [
+        (
+            "mcr.microsoft.com/azureiotedge-agent:1.5",
+            Some("$upstream:443/azureiotedge-agent:1.5"),
+        ),
+        (
+            "MCR.microsoft.com/a/b/c@sha256:abc",
+            Some("$upstream:443/a/b/c@sha256:abc"),
+        ),
+        ("mcr.microsoft.com.evil.example/x", None),
+        ("myacr.azurecr.io/x:1", None),
+        ("registry:latest", None),
+        ("docker.io/library/registry:2", None),
+        ("$upstream:443/azureiotedge-agent:1.5", None),
+        ("$upstream:8443/azureiotedge-agent:1.5", None),
+    ] {
+        assert_eq!(upstream_image(image, &e).as_deref(), want, "{image}");
+    }
+    let e = edge(&[" https://MCR.microsoft.com/ ", "localhost:5000"], 8443);
+    assert_eq!(
+        upstream_image("mcr.microsoft.com/x:1", &e).as_deref(),
+        Some("$upstream:8443/x:1")
+    );
+    assert_eq!(
+        upstream_image("localhost:5000/team/x:1", &e).as_deref(),
+        Some("$upstream:8443/team/x:1")
+    );
+    assert_eq!(
+        upstream_image("mcr.microsoft.com/x:1", &edge(&[], 443)),
+        None
+    );
+}
+
+#[test]
+fn docker_hub_is_rewritten_only_when_listed() {
+    let e = edge(&["mcr.microsoft.com", "docker.io"], 443);
+    for (image, want) in [
+        ("registry:latest", "$upstream:443/library/registry:latest"),
+        ("registry", "$upstream:443/library/registry"),
+        ("myteam/app:1", "$upstream:443/myteam/app:1"),
+        (
+            "docker.io/library/registry:2",
+            "$upstream:443/library/registry:2",
+        ),
+        ("docker.io/registry:2", "$upstream:443/library/registry:2"),
+        ("index.docker.io/myteam/app", "$upstream:443/myteam/app"),
+    ] {
+        assert_eq!(upstream_image(image, &e).as_deref(), Some(want), "{image}");
+    }
+    assert_eq!(upstream_image("", &e), None);
+}
+
+#[test]
+fn rewriting_is_idempotent() {
+    let e = edge(&["mcr.microsoft.com", "docker.io"], 443);
+    for image in [
+        "mcr.microsoft.com/azureiotedge-hub:1.5",
+        "registry:latest",
+        "other.example/x",
+    ] {
+        let once = upstream_image(image, &e).unwrap_or_else(|| image.to_string());
+        assert_eq!(
+            upstream_image(&once, &e),
+            None,
+            "{once} is not rewritten again"
+        );
+    }
+}
+
+#[test]
+fn unreachable_registries_are_those_neither_rewritten_nor_upstream() {
+    let e = edge(&["mcr.microsoft.com"], 443);
+    assert_eq!(unreachable_registry("mcr.microsoft.com/x", &e), None);
+    assert_eq!(unreachable_registry("$upstream:443/x", &e), None);
+    assert_eq!(
+        unreachable_registry("Myacr.azurecr.io/x", &e).as_deref(),
+        Some("myacr.azurecr.io")
+    );
+    assert_eq!(
+        unreachable_registry("registry:latest", &e).as_deref(),
+        Some("docker.io")
+    );
+    assert_eq!(
+        unreachable_registry("registry:latest", &edge(&["docker.io"], 443)),
+        None
+    );
+}
+
+#[test]
+fn repository_names_drop_registry_path_tag_and_digest() {
+    for (image, name) in [
+        (
+            "mcr.microsoft.com/azureiotedge-api-proxy:1.1",
+            "azureiotedge-api-proxy",
+        ),
+        (
+            "$upstream:443/azureiotedge-api-proxy:1.1",
+            "azureiotedge-api-proxy",
+        ),
+        (
+            "localhost:5000/a/azureiotedge-api-proxy@sha256:00",
+            "azureiotedge-api-proxy",
+        ),
+        ("azureiotedge-api-proxy", "azureiotedge-api-proxy"),
+        ("", ""),
+    ] {
+        assert_eq!(repository_name(image), name, "{image}");
+    }
+}

@@ -1,0 +1,197 @@
+use serde_json::json;
+
+use super::*;
+use crate::deploy::fixtures::*;
+
+const UID: &str = "5f0c3a52-8c1e-4f0e-9c55-0f6a3f1d2b7e";
+
+fn device(ex: &Example, id: &str) -> DeviceSpec {
+    ex.spec
+        .devices
+        .iter()
+        .find(|d| d.id == id)
+        .cloned()
+        .expect("device in example")
+}
+
+#[test]
+fn ownership_tags_for_each_kind_of_device() {
+    let ex = factory();
+    let tags = |id: &str| {
+        ownership_tags(
+            "plant",
+            "factory",
+            UID,
+            &device(&ex, id),
+            ex.topology.layer[id],
+        )
+    };
+    assert_eq!(
+        tags("site1-area1-line1-cell1"),
+        json!({"edgeHierarchy": {"namespace": "plant", "name": "factory", "uid": UID, "layer": 5,
+            "deployment": "cell", "layered": {"monitoring": true}}})
+    );
+    assert_eq!(
+        tags("site1-area1-gw"),
+        json!({"edgeHierarchy": {"namespace": "plant", "name": "factory", "uid": UID, "layer": 3, "deployment": "gateway"}})
+    );
+    assert_eq!(
+        tags("site1-badge-reader"),
+        json!({"edgeHierarchy": {"namespace": "plant", "name": "factory", "uid": UID, "layer": 3}})
+    );
+    assert_eq!(layered_tag_key("my-layer-2"), "my_layer_2");
+}
+
+#[test]
+fn tag_patches_add_change_and_remove_only_our_keys() {
+    let ex = factory();
+    let desired = ownership_tags("plant", "factory", UID, &device(&ex, "site1-gw"), 2);
+    // A fresh twin gets everything.
+    assert_eq!(
+        ownership_tags_patch(&Value::Null, &desired),
+        Some(desired.clone())
+    );
+    assert_eq!(
+        ownership_tags_patch(&json!({"site": "berlin"}), &desired),
+        Some(desired.clone())
+    );
+    // Equal (a number echoed as float included): nothing to do.
+    let mut current = desired.clone();
+    current["site"] = json!("berlin");
+    assert_eq!(ownership_tags_patch(&current, &desired), None);
+    current["edgeHierarchy"]["layer"] = json!(2.0);
+    assert_eq!(ownership_tags_patch(&current, &desired), None);
+    // A dropped layered deployment and a moved device: stale keys are nulled, user tags untouched.
+    current["edgeHierarchy"]["layered"]["old_layer"] = json!(true);
+    current["edgeHierarchy"]["layer"] = json!(3);
+    current["edgeHierarchy"]["extra"] = json!({"x": 1});
+    assert_eq!(
+        ownership_tags_patch(&current, &desired),
+        Some(json!({"edgeHierarchy": {"layer": 2, "layered": {"old_layer": null}, "extra": null}}))
+    );
+    // A device that lost all layered deployments and its deployment (became a Leaf).
+    let mut leaf = device(&ex, "site1-gw");
+    leaf.device_type = crate::api::DeviceType::Leaf;
+    let leaf_tags = ownership_tags("plant", "factory", UID, &leaf, 2);
+    assert_eq!(
+        ownership_tags_patch(&desired, &leaf_tags),
+        Some(json!({"edgeHierarchy": {"deployment": null, "layered": null}}))
+    );
+    // A scalar where an object belongs is replaced whole.
+    assert_eq!(
+        ownership_tags_patch(&json!({"edgeHierarchy": "x"}), &leaf_tags),
+        Some(leaf_tags.clone())
+    );
+}
+
+#[test]
+fn target_conditions_quote_and_select_by_layer() {
+    assert_eq!(
+        target_condition(UID, "top-layer", false, Variant::Top),
+        format!(
+            "tags.edgeHierarchy.uid='{UID}' AND tags.edgeHierarchy.deployment='top-layer' AND tags.edgeHierarchy.layer=1"
+        )
+    );
+    assert_eq!(
+        target_condition(UID, "lower-layer", false, Variant::Lower),
+        format!(
+            "tags.edgeHierarchy.uid='{UID}' AND tags.edgeHierarchy.deployment='lower-layer' AND tags.edgeHierarchy.layer>1"
+        )
+    );
+    assert_eq!(
+        target_condition(UID, "my-monitoring", true, Variant::Lower),
+        format!(
+            "tags.edgeHierarchy.uid='{UID}' AND tags.edgeHierarchy.layered.my_monitoring=true AND tags.edgeHierarchy.layer>1"
+        )
+    );
+    assert_eq!(
+        target_condition("it's", "o'neil", false, Variant::Top),
+        "tags.edgeHierarchy.uid='it''s' AND tags.edgeHierarchy.deployment='o''neil' AND tags.edgeHierarchy.layer=1"
+    );
+}
+
+fn is_valid_configuration_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || "-:+%_#*?!(),=@;$'".contains(c)
+        })
+}
+
+#[test]
+fn configuration_ids_are_valid_for_any_names() {
+    let id = configuration_id("tutorial", "top-layer", "x");
+    assert!(
+        id.starts_with("tutorial-top-layer-") && id.len() == "tutorial-top-layer-".len() + 8,
+        "{id}"
+    );
+    for (hierarchy, deployment) in [
+        ("my.hierarchy", "top-layer"),
+        ("UPPER", "Case"),
+        ("ÄÖÜ", "a/b\\c\"d e{f}"),
+        (&"h".repeat(253) as &str, &"d".repeat(63) as &str),
+    ] {
+        let id = configuration_id(hierarchy, deployment, "input");
+        assert!(
+            is_valid_configuration_id(&id),
+            "{hierarchy}/{deployment} -> {id}"
+        );
+        assert!(
+            id.ends_with(&format!("-{}", short_hash("input"))),
+            "the hash survives shortening: {id}"
+        );
+    }
+    assert_eq!(
+        configuration_id("my.hierarchy", "a", "x"),
+        format!("my-hierarchy-a-{}", short_hash("x"))
+    );
+    assert_ne!(
+        configuration_id("h", "d", "one"),
+        configuration_id("h", "d", "two")
+    );
+    assert_eq!(
+        configuration_id("h", "d", "one"),
+        configuration_id("h", "d", "one")
+    );
+}
+
+#[test]
+fn labels_mark_ownership() {
+    let owner = HierarchyRef {
+        namespace: "plant",
+        name: "factory",
+        uid: UID,
+    };
+    let labels = configuration_labels(&owner, "cell", Variant::Lower);
+    assert_eq!(
+        labels,
+        BTreeMap::from([
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "edge-hierarchy-operator".to_string()
+            ),
+            (
+                "edgehierarchy.dev/deployment".to_string(),
+                "cell".to_string()
+            ),
+            (
+                "edgehierarchy.dev/hierarchy".to_string(),
+                "factory".to_string()
+            ),
+            (
+                "edgehierarchy.dev/namespace".to_string(),
+                "plant".to_string()
+            ),
+            ("edgehierarchy.dev/uid".to_string(), UID.to_string()),
+            ("edgehierarchy.dev/variant".to_string(), "lower".to_string()),
+        ])
+    );
+    let as_json = serde_json::to_value(&labels).unwrap();
+    assert!(is_owned_configuration(&as_json, UID));
+    assert!(!is_owned_configuration(&as_json, "another-uid"));
+    assert!(!is_owned_configuration(
+        &json!({"edgehierarchy.dev/hierarchy": "factory"}),
+        UID
+    ));
+    assert!(!is_owned_configuration(&Value::Null, UID));
+}
