@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::api::{AuthenticationType, DeviceType, EdgeHierarchy, EdgeHierarchySpec, Topology};
 
-/// Twin tag under which the operator records ownership.
-pub const OWNER_TAG: &str = "edgeHierarchy";
+/// Twin tag under which the operator records ownership (see `deploy::ownership`).
+pub use crate::deploy::ownership::TAG as OWNER_TAG;
 
 /// Which hierarchy this is, as recorded in the ownership tags of its devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub struct DesiredDevice {
     pub layer: u32,
     pub device_type: DeviceType,
     pub auth: DesiredAuth,
-    /// The full `tags.edgeHierarchy` object.
+    /// The full `tags.edgeHierarchy` object, as `deploy::ownership_tags` makes it.
     pub owner_tags: Value,
 }
 
@@ -64,40 +64,6 @@ impl DesiredDevice {
     pub fn is_edge(&self) -> bool {
         self.device_type == DeviceType::Edge
     }
-}
-
-/// The ownership tags of one device: who owns it and what it runs, which configuration target
-/// conditions match on.
-pub fn owner_tags(
-    identity: &HierarchyIdentity,
-    device: &crate::api::DeviceSpec,
-    layer: u32,
-) -> Value {
-    let mut tags = serde_json::json!({
-        "namespace": identity.namespace,
-        "name": identity.name,
-        "uid": identity.uid,
-        "layer": layer,
-    });
-    if let Some(deployment) = &device.deployment {
-        tags["deployment"] = Value::String(deployment.clone());
-    }
-    if !device.layered_deployments.is_empty() {
-        let layered: serde_json::Map<String, Value> = device
-            .layered_deployments
-            .iter()
-            .map(|name| (layered_tag_key(name), Value::Bool(true)))
-            .collect();
-        tags["layered"] = Value::Object(layered);
-    }
-    tags
-}
-
-/// Key of a layered deployment in `tags.edgeHierarchy.layered`. Deployment names are DNS labels;
-/// `-` is not usable in an IoT Hub query path, and `_` never occurs in a name, so mapping one to
-/// the other keeps keys unique.
-pub fn layered_tag_key(deployment: &str) -> String {
-    deployment.replace('-', "_")
 }
 
 /// The devices of a valid spec, parents first.
@@ -126,7 +92,9 @@ pub fn desired_devices(
                         thumbprints: thumbprints.get(id).cloned(),
                     },
                 },
-                owner_tags: owner_tags(identity, d, layer),
+                owner_tags: crate::deploy::ownership_tags(&identity.namespace, &identity.name, &identity.uid, d, layer)
+                    [OWNER_TAG]
+                    .take(),
             }
         })
         .collect()

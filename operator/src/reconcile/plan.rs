@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::model::{
-    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, Ownership, ownership,
+    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, OWNER_TAG, Ownership,
+    ownership,
 };
 use crate::api::{DeletionPolicy, DeviceState, PolicySpec, ReconcilePolicy};
 
@@ -298,11 +299,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 report.message = Some(format!("waiting for parent {parent:?} to be registered"));
             }
         }
-        let owner_drift = have.owner_tags.as_ref() != Some(&want.owner_tags);
-        if owner_drift
-            && have.owner_tags.is_some()
-            && ownership(have, input.identity) == Ownership::Ours
-        {
+        let owner_patch = owner_tags_patch(have.owner_tags.as_ref(), &want.owner_tags);
+        if owner_patch.is_some() && ownership(have, input.identity) == Ownership::Ours {
             drift.push("ownership tags differ from the spec".to_string());
         }
 
@@ -322,12 +320,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     fix,
                 });
             }
-            if owner_drift {
-                tag_writes.push(Action::WriteOwnerTags {
-                    id: want.id.clone(),
-                    twin_etag: have.twin_etag.clone(),
-                    patch: merge_patch(have.owner_tags.as_ref(), &want.owner_tags),
-                });
+            if let Some(patch) = owner_patch {
+                tag_writes.push(Action::WriteOwnerTags { id: want.id.clone(), twin_etag: have.twin_etag.clone(), patch });
             }
         }
         report.state = if !report.drift.is_empty() {
@@ -455,25 +449,12 @@ fn plan_removals(
         .collect()
 }
 
-/// A JSON merge patch that turns `current` into `desired`: keys only in `current` become null.
-pub fn merge_patch(current: Option<&Value>, desired: &Value) -> Value {
-    match (current, desired) {
-        (Some(Value::Object(have)), Value::Object(want)) => {
-            let mut patch = serde_json::Map::new();
-            for (key, value) in want {
-                if have.get(key) != Some(value) {
-                    patch.insert(key.clone(), merge_patch(have.get(key), value));
-                }
-            }
-            for key in have.keys() {
-                if !want.contains_key(key) {
-                    patch.insert(key.clone(), Value::Null);
-                }
-            }
-            Value::Object(patch)
-        }
-        _ => desired.clone(),
-    }
+/// The merge patch of `tags.edgeHierarchy` from what the hub has to what the spec wants, or
+/// `None` when they agree (tags outside it are the user's and never part of the patch).
+fn owner_tags_patch(have: Option<&Value>, want: &Value) -> Option<Value> {
+    let wrap = |inner: Value| serde_json::json!({ OWNER_TAG: inner });
+    crate::deploy::ownership_tags_patch(&wrap(have.cloned().unwrap_or(Value::Null)), &wrap(want.clone()))
+        .map(|mut patch| patch[OWNER_TAG].take())
 }
 
 fn on_off(on: bool) -> &'static str {

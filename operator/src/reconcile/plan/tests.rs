@@ -589,18 +589,6 @@ fn x509_devices_wait_for_certificates_then_register_thumbprints() {
 }
 
 #[test]
-fn merge_patch_nulls_dropped_keys_and_recurses() {
-    let have = json!({"a": 1, "b": {"x": 1, "y": 2}, "gone": true});
-    let want = json!({"a": 1, "b": {"x": 1, "z": 3}, "new": "v"});
-    assert_eq!(
-        merge_patch(Some(&have), &want),
-        json!({"b": {"y": null, "z": 3}, "gone": null, "new": "v"})
-    );
-    assert_eq!(merge_patch(None, &want), want);
-    assert_eq!(merge_patch(Some(&want), &want), json!({}));
-}
-
-#[test]
 fn from_twin_reads_the_fields_plan_uses() {
     let twin = json!({
         "deviceId": "lower", "etag": "AAAA", "deviceEtag": "BBBB", "status": "disabled",
