@@ -1,0 +1,52 @@
+# The two commands the README promises: `make demo` and `make test`. Both work on a fresh machine
+# that has only the toolchains (Rust, Go, Python, kubectl); everything else is built or installed here.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo
+
+all: build
+
+## Rust binaries: the operator, kubectl plugin, emulator, edge simulator, control-plane harness.
+build:
+	$(CARGO) build --workspace --bins
+
+## etcd, kube-apiserver, kube-controller-manager and helm from pinned Go modules (cached).
+tools:
+	@e2e/tools/build.sh >/dev/null
+
+## Python venv with Microsoft's azure-iot-hub SDK for the emulator conformance suite.
+venv: $(VENV)/.installed
+$(VENV)/.installed: e2e/iothub-emulator/conformance/requirements.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r e2e/iothub-emulator/conformance/requirements.txt
+	touch $@
+
+## System packages the tests use (shellcheck for install.sh, openssl for certificate checks).
+deps:
+	@scripts/install-deps.sh
+
+## Regenerate the CRD from the Rust types (never edit crds/ by hand).
+crd:
+	$(CARGO) run --quiet -p edge-hierarchy-operator -- crd > crds/edgehierarchy.yaml
+	@if [ -d charts/edge-hierarchy-operator/crds ]; then cp crds/edgehierarchy.yaml charts/edge-hierarchy-operator/crds/; fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Every test: unit, e2e against a real control plane + the emulator, and the SDK conformance suite.
+test: deps tools venv build
+	$(CARGO) test --workspace --no-fail-fast
+	$(PYTHON) -m pytest -q e2e/iothub-emulator/conformance
+
+## Local demo: control plane, IoT Hub emulator, operator and simulated devices; Ctrl-C stops all.
+demo: tools build
+	@scripts/demo.sh
+
+## Benchmarks (printed ratios, never asserted).
+bench: tools venv
+	@scripts/bench.sh
