@@ -1,0 +1,12 @@
+//! edge-hierarchy-operator: keeps hierarchies of Azure IoT Edge devices in IoT Hub, their
+//! certificates and config bundles, and their module deployments equal to `EdgeHierarchy`
+//! resources.
+
+pub mod api;
+pub mod bundle;
+pub mod deploy;
+pub mod iothub;
+pub mod names;
+pub mod pki;
+pub mod reconcile;
+pub mod tree;
