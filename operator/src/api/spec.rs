@@ -18,6 +18,8 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
 pub const MAX_DEVICES: usize = 1000;
 
 /// A hierarchy of Azure IoT Edge devices (ISA-95 layers) kept equal to this spec in IoT Hub.
+// Several printer columns share `type_ = "integer"`; clippy reads those as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "edgehierarchy.dev",

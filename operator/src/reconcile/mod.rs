@@ -2,8 +2,12 @@
 //! write the status (DESIGN.md section 4). Decisions live in the pure `plan` and `status`
 //! modules; this file wires them to the apiserver and the hub.
 
+pub mod bundles;
+pub mod certs;
 pub mod conditions;
 pub mod credentials;
+pub mod deployments;
+pub mod events;
 pub mod hub;
 pub mod model;
 pub mod plan;
@@ -14,14 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
@@ -50,6 +55,10 @@ pub enum Error {
     Hub(#[from] HubError),
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    #[error(transparent)]
+    Certificates(#[from] certs::CertError),
+    #[error(transparent)]
+    Deployments(#[from] deployments::DeploymentError),
     #[error("could not delete every device from the hub: {0}; retrying")]
     CleanupIncomplete(String),
     #[error("finalizer: {0}")]
@@ -59,8 +68,10 @@ pub enum Error {
 /// Shared state of the controller.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: events::EventPublisher,
     pub hubs: HubClients,
+    /// Key generation and signing run here, off the async runtime, a few at a time.
+    pub crypto: crate::pki::CryptoPool,
 }
 
 impl Context {
@@ -70,8 +81,9 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::EventPublisher::new(client.clone(), reporter),
             hubs: HubClients::new(client.clone(), counters),
+            crypto: crate::pki::CryptoPool::with_available_parallelism(),
             client,
         }
     }
@@ -84,16 +96,10 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(conditions::truncate(&note, 1000)),
-            action: action.into(),
-            secondary: None,
-        };
+        let note = conditions::truncate(&note, 1000);
         if let Err(e) = self
-            .recorder
-            .publish(&event, &hierarchy.object_ref(&()))
+            .events
+            .publish(&hierarchy.object_ref(&()), type_, reason, action, note)
             .await
         {
             warn!(error = %e, "could not publish event");
@@ -111,7 +117,20 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     }
     let counters = Arc::new(HubCallCounters::new());
     let context = Arc::new(Context::new(client.clone(), counters));
-    let controller = Controller::new(hierarchies, watcher::Config::default().any_semantic());
+    // Reconcile on spec changes (generation), finalizer changes (the finalizer helper waits for
+    // its own patch), and annotations (`kubectl annotate` forces a sync). Not on status writes:
+    // every sync writes lastSyncTime, and reacting to that would loop and spend the hub's
+    // query quota.
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(hierarchies, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
+            Default::default(),
+        );
+    let controller = Controller::for_stream(trigger, reader);
     let store = controller.store();
     // Hub credentials live in Secrets the user owns: a change to one re-reconciles every
     // hierarchy that refers to it, so fixing a bad key takes effect at once. Only metadata is
@@ -237,13 +256,44 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         }
     };
 
+    // Deployment manifests (inline or from ConfigMaps) are part of the spec: checked before the
+    // hub is touched too.
+    let manifests = match deployments::resolve(&ctx.client, hierarchy).await {
+        Ok(m) => m,
+        Err(deployments::DeploymentError::Invalid(errors)) => {
+            let message = deployments::DeploymentError::Invalid(errors).to_string();
+            let status = blocked_status(&previous, reason::INVALID_SPEC, &message, true, generation, &now());
+            if status != previous {
+                ctx.event(hierarchy, EventType::Warning, reason::INVALID_SPEC, "Validate", message).await;
+                patch_status(ctx, hierarchy, &status).await?;
+            }
+            return Ok(Requeue::requeue(Duration::from_secs(300)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+
     let client = match ctx.hubs.client_for(hierarchy).await {
         Ok(c) => c,
         Err(e) => return credentials_blocked(hierarchy, ctx, &previous, e).await,
     };
 
+    // Certificates first: X509 devices are registered with their identity thumbprints.
+    let certificates = match certs::ensure_certificates(&ctx.client, hierarchy, &ctx.crypto, &topology.layer, Timestamp::now()).await {
+        Ok(c) => c,
+        Err(e) if e.needs_person() => {
+            let message = e.to_string();
+            let status = blocked_status(&previous, reason::INVALID_ROOT_CA, &message, true, generation, &now());
+            if status != previous {
+                ctx.event(hierarchy, EventType::Warning, reason::INVALID_ROOT_CA, "IssueCertificates", message).await;
+                patch_status(ctx, hierarchy, &status).await?;
+            }
+            return Ok(Requeue::requeue(Duration::from_secs(300)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+
     let identity = HierarchyIdentity::of(hierarchy);
-    let desired = desired_devices(&identity, &hierarchy.spec, &topology, &BTreeMap::new());
+    let desired = desired_devices(&identity, &hierarchy.spec, &topology, &certificates.thumbprints());
     let previously_registered: BTreeSet<String> = previous
         .devices
         .iter()
@@ -255,8 +305,9 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
     let mut failures = BTreeMap::new();
     let mut totals = hub::Applied::default();
     let mut last = plan::Plan::default();
+    let mut observed = BTreeMap::new();
     for _ in 0..MAX_ROUNDS {
-        let observed =
+        observed =
             match hub::observe(&client, &identity, desired.iter().map(|d| d.id.as_str())).await {
                 Ok(o) => o,
                 Err(e) => return hub_blocked(hierarchy, ctx, &previous, e).await,
@@ -294,6 +345,27 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
     drift.retain(|_, d| !d.is_empty());
     publish_sync_events(hierarchy, ctx, &totals, &last, &drift, policy.reconcile).await;
 
+    // Bundles need the registered devices (their keys and scopes), so they come after the hub.
+    let owned: BTreeMap<String, model::HubDevice> = observed
+        .into_iter()
+        .filter(|(_, d)| model::ownership(d, &identity) == model::Ownership::Ours)
+        .collect();
+    let bundles = match bundles::ensure_bundles(&ctx.client, &client, hierarchy, &topology.layer, &owned, &certificates).await {
+        Ok(b) => b,
+        Err(bundles::BundleStepError::Hub(e)) => return hub_blocked(hierarchy, ctx, &previous, e).await,
+        Err(bundles::BundleStepError::Kube(e)) => return Err(e.into()),
+    };
+    publish_certificate_events(hierarchy, ctx, &certificates, &bundles).await;
+
+    let registered: BTreeSet<String> = owned.keys().cloned().collect();
+    let known = deployments::known_configurations(&previous);
+    let deployed = match deployments::sync_deployments(&client, hierarchy, &topology, &manifests, &registered, &known).await {
+        Ok(d) => d,
+        Err(deployments::DeploymentError::Hub(e)) => return hub_blocked(hierarchy, ctx, &previous, e).await,
+        Err(e) => return Err(e.into()),
+    };
+    publish_deployment_events(hierarchy, ctx, &deployed, policy.reconcile).await;
+
     let order: Vec<String> = desired.iter().map(|d| d.id.clone()).collect();
     let outcome = SyncOutcome {
         policy: policy.reconcile,
@@ -302,12 +374,60 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         failures: &failures,
         order: &order,
     };
-    let status = synced_status(&previous, &outcome, generation, &now());
+    let mut status = synced_status(&previous, &outcome, generation, &now());
+    status::add_certificates(&mut status, &certificates, &bundles, generation, &now());
+    status::add_deployments(&mut status, &deployed, policy.reconcile, generation, &now());
     patch_status(ctx, hierarchy, &status).await?;
-    if !last.is_converged() || !failures.is_empty() {
+    if !last.is_converged() || !failures.is_empty() || !bundles.failures.is_empty() {
         return Ok(Requeue::requeue(Duration::from_secs(10)));
     }
-    Ok(Requeue::requeue(resync_interval(hierarchy)))
+    // Come back at the next renewal if that is sooner than the resync.
+    let until_renewal = certificates
+        .next_renewal()
+        .map(|t| Duration::from_secs(t.as_second().saturating_sub(Timestamp::now().as_second()).max(1) as u64));
+    let resync = resync_interval(hierarchy);
+    Ok(Requeue::requeue(until_renewal.map_or(resync, |r| r.min(resync))))
+}
+
+async fn publish_deployment_events(hierarchy: &EdgeHierarchy, ctx: &Context, deployed: &deployments::DeploymentOutcome, policy: ReconcilePolicy) {
+    if !deployed.created.is_empty() {
+        let note = format!("created configurations {}", list(&deployed.created));
+        ctx.event(hierarchy, EventType::Normal, "DeploymentCreated", "Deploy", note).await;
+    }
+    if !deployed.deleted.is_empty() {
+        let note = format!("deleted configurations {}", list(&deployed.deleted));
+        ctx.event(hierarchy, EventType::Normal, "DeploymentDeleted", "Deploy", note).await;
+    }
+    if !deployed.applied.is_empty() {
+        let note = format!("applied deployment manifests to {}", list(&deployed.applied));
+        ctx.event(hierarchy, EventType::Normal, "DeploymentApplied", "Deploy", note).await;
+    }
+    let (type_, reason) = match policy {
+        ReconcilePolicy::Manage => (EventType::Normal, "DriftCorrected"),
+        ReconcilePolicy::Observe => (EventType::Warning, "DriftDetected"),
+    };
+    for drift in &deployed.drift {
+        ctx.event(hierarchy, type_, reason, "Deploy", drift.clone()).await;
+    }
+}
+
+async fn publish_certificate_events(hierarchy: &EdgeHierarchy, ctx: &Context, certificates: &certs::Certificates, bundles: &bundles::Bundles) {
+    if !certificates.issued.is_empty() {
+        let note = format!("issued certificates for {} devices: {}", certificates.issued.len(), list(&certificates.issued));
+        ctx.event(hierarchy, EventType::Normal, "CertificatesIssued", "IssueCertificates", note).await;
+    }
+    for id in &certificates.renewed {
+        let revision = certificates.devices.get(id).map_or(0, |d| d.revision);
+        let note = format!("device {id:?}: certificates re-issued (revision {revision})");
+        ctx.event(hierarchy, EventType::Normal, "CertificateRenewed", "RenewCertificates", note).await;
+    }
+    if !bundles.updated.is_empty() {
+        let note = format!("wrote config bundles of {} devices: {}", bundles.updated.len(), list(&bundles.updated));
+        ctx.event(hierarchy, EventType::Normal, "BundlesUpdated", "WriteBundles", note).await;
+    }
+    for (id, failure) in &bundles.failures {
+        ctx.event(hierarchy, EventType::Warning, "BundleFailed", "WriteBundles", format!("device {id:?}: {failure}")).await;
+    }
 }
 
 fn merge_applied(totals: &mut hub::Applied, applied: hub::Applied) {
@@ -492,17 +612,40 @@ async fn hub_blocked(
     Ok(Requeue::requeue(Duration::from_secs(30)))
 }
 
+/// Removes the hierarchy's ownerReferences from its Secrets; returns how many were released.
+async fn release_secrets(ctx: &Context, hierarchy: &EdgeHierarchy) -> Result<usize, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &hierarchy.namespace().unwrap_or_default());
+    let selector = format!("{}={}", crate::names::HIERARCHY_LABEL, hierarchy.name_any());
+    let list = secrets.list(&ListParams::default().labels(&selector)).await?;
+    let uid = hierarchy.uid();
+    let mut released = 0;
+    for secret in list.items {
+        let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+        if !owners.iter().any(|o| Some(&o.uid) == uid.as_ref()) {
+            continue;
+        }
+        let keep: Vec<_> = owners.into_iter().filter(|o| Some(&o.uid) != uid.as_ref()).collect();
+        let patch = json!({"metadata": {"ownerReferences": keep}});
+        secrets.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        released += 1;
+    }
+    Ok(released)
+}
+
 /// The hierarchy is being deleted: under Delete (and Manage) its devices leave the hub, children
 /// first; under Detach or Observe nothing in the hub is touched.
 async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error> {
     let policy = &hierarchy.spec.policy;
     if policy.deletion == DeletionPolicy::Detach || policy.reconcile == ReconcilePolicy::Observe {
+        // The devices stay, so their certificates and bundles must too: release the Secrets
+        // from the hierarchy before garbage collection would take them.
+        let released = release_secrets(ctx, hierarchy).await?;
         ctx.event(
             hierarchy,
             EventType::Normal,
             "Detached",
             "Delete",
-            "hierarchy deleted; its hub devices are left in place".into(),
+            format!("hierarchy deleted; its hub devices and {released} Secrets (certificates, bundles, root CA) are left in place"),
         )
         .await;
         return Ok(Requeue::await_change());

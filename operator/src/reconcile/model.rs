@@ -92,8 +92,13 @@ pub fn desired_devices(
                         thumbprints: thumbprints.get(id).cloned(),
                     },
                 },
-                owner_tags: crate::deploy::ownership_tags(&identity.namespace, &identity.name, &identity.uid, d, layer)
-                    [OWNER_TAG]
+                owner_tags: crate::deploy::ownership_tags(
+                    &identity.namespace,
+                    &identity.name,
+                    &identity.uid,
+                    d,
+                    layer,
+                )[OWNER_TAG]
                     .take(),
             }
         })

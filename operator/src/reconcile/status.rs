@@ -23,6 +23,9 @@ pub mod reason {
     pub const DRIFT_REPORTED: &str = "DriftReported";
     pub const NO_DRIFT: &str = "NoDrift";
     pub const DELETING: &str = "Deleting";
+    pub const INVALID_ROOT_CA: &str = "InvalidRootCA";
+    pub const CERTIFICATES_ISSUED: &str = "CertificatesIssued";
+    pub const BUNDLES_INCOMPLETE: &str = "BundlesIncomplete";
 }
 
 /// The outcome of the reconcile rounds, as status input.
@@ -166,6 +169,105 @@ pub fn synced_status(
         last_sync_time: Some(now.clone()),
         devices,
     }
+}
+
+/// Puts each device's certificate and bundle into the status, with `rootCA` and the
+/// `CertificatesReady` condition.
+pub fn add_certificates(
+    status: &mut EdgeHierarchyStatus,
+    certificates: &super::certs::Certificates,
+    bundles: &super::bundles::Bundles,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let time = |t: jiff::Timestamp| Time(t);
+    for device in &mut status.devices {
+        if let Some(c) = certificates.devices.get(&device.id) {
+            device.certificate = Some(crate::api::CertificateStatus {
+                secret_name: c.secret_name.clone(),
+                not_after: Some(time(c.not_after)),
+                renewal_time: Some(time(crate::pki::renewal_time(c.not_after, certificates.renew_before))),
+                revision: c.revision,
+            });
+        }
+        if let Some(b) = bundles.status.get(&device.id) {
+            device.bundle = Some(b.clone());
+        }
+        if let Some(failure) = bundles.failures.get(&device.id) {
+            device.message = Some(format!("bundle: {failure}"));
+        }
+    }
+    status.root_ca = Some(crate::api::RootCaStatus {
+        secret_name: certificates.root_secret.clone(),
+        not_after: Some(time(certificates.root.info.not_after)),
+    });
+    let update = if bundles.failures.is_empty() {
+        let next = certificates.next_renewal().map_or("no device certificates yet".to_string(), |t| format!("next renewal at {t}"));
+        ConditionUpdate::new(
+            ct::CERTIFICATES_READY,
+            Status::True,
+            reason::CERTIFICATES_ISSUED,
+            format!("{} device certificates valid; {next}", certificates.devices.len()),
+        )
+    } else {
+        let failed: Vec<String> = bundles.failures.iter().map(|(id, f)| format!("{id}: {f}")).collect();
+        ConditionUpdate::new(ct::CERTIFICATES_READY, Status::False, reason::BUNDLES_INCOMPLETE, summarize(&failed))
+    };
+    status.conditions = merge_conditions(&status.conditions, &[update], generation, now);
+}
+
+/// Puts module health and deployments into the status, with `DeploymentsReady`, `ModulesHealthy`
+/// and configuration drift in `DriftDetected`.
+pub fn add_deployments(
+    status: &mut EdgeHierarchyStatus,
+    deployed: &super::deployments::DeploymentOutcome,
+    policy: ReconcilePolicy,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let mut failing = Vec::new();
+    let (mut healthy, mut applied) = (0, 0);
+    for device in &mut status.devices {
+        if let Some(modules) = deployed.modules.get(&device.id) {
+            if crate::deploy::modules_healthy(modules) {
+                healthy += 1;
+            } else {
+                let what = if modules.failing.is_empty() { format!("{} of {} modules running", modules.running, modules.desired) } else { modules.failing.join(", ") };
+                failing.push(format!("{}: {what}", device.id));
+            }
+            device.modules = Some(modules.clone());
+        }
+        if let Some((name, configuration_id, is_applied)) = deployed.deployments.get(&device.id) {
+            applied += u32::from(*is_applied);
+            device.deployment = Some(crate::api::DeviceDeploymentStatus { name: name.clone(), configuration_id: configuration_id.clone(), applied: *is_applied });
+        }
+    }
+    if let Some(summary) = status.summary.as_mut() {
+        summary.healthy = healthy;
+        summary.deployed = applied;
+    }
+    let mut updates = vec![
+        if deployed.not_ready.is_empty() {
+            ConditionUpdate::new(ct::DEPLOYMENTS_READY, Status::True, "Deployed", format!("{applied} devices report their deployment applied"))
+        } else {
+            ConditionUpdate::new(ct::DEPLOYMENTS_READY, Status::False, "DeploymentsNotReady", summarize(&deployed.not_ready))
+        },
+        if failing.is_empty() {
+            ConditionUpdate::new(ct::MODULES_HEALTHY, Status::True, "ModulesRunning", format!("every module runs on {healthy} devices"))
+        } else {
+            ConditionUpdate::new(ct::MODULES_HEALTHY, Status::False, "ModulesFailing", summarize(&failing))
+        },
+    ];
+    if !deployed.drift.is_empty() {
+        let reason = if policy == ReconcilePolicy::Manage { reason::DRIFT_CORRECTED } else { reason::DRIFT_REPORTED };
+        let mut message = status.conditions.iter().find(|c| c.type_ == ct::DRIFT_DETECTED && c.status == "True").map(|c| c.message.clone()).unwrap_or_default();
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        message.push_str(&deployed.drift.join("; "));
+        updates.push(ConditionUpdate::new(ct::DRIFT_DETECTED, Status::True, reason, message));
+    }
+    status.conditions = merge_conditions(&status.conditions, &updates, generation, now);
 }
 
 /// Status when the reconcile could not get as far as the hub: an invalid spec, credentials, or

@@ -201,6 +201,8 @@ impl Env {
     /// Waits for the next full sync after now (lastSyncTime moves on).
     pub async fn resync(&self, namespace: &str, name: &str) -> anyhow::Result<EdgeHierarchyStatus> {
         let before = self.status(namespace, name).await?.last_sync_time;
+        // lastSyncTime has one-second precision: let a second pass so the next sync shows.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         self.poke(namespace, name).await?;
         self.wait_status(namespace, name, "the next sync", |s| s.last_sync_time.is_some() && s.last_sync_time != before).await
     }
