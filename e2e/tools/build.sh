@@ -45,12 +45,14 @@ module_version() { (cd "$here/$1" && go list -m -f '{{.Version}}' "$2"); }
 # build_one MODULE_DIR OUTPUT PACKAGE LDFLAGS EXPECTED_VERSION VERSION_ARGS...
 # Builds into a temporary name, checks that the binary runs and reports the pinned version, and
 # only then moves it into place, so an interrupted or broken build is never reused.
+tmp=""
+trap 'if [ -n "$tmp" ]; then rm -f "$tmp"; fi' EXIT
 build_one() {
   local dir="$1" out="$2" pkg="$3" ldflags="$4" expected="$5"
   shift 5
   if [ -x "$bin/$out" ]; then return 0; fi
-  local start=$SECONDS tmp="$bin/.$out.tmp.$$"
-  trap 'rm -f "$tmp"' EXIT
+  local start=$SECONDS
+  tmp="$bin/.$out.tmp.$$"
   echo "build.sh: building $out from $pkg (first build of this pin takes minutes)" >&2
   (cd "$here/$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp" "$pkg")
   local reported
@@ -60,7 +62,7 @@ build_one() {
     exit 1
   fi
   mv "$tmp" "$bin/$out"
-  trap - EXIT
+  tmp=""
   echo "build.sh: built $out in $((SECONDS - start))s" >&2
 }
 

@@ -1,0 +1,549 @@
+//! A real, local Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager on
+//! free loopback ports, with a throw-away PKI, RBAC on and an admin kubeconfig.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::kubeconfig;
+use crate::pki::Pki;
+use crate::process::{ManagedChild, STOP_GRACE_PERIOD};
+use crate::tools;
+
+/// Controllers kube-controller-manager runs: ownerReference garbage collection and namespace
+/// deletion, which the operator relies on. (Canonical names of Kubernetes >= 1.28.)
+pub const DEFAULT_CONTROLLERS: [&str; 2] = ["garbage-collector-controller", "namespace-controller"];
+
+/// How many times start-up is retried when a picked port was taken by someone else meanwhile.
+const PORT_CONFLICT_ATTEMPTS: usize = 3;
+
+/// How a [`ControlPlane`] is started.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOptions {
+    /// Folder for the PKI, kubeconfigs, etcd data and logs. `None`: a fresh temporary folder,
+    /// removed when the control plane stops. A given folder is kept; its `etcd` subfolder is
+    /// wiped at start, so every control plane starts empty.
+    pub dir: Option<PathBuf>,
+    /// How long to wait for each component to come up (etcd's port, the apiserver's /readyz).
+    pub startup_timeout: Duration,
+    /// Controllers passed to kube-controller-manager's `--controllers`.
+    pub controllers: Vec<String>,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            // A cold start on two busy cores takes tens of seconds; this bounds a hang, not speed.
+            startup_timeout: Duration::from_secs(180),
+            controllers: DEFAULT_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+/// A running control plane. Dropping it (or calling [`ControlPlane::stop`]) stops every process
+/// it started: kube-controller-manager, then kube-apiserver, then etcd.
+pub struct ControlPlane {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    kube_config: kube::Config,
+    /// In start order (etcd, kube-apiserver, kube-controller-manager); stopped in reverse.
+    children: Mutex<Vec<ManagedChild>>,
+    startup_time: Duration,
+    /// Declared last so the folder is removed only after the children have stopped.
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("dir", &self.dir)
+            .field("server", &self.server)
+            .field("processes", &self.processes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A component process of the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentProcess {
+    /// `etcd`, `kube-apiserver` or `kube-controller-manager`.
+    pub name: String,
+    /// Its process id (also its process group id).
+    pub pid: u32,
+    /// Its log file (stdout and stderr).
+    pub log: PathBuf,
+}
+
+struct Tools {
+    etcd: PathBuf,
+    apiserver: PathBuf,
+    controller_manager: PathBuf,
+}
+
+/// A start attempt failed; `port_conflict` says whether retrying with other ports may help.
+struct AttemptError {
+    error: anyhow::Error,
+    port_conflict: bool,
+}
+
+impl From<anyhow::Error> for AttemptError {
+    fn from(error: anyhow::Error) -> Self {
+        Self {
+            error,
+            port_conflict: false,
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager and returns once the apiserver's
+    /// /readyz answers `ok` and the admin kubeconfig (`DIR/kubeconfig`) works.
+    ///
+    /// The tools come from [`tools::tools_bin_dir`] (built on first use). On failure the error
+    /// carries the tail of the failing component's log, and nothing is left running.
+    pub async fn start(options: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
+        let started = Instant::now();
+        let tools = tokio::task::spawn_blocking(|| -> anyhow::Result<Tools> {
+            Ok(Tools {
+                etcd: tools::tool("etcd")?,
+                apiserver: tools::tool("kube-apiserver")?,
+                controller_manager: tools::tool("kube-controller-manager")?,
+            })
+        })
+        .await
+        .context("the tools lookup task failed")??;
+
+        let (dir, temp_dir) = match &options.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("creating the control plane folder {}", dir.display())
+                })?;
+                (dir.canonicalize()?, None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("control-plane-")
+                    .tempdir()
+                    .context("creating a temporary folder for the control plane")?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        std::fs::create_dir_all(dir.join("logs")).context("creating the logs folder")?;
+        let pki = Pki::generate(&dir.join("pki"))?;
+
+        let mut attempt = 1;
+        let (children, server, kube_config) = loop {
+            match start_components(&dir, &pki, &tools, &options).await {
+                Ok(started) => break started,
+                Err(failed) if failed.port_conflict && attempt < PORT_CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(failed) => return Err(failed.error),
+            }
+        };
+
+        Ok(ControlPlane {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            server,
+            kube_config,
+            children: Mutex::new(children),
+            startup_time: started.elapsed(),
+            _temp_dir: temp_dir,
+        })
+    }
+
+    /// The admin kubeconfig (`DIR/kubeconfig`; user `admin` in group `system:masters`).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The folder holding the PKI, kubeconfigs, etcd data and logs (`DIR/logs/<component>.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The apiserver URL, `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server
+    }
+
+    /// How long [`ControlPlane::start`] took, tool lookup included.
+    pub fn startup_time(&self) -> Duration {
+        self.startup_time
+    }
+
+    /// A kube client authenticated as the admin. Must be called inside a tokio runtime (the
+    /// client spawns its connection worker there), so tests running on several runtimes each
+    /// get a client of their own.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.kube_config.clone())
+            .expect("the admin kube config was already used successfully at start-up")
+    }
+
+    /// The processes of the control plane that have not been stopped.
+    pub fn processes(&self) -> Vec<ComponentProcess> {
+        self.lock_children()
+            .iter()
+            .map(|c| ComponentProcess {
+                name: c.name().to_owned(),
+                pid: c.pid(),
+                log: c.log_path().to_owned(),
+            })
+            .collect()
+    }
+
+    /// Fails, naming the component and quoting its log, if a component has exited.
+    pub fn check_running(&self) -> anyhow::Result<()> {
+        let mut children = self.lock_children();
+        for child in children.iter_mut() {
+            if let Some(status) = child.exit_status() {
+                bail!(
+                    "{} exited unexpectedly ({status}); last lines of {}:\n{}",
+                    child.name(),
+                    child.log_path().display(),
+                    child.log_tail(30)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `kubectl` (from PATH) with `KUBECONFIG` set to the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        std::process::Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running kubectl {}; is kubectl on PATH?", args.join(" ")))
+    }
+
+    /// Runs `kubectl apply -f -` with `yaml` on stdin.
+    pub fn kubectl_apply_stdin(&self, yaml: &str) -> anyhow::Result<Output> {
+        use std::io::Write;
+        let mut child = std::process::Command::new("kubectl")
+            .args(["apply", "-f", "-"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running kubectl apply -f -; is kubectl on PATH?")?;
+        let mut stdin = child.stdin.take().context("kubectl's stdin")?;
+        // Write from a thread: a large manifest could fill the pipe while kubectl already
+        // writes output we are not yet reading.
+        let yaml = yaml.to_owned();
+        let writer = std::thread::spawn(move || stdin.write_all(yaml.as_bytes()));
+        let output = child
+            .wait_with_output()
+            .context("waiting for kubectl apply")?;
+        writer
+            .join()
+            .map_err(|_| anyhow!("the thread feeding kubectl's stdin panicked"))?
+            .context("writing the manifest to kubectl's stdin")?;
+        Ok(output)
+    }
+
+    /// Stops every component (SIGTERM, SIGKILL after a grace period) in reverse start order, and
+    /// removes a temporary folder. Dropping the control plane does the same.
+    pub async fn stop(self) {
+        let children = std::mem::take(&mut *self.lock_children());
+        // Stopping waits on processes: keep it off the async worker threads.
+        let _ = tokio::task::spawn_blocking(move || stop_all(children)).await;
+    }
+
+    fn lock_children(&self) -> std::sync::MutexGuard<'_, Vec<ManagedChild>> {
+        // A panic while holding the lock leaves the list intact; keep using it so that Drop
+        // still stops everything.
+        self.children
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let children = std::mem::take(&mut *self.lock_children());
+        stop_all(children);
+    }
+}
+
+/// The components of one start attempt. If the attempt fails (or its future is dropped), they
+/// are stopped newest first: the apiserver must not outlive etcd, or it spends its whole grace
+/// period retrying etcd.
+#[derive(Default)]
+struct StartedComponents(Vec<ManagedChild>);
+
+impl StartedComponents {
+    fn into_vec(mut self) -> Vec<ManagedChild> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl Drop for StartedComponents {
+    fn drop(&mut self) {
+        stop_all(std::mem::take(&mut self.0));
+    }
+}
+
+/// Stops the children newest first.
+fn stop_all(mut children: Vec<ManagedChild>) {
+    while let Some(mut child) = children.pop() {
+        child.stop(STOP_GRACE_PERIOD);
+    }
+}
+
+/// Three distinct free loopback ports. The listeners are held until all three are picked so the
+/// kernel cannot hand out one port twice.
+fn free_ports() -> anyhow::Result<[u16; 3]> {
+    let listeners = (0..3)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free loopback ports")?;
+    let mut ports = [0u16; 3];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+async fn start_components(
+    dir: &Path,
+    pki: &Pki,
+    tools: &Tools,
+    options: &ControlPlaneOptions,
+) -> Result<(Vec<ManagedChild>, String, kube::Config), AttemptError> {
+    let [etcd_port, peer_port, apiserver_port] = free_ports()?;
+    let logs = dir.join("logs");
+    let mut started = StartedComponents::default();
+    let children = &mut started.0;
+
+    // etcd
+    let etcd_dir = dir.join("etcd");
+    if etcd_dir.exists() {
+        std::fs::remove_dir_all(&etcd_dir)
+            .with_context(|| format!("removing old etcd data in {}", etcd_dir.display()))?;
+    }
+    let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let etcd_args = vec![
+        "--name=e2e".to_owned(),
+        format!("--data-dir={}", etcd_dir.display()),
+        format!("--listen-client-urls={etcd_url}"),
+        format!("--advertise-client-urls={etcd_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=e2e={peer_url}"),
+        // Test data need not survive a power cut; fsync dominates etcd latency on busy disks.
+        "--unsafe-no-fsync=true".to_owned(),
+        "--log-level=warn".to_owned(),
+    ];
+    children.push(ManagedChild::spawn(
+        "etcd",
+        &tools.etcd,
+        &etcd_args,
+        &logs.join("etcd.log"),
+    )?);
+    wait_for_port(children, etcd_port, options.startup_timeout).await?;
+
+    // kube-apiserver
+    let server = format!("https://127.0.0.1:{apiserver_port}");
+    let files = &pki.files;
+    let apiserver_args = vec![
+        format!("--etcd-servers={etcd_url}"),
+        "--bind-address=127.0.0.1".to_owned(),
+        // Without a default route the apiserver cannot pick an address to advertise itself.
+        "--advertise-address=127.0.0.1".to_owned(),
+        format!("--secure-port={apiserver_port}"),
+        format!("--cert-dir={}", dir.join("pki").display()),
+        format!("--tls-cert-file={}", files.serving_cert.display()),
+        format!("--tls-private-key-file={}", files.serving_key.display()),
+        format!("--client-ca-file={}", files.ca_cert.display()),
+        "--authorization-mode=RBAC".to_owned(),
+        "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+        format!("--service-account-issuer={server}"),
+        format!(
+            "--service-account-key-file={}",
+            files.sa_public_key.display()
+        ),
+        format!(
+            "--service-account-signing-key-file={}",
+            files.sa_private_key.display()
+        ),
+        // No serviceaccount controller runs, so namespaces have no default ServiceAccount.
+        "--disable-admission-plugins=ServiceAccount".to_owned(),
+        "--allow-privileged=true".to_owned(),
+    ];
+    children.push(ManagedChild::spawn(
+        "kube-apiserver",
+        &tools.apiserver,
+        &apiserver_args,
+        &logs.join("kube-apiserver.log"),
+    )?);
+
+    let admin_kubeconfig = kubeconfig::render(&server, &pki.ca_cert_pem, "admin", &pki.admin);
+    kubeconfig::write(&dir.join("kubeconfig"), &admin_kubeconfig)?;
+    let kube_config = kube_config_from(&admin_kubeconfig).await?;
+    wait_for_readyz(children, &kube_config, options.startup_timeout).await?;
+
+    // kube-controller-manager
+    let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
+    kubeconfig::write(
+        &kcm_kubeconfig,
+        &kubeconfig::render(
+            &server,
+            &pki.ca_cert_pem,
+            "kube-controller-manager",
+            &pki.controller_manager,
+        ),
+    )?;
+    let kcm_args = vec![
+        format!("--kubeconfig={}", kcm_kubeconfig.display()),
+        format!("--controllers={}", options.controllers.join(",")),
+        "--leader-elect=false".to_owned(),
+        // No serving endpoint: nothing scrapes it, and it would need a port of its own.
+        "--secure-port=0".to_owned(),
+        "--use-service-account-credentials=false".to_owned(),
+    ];
+    children.push(ManagedChild::spawn(
+        "kube-controller-manager",
+        &tools.controller_manager,
+        &kcm_args,
+        &logs.join("kube-controller-manager.log"),
+    )?);
+    // With --secure-port=0 kube-controller-manager has no health endpoint; its log is the
+    // only sign that the controllers run (so that tests relying on them need not guess).
+    wait_for_log_line(children, KCM_STARTED_MARKER, options.startup_timeout).await?;
+
+    Ok((started.into_vec(), server, kube_config))
+}
+
+async fn kube_config_from(kubeconfig_yaml: &str) -> anyhow::Result<kube::Config> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig_yaml)
+        .context("parsing the generated kubeconfig")?;
+    kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
+        .await
+        .context("loading the generated kubeconfig")
+}
+
+/// Fails if a child has exited, with its log tail; flags port conflicts for a retry.
+fn fail_if_exited(children: &mut [ManagedChild]) -> Result<(), AttemptError> {
+    for child in children.iter_mut() {
+        if let Some(status) = child.exit_status() {
+            let tail = child.log_tail(40);
+            return Err(AttemptError {
+                port_conflict: tail.contains("address already in use"),
+                error: anyhow!(
+                    "{} exited during start-up ({status}); last lines of {}:\n{tail}",
+                    child.name(),
+                    child.log_path().display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What kube-controller-manager logs once it has started a controller (Kubernetes 1.2x-1.34).
+const KCM_STARTED_MARKER: &str = "\"Started controller\"";
+
+/// Waits until the last started child's log contains `marker`.
+async fn wait_for_log_line(
+    children: &mut [ManagedChild],
+    marker: &str,
+    timeout: Duration,
+) -> Result<(), AttemptError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        fail_if_exited(children)?;
+        let last = children.last().expect("a child was started");
+        let log = std::fs::read_to_string(last.log_path()).unwrap_or_default();
+        if log.contains(marker) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "{} did not log {marker} within {timeout:?}; last lines of {}:\n{}",
+                last.name(),
+                last.log_path().display(),
+                last.log_tail(40)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_port(
+    children: &mut [ManagedChild],
+    port: u16,
+    timeout: Duration,
+) -> Result<(), AttemptError> {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    loop {
+        fail_if_exited(children)?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let last = children.last().expect("a child was started");
+            return Err(anyhow!(
+                "{} did not listen on 127.0.0.1:{port} within {timeout:?}; last lines of {}:\n{}",
+                last.name(),
+                last.log_path().display(),
+                last.log_tail(40)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_readyz(
+    children: &mut [ManagedChild],
+    config: &kube::Config,
+    timeout: Duration,
+) -> Result<(), AttemptError> {
+    let client = kube::Client::try_from(config.clone())
+        .context("building a kube client from the generated kubeconfig")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        fail_if_exited(children)?;
+        let request = http::Request::get("/readyz")
+            .body(Vec::new())
+            .expect("a static request is valid");
+        let last_answer = match tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request_text(request),
+        )
+        .await
+        {
+            Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+            Ok(Ok(body)) => body,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "no answer within 5s".into(),
+        };
+        if Instant::now() >= deadline {
+            let apiserver = children
+                .iter()
+                .find(|c| c.name() == "kube-apiserver")
+                .expect("the apiserver was started");
+            return Err(anyhow!(
+                "kube-apiserver did not become ready within {timeout:?} (last /readyz answer: \
+                 {last_answer}); last lines of {}:\n{}",
+                apiserver.log_path().display(),
+                apiserver.log_tail(40)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

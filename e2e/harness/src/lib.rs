@@ -1,0 +1,18 @@
+//! A real, local Kubernetes control plane for tests, and small utilities e2e tests share.
+//!
+//! [`ControlPlane::start`] runs etcd, kube-apiserver and kube-controller-manager (built from the
+//! pinned Go modules in `e2e/tools`) on free loopback ports and writes an admin kubeconfig.
+//! Nothing it starts outlives it: see [`process`] for how.
+
+pub mod checks;
+pub mod control_plane;
+pub mod kubeconfig;
+pub mod pki;
+pub mod process;
+pub mod tools;
+pub mod wait;
+
+pub use checks::Checks;
+pub use control_plane::{ComponentProcess, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS};
+pub use tools::{TOOLS_BIN_ENV, tools_bin_dir, workspace_bin, workspace_root};
+pub use wait::wait_until;
