@@ -18,7 +18,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::ListParams;
 
-const TWO: &str = "    - {id: c-top}\n    - {id: c-low, parent: c-top}\n";
+/// A top device and its child; each test uses its own prefix (two hierarchies cannot claim one id).
+fn two(prefix: &str) -> String {
+    format!("    - {{id: {prefix}-top}}\n    - {{id: {prefix}-low, parent: {prefix}-top}}\n")
+}
 
 fn with_certificates(yaml: &str, certificates: &str) -> String {
     format!("{yaml}  certificates: {{{certificates}}}\n")
@@ -50,7 +53,7 @@ fn openssl(args: &[&str]) -> anyhow::Result<String> {
 
 async fn issued_verified_and_downloadable(env: &Env) -> anyhow::Result<()> {
     env.namespace("certs").await?;
-    env.apply("certs", &hierarchy_yaml("plant", "", TWO)).await?;
+    env.apply("certs", &hierarchy_yaml("plant", "", &two("c"))).await?;
     env.wait_condition("certs", "plant", "CertificatesReady", "True").await?;
     let h = env.wait_condition("certs", "plant", "Ready", "True").await?;
     let status = h.status.unwrap();
@@ -114,21 +117,21 @@ async fn issued_verified_and_downloadable(env: &Env) -> anyhow::Result<()> {
 
 async fn renewal_bumps_revision_and_bundle(env: &Env) -> anyhow::Result<()> {
     env.namespace("renew").await?;
-    env.apply("renew", &with_certificates(&hierarchy_yaml("plant", "", TWO), "duration: 2m, renewBefore: 1m")).await?;
+    env.apply("renew", &with_certificates(&hierarchy_yaml("plant", "", &two("n")), "duration: 2m, renewBefore: 1m")).await?;
     env.wait_condition("renew", "plant", "Ready", "True").await?;
     let first = secrets_of(env, "renew", "plant", "certs").await?;
-    let first_cert = data(first.get("c-top").context("cert")?, "tls.crt")?;
+    let first_cert = data(first.get("n-top").context("cert")?, "tls.crt")?;
     let status = env
-        .wait_status("renew", "plant", "c-top's certificate at revision 2", |s| {
-            s.devices.iter().any(|d| d.id == "c-top" && d.certificate.as_ref().is_some_and(|c| c.revision >= 2) && d.bundle.as_ref().is_some_and(|b| b.revision >= 2))
+        .wait_status("renew", "plant", "n-top's certificate at revision 2", |s| {
+            s.devices.iter().any(|d| d.id == "n-top" && d.certificate.as_ref().is_some_and(|c| c.revision >= 2) && d.bundle.as_ref().is_some_and(|b| b.revision >= 2))
         })
         .await?;
     let second = secrets_of(env, "renew", "plant", "certs").await?;
-    ensure!(data(second.get("c-top").context("cert")?, "tls.crt")? != first_cert, "the certificate did not change");
+    ensure!(data(second.get("n-top").context("cert")?, "tls.crt")? != first_cert, "the certificate did not change");
     let bundle = secrets_of(env, "renew", "plant", "bundle").await?;
-    let full_chain = data(bundle.get("c-top").context("bundle")?, "c-top.full-chain.cert.pem")?;
-    ensure!(full_chain == data(second.get("c-top").unwrap(), "tls.crt")?, "the bundle does not carry the renewed certificate");
-    env.wait_event("renew", "plant", "CertificateRenewed", "c-top").await?;
+    let full_chain = data(bundle.get("n-top").context("bundle")?, "n-top.full-chain.cert.pem")?;
+    ensure!(full_chain == data(second.get("n-top").unwrap(), "tls.crt")?, "the bundle does not carry the renewed certificate");
+    env.wait_event("renew", "plant", "CertificateRenewed", "n-top").await?;
     ensure!(status.root_ca.is_some());
     Ok(())
 }
@@ -146,15 +149,15 @@ async fn device_twin_with_cert(env: &Env, device: &str, cert_pem: &str, key_pem:
 
 async fn x509_devices_keep_access_across_rotation(env: &Env) -> anyhow::Result<()> {
     env.namespace("x509").await?;
-    let yaml = hierarchy_yaml("plant", "", TWO).replace("  policy:", "  authentication: X509\n  policy:");
+    let yaml = hierarchy_yaml("plant", "", &two("x")).replace("  policy:", "  authentication: X509\n  policy:");
     env.apply("x509", &with_certificates(&yaml, "duration: 2m, renewBefore: 1m")).await?;
     env.wait_condition("x509", "plant", "Ready", "True").await?;
     let before = secrets_of(env, "x509", "plant", "certs").await?;
-    let old = before.get("c-low").context("cert Secret")?;
+    let old = before.get("x-low").context("cert Secret")?;
     let (old_cert, old_key) = (data(old, "identity.crt")?, data(old, "identity.key")?);
-    let device = env.hub.admin.device("c-low").await?.context("device")?;
+    let device = env.hub.admin.device("x-low").await?.context("device")?;
     ensure!(device["authentication"]["type"] == "selfSigned", "{}", device["authentication"]);
-    let status = device_twin_with_cert(env, "c-low", &old_cert, &old_key).await?;
+    let status = device_twin_with_cert(env, "x-low", &old_cert, &old_key).await?;
     ensure!(status == 200, "the identity certificate is refused before rotation: {status}");
     let leaf = env.dir.path().join("x509-identity.pem");
     std::fs::write(&leaf, &old_cert)?;
@@ -166,15 +169,15 @@ async fn x509_devices_keep_access_across_rotation(env: &Env) -> anyhow::Result<(
 
     // Keep authenticating with whatever the device holds while the operator rotates.
     let mut refused = 0;
-    let rotated = wait_until(Duration::from_secs(240), Duration::from_millis(500), "the identity certificate of c-low to rotate", || {
+    let rotated = wait_until(Duration::from_secs(240), Duration::from_millis(500), "the identity certificate of x-low to rotate", || {
         let (old_cert, old_key) = (old_cert.clone(), old_key.clone());
         async move {
             let now = secrets_of(env, "x509", "plant", "certs").await.ok()?;
-            let secret = now.get("c-low")?;
+            let secret = now.get("x-low")?;
             let cert = data(secret, "identity.crt").ok()?;
             if cert == old_cert {
                 // Still the old one: it must work.
-                return match device_twin_with_cert(env, "c-low", &old_cert, &old_key).await {
+                return match device_twin_with_cert(env, "x-low", &old_cert, &old_key).await {
                     Ok(200) => None,
                     other => Some(Err(anyhow::anyhow!("old certificate refused before rotation completed: {other:?}"))),
                 };
@@ -186,8 +189,8 @@ async fn x509_devices_keep_access_across_rotation(env: &Env) -> anyhow::Result<(
     let (new_cert, new_key) = rotated;
     // Right after the rotation both the old and the new certificate are accepted.
     for attempt in 0..20 {
-        let old_ok = device_twin_with_cert(env, "c-low", &old_cert, &old_key).await? == 200;
-        let new_ok = device_twin_with_cert(env, "c-low", &new_cert, &new_key).await? == 200;
+        let old_ok = device_twin_with_cert(env, "x-low", &old_cert, &old_key).await? == 200;
+        let new_ok = device_twin_with_cert(env, "x-low", &new_cert, &new_key).await? == 200;
         if old_ok && new_ok {
             return Ok(());
         }
@@ -263,7 +266,7 @@ async fn root_survives_restart_and_updates(env: &mut Env) -> anyhow::Result<()> 
     let before = data(&secrets.get("plant-root-ca").await?, "tls.crt")?;
     env.operator.kill_hard();
     env.restart_operator()?;
-    let three = format!("{TWO}    - {{id: c-third, parent: c-top}}\n");
+    let three = format!("{}    - {{id: c-third, parent: c-top}}\n", two("c"));
     env.apply("certs", &hierarchy_yaml("plant", "", &three)).await?;
     env.wait_status("certs", "plant", "c-third registered with a bundle", |s| {
         s.devices.iter().any(|d| d.id == "c-third" && d.bundle.is_some())

@@ -2,11 +2,11 @@
 //! of its bundle (config.toml, install.sh, README, trust bundle, edge CA chain and key, identity),
 //! rewritten when any of them changes, with a revision that counts changes.
 //!
-//! A SymmetricKey device's key is read from the hub only when its bundle is new or the device was
-//! re-created (its scope changed); otherwise it comes from the bundle already written, so a
-//! resync costs no registry reads.
+//! A SymmetricKey device's key comes from the bundle already written (same device scope), or from
+//! the keys the operator created the device with; only a device someone else (re-)created is
+//! read from the hub. A resync, and a new device, cost no registry reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -48,6 +48,7 @@ pub async fn ensure_bundles(
     layers: &BTreeMap<String, u32>,
     observed: &BTreeMap<String, HubDevice>,
     certs: &Certificates,
+    created_now: &BTreeSet<String>,
 ) -> Result<Bundles, BundleStepError> {
     let namespace = hierarchy.namespace().unwrap_or_default();
     let name = hierarchy.name_any();
@@ -75,7 +76,10 @@ pub async fn ensure_bundles(
                     .filter(|s| s.annotations().get(SCOPE_ANNOTATION) == Some(&scope))
                     .and_then(|s| s.data.as_ref()?.get("config.toml").map(|v| v.0.clone()))
                     .and_then(|toml| key_from_config(&String::from_utf8_lossy(&toml)));
-                let key = match known {
+                // Devices this reconcile created carry the operator's keys; others (adopted,
+                // re-created by someone else) are asked once.
+                let ours = device_certs.sas_keys.as_ref().filter(|_| created_now.contains(&device.id)).map(|k| k.primary.clone());
+                let key = match known.or(ours) {
                     Some(key) => key,
                     None => primary_key(hub, &device.id).await?,
                 };

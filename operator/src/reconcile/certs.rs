@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
+use super::model::SasKeys;
 use crate::api::{AuthenticationType, DeviceType, EdgeHierarchy, KeyAlgorithm, duration::parse_duration};
 use crate::names::{DEVICE_ID_ANNOTATION, DEVICE_LABEL, HIERARCHY_LABEL, MANAGER, certificate_secret_name, device_label_value, root_ca_secret_name};
 use crate::pki::{
@@ -61,6 +62,9 @@ pub struct DeviceCertificates {
     /// device still using it does not lose access.
     pub previous_identity_thumbprint: Option<String>,
     pub revision: u32,
+    /// SAS keys the device is registered with (Edge devices under SymmetricKey), chosen here so
+    /// the bundle knows them without reading them back from the hub.
+    pub sas_keys: Option<SasKeys>,
     /// The earliest expiry among the device's certificates.
     pub not_after: Timestamp,
 }
@@ -83,6 +87,11 @@ impl Certificates {
     /// When the next certificate is due for renewal.
     pub fn next_renewal(&self) -> Option<Timestamp> {
         self.devices.values().map(|d| renewal_time(d.not_after, self.renew_before)).min()
+    }
+
+    /// SAS keys per device that has operator-chosen keys.
+    pub fn sas_keys(&self) -> BTreeMap<String, SasKeys> {
+        self.devices.iter().filter_map(|(id, d)| Some((id.clone(), d.sas_keys.clone()?))).collect()
     }
 
     /// Thumbprints to register per X509 device: the current identity first, the previous one
@@ -199,6 +208,7 @@ pub async fn ensure_certificates(
         secret_name: String,
         revision: u32,
         previous_identity: Option<String>,
+        sas_keys: Option<SasKeys>,
         was_there: bool,
     }
     let jobs: Vec<Job> = to_issue
@@ -214,6 +224,8 @@ pub async fn ensure_certificates(
                     .and_then(|s| text(s, "identity.crt"))
                     .and_then(|pem| inspect_certificate_pem(&pem).ok())
                     .map(|i| i.sha256_thumbprint),
+                sas_keys: (!x509 && device.device_type == DeviceType::Edge)
+                    .then(|| previous.and_then(read_sas_keys).unwrap_or_else(SasKeys::generate)),
                 was_there: previous.is_some(),
             }
         })
@@ -242,6 +254,7 @@ pub async fn ensure_certificates(
                 identity,
                 previous_identity_thumbprint: job.previous_identity,
                 revision: job.revision,
+                sas_keys: job.sas_keys,
                 not_after,
             };
             Ok::<_, CertError>((job.id, certs, job.was_there))
@@ -326,7 +339,9 @@ fn read_device_secret(
     let edge_ca = if device_type == DeviceType::Edge { Some(load("tls.crt", "tls.key")?) } else { None };
     let identity = if x509 { Some(load("identity.crt", "identity.key")?) } else { None };
     let revision = secret.annotations().get(REVISION_ANNOTATION)?.parse().ok()?;
+    let sas_keys = if !x509 && device_type == DeviceType::Edge { Some(read_sas_keys(secret)?) } else { None };
     Some(DeviceCertificates {
+        sas_keys,
         secret_name: secret_name.to_string(),
         not_after: earliest(&edge_ca, &identity)?,
         edge_ca,
@@ -334,6 +349,13 @@ fn read_device_secret(
         previous_identity_thumbprint: secret.annotations().get(PREVIOUS_IDENTITY_ANNOTATION).cloned(),
         revision,
     })
+}
+
+const SAS_PRIMARY: &str = "sas-primary-key";
+const SAS_SECONDARY: &str = "sas-secondary-key";
+
+fn read_sas_keys(secret: &Secret) -> Option<SasKeys> {
+    Some(SasKeys { primary: text(secret, SAS_PRIMARY)?, secondary: text(secret, SAS_SECONDARY)? })
 }
 
 fn first_pem_block(chain: &str) -> Option<String> {
@@ -351,6 +373,10 @@ async fn write_device_secret(secrets: &Api<Secret>, hierarchy: &EdgeHierarchy, i
         // kubernetes.io/tls needs both keys; a Leaf (X509) has only an identity.
         data.insert("tls.crt".into(), Vec::new());
         data.insert("tls.key".into(), Vec::new());
+    }
+    if let Some(keys) = &certs.sas_keys {
+        data.insert(SAS_PRIMARY.into(), keys.primary.clone().into_bytes());
+        data.insert(SAS_SECONDARY.into(), keys.secondary.clone().into_bytes());
     }
     if let Some(identity) = &certs.identity {
         data.insert("identity.crt".into(), identity.chain_pem.clone().into_bytes());

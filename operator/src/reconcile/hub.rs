@@ -9,7 +9,7 @@ use super::model::{HierarchyIdentity, HubDevice, OWNER_TAG};
 use super::plan::{Action, IdentityFix, NewAuth, NewDevice};
 use crate::iothub::{
     AuthenticationMechanism, AuthenticationType, BulkDeviceOutcome, DeviceCapabilities,
-    DeviceStatus, ExportImportDevice, HubClient, HubError, ImportMode, Twin, X509Thumbprint,
+    DeviceStatus, ExportImportDevice, HubClient, HubError, ImportMode, SymmetricKey, Twin, X509Thumbprint,
 };
 
 /// Ids per `deviceId IN [...]` query: keeps each query well below the hub's query length limit.
@@ -145,7 +145,12 @@ fn is_device_level(error: &HubError) -> bool {
 
 fn authentication(auth: &NewAuth) -> AuthenticationMechanism {
     match auth {
-        NewAuth::Sas => AuthenticationMechanism::sas_generated(),
+        NewAuth::Sas { keys: None } => AuthenticationMechanism::sas_generated(),
+        NewAuth::Sas { keys: Some(keys) } => AuthenticationMechanism {
+            symmetric_key: Some(SymmetricKey { primary_key: Some(keys.primary.clone()), secondary_key: Some(keys.secondary.clone()) }),
+            x509_thumbprint: None,
+            auth_type: Some(AuthenticationType::Sas),
+        },
         NewAuth::SelfSigned { primary, secondary } => AuthenticationMechanism {
             symmetric_key: None,
             x509_thumbprint: Some(X509Thumbprint {
@@ -296,7 +301,7 @@ mod tests {
             id: "lower".into(),
             iot_edge: true,
             parent_scope: Some("ms-azure-iot-edge://top-1".into()),
-            auth: NewAuth::Sas,
+            auth: NewAuth::Sas { keys: None },
             owner_tags: json!({"uid": "u"}),
         };
         let entry = serde_json::to_value(import_entry(&edge)).unwrap();

@@ -293,7 +293,7 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
     };
 
     let identity = HierarchyIdentity::of(hierarchy);
-    let desired = desired_devices(&identity, &hierarchy.spec, &topology, &certificates.thumbprints());
+    let desired = desired_devices(&identity, &hierarchy.spec, &topology, &certificates.thumbprints(), &certificates.sas_keys());
     let previously_registered: BTreeSet<String> = previous
         .devices
         .iter()
@@ -350,7 +350,7 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         .into_iter()
         .filter(|(_, d)| model::ownership(d, &identity) == model::Ownership::Ours)
         .collect();
-    let bundles = match bundles::ensure_bundles(&ctx.client, &client, hierarchy, &topology.layer, &owned, &certificates).await {
+    let bundles = match bundles::ensure_bundles(&ctx.client, &client, hierarchy, &topology.layer, &owned, &certificates, &totals.created.iter().cloned().collect()).await {
         Ok(b) => b,
         Err(bundles::BundleStepError::Hub(e)) => return hub_blocked(hierarchy, ctx, &previous, e).await,
         Err(bundles::BundleStepError::Kube(e)) => return Err(e.into()),

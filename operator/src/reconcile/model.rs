@@ -36,11 +36,39 @@ impl std::fmt::Display for HierarchyIdentity {
     }
 }
 
+/// SAS keys the operator chose for a device (so it knows them without reading them back).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SasKeys {
+    pub primary: String,
+    pub secondary: String,
+}
+
+impl std::fmt::Debug for SasKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SasKeys(<redacted>)")
+    }
+}
+
+impl SasKeys {
+    /// Two random 256-bit keys, base64 as IoT Hub takes them.
+    pub fn generate() -> Self {
+        use base64::Engine;
+        use rand::RngCore;
+        let key = || {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        Self { primary: key(), secondary: key() }
+    }
+}
+
 /// How a device should authenticate, as far as the hub identity is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DesiredAuth {
-    /// SAS keys the hub generates.
-    SymmetricKey,
+    /// SAS keys: the operator's own for Edge devices (written in the create, so bundles need
+    /// no read-back), the hub's for Leaf devices.
+    SymmetricKey { keys: Option<SasKeys> },
     /// Self-signed X.509: the thumbprints the device's identity certificates have. `None` while
     /// the certificate is not issued yet.
     X509 {
@@ -72,6 +100,7 @@ pub fn desired_devices(
     spec: &EdgeHierarchySpec,
     topology: &Topology,
     thumbprints: &BTreeMap<String, (String, Option<String>)>,
+    sas_keys: &BTreeMap<String, SasKeys>,
 ) -> Vec<DesiredDevice> {
     let by_id: BTreeMap<&str, &crate::api::DeviceSpec> =
         spec.devices.iter().map(|d| (d.id.as_str(), d)).collect();
@@ -87,7 +116,7 @@ pub fn desired_devices(
                 layer,
                 device_type: d.device_type,
                 auth: match spec.authentication {
-                    AuthenticationType::SymmetricKey => DesiredAuth::SymmetricKey,
+                    AuthenticationType::SymmetricKey => DesiredAuth::SymmetricKey { keys: sas_keys.get(id).cloned() },
                     AuthenticationType::X509 => DesiredAuth::X509 {
                         thumbprints: thumbprints.get(id).cloned(),
                     },

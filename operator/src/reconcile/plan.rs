@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::model::{
-    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, OWNER_TAG, Ownership,
+    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, OWNER_TAG, Ownership, SasKeys,
     ownership,
 };
 use crate::api::{DeletionPolicy, DeviceState, PolicySpec, ReconcilePolicy};
@@ -43,8 +43,8 @@ pub struct NewDevice {
 /// Authentication of a new device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NewAuth {
-    /// The hub generates the keys.
-    Sas,
+    /// SAS with the given keys, or keys the hub generates.
+    Sas { keys: Option<SasKeys> },
     SelfSigned {
         primary: String,
         secondary: Option<String>,
@@ -236,12 +236,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             fix.enable = true;
         }
         match (&want.auth, have.auth) {
-            (DesiredAuth::SymmetricKey, HubAuthKind::Sas) => {}
-            (DesiredAuth::SymmetricKey, other) => {
+            (DesiredAuth::SymmetricKey { .. }, HubAuthKind::Sas) => {}
+            (DesiredAuth::SymmetricKey { keys }, other) => {
                 drift.push(format!(
                     "authentication is {other:?} in the hub, the spec says SymmetricKey"
                 ));
-                fix.auth = Some(NewAuth::Sas);
+                fix.auth = Some(NewAuth::Sas { keys: keys.clone() });
             }
             (DesiredAuth::X509 { thumbprints }, kind) => {
                 if let Some((primary, secondary)) = thumbprints {
@@ -375,7 +375,7 @@ fn plan_missing(
         return;
     }
     let auth = match &want.auth {
-        DesiredAuth::SymmetricKey => NewAuth::Sas,
+        DesiredAuth::SymmetricKey { keys } => NewAuth::Sas { keys: keys.clone() },
         DesiredAuth::X509 {
             thumbprints: Some((primary, secondary)),
         } => NewAuth::SelfSigned {

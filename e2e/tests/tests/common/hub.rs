@@ -174,6 +174,43 @@ impl HubAdmin {
             .collect())
     }
 
+    /// GET of any service path (without the api-version), failing on a non-200 answer.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.send(self.http.get(self.url(path)), "GET").await?;
+        if status != 200 {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value, if_match: Option<&str>) -> anyhow::Result<Value> {
+        let mut request = self.http.put(self.url(path)).json(body);
+        if let Some(etag) = if_match {
+            request = request.header("If-Match", format!("\"{}\"", etag.trim_matches('"')));
+        }
+        let (status, answer) = self.send(request, "PUT").await?;
+        if status != 200 && status != 201 {
+            bail!("PUT {path}: {status} {answer}");
+        }
+        Ok(answer)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let (status, answer) = self.send(self.http.post(self.url(path)).json(body), "POST").await?;
+        if !(200..300).contains(&status) {
+            bail!("POST {path}: {status} {answer}");
+        }
+        Ok(answer)
+    }
+
+    pub async fn delete_json(&self, path: &str) -> anyhow::Result<()> {
+        let (status, answer) = self.send(self.http.delete(self.url(path)).header("If-Match", "\"*\""), "DELETE").await?;
+        if status != 204 && status != 200 {
+            bail!("DELETE {path}: {status} {answer}");
+        }
+        Ok(())
+    }
+
     pub async fn stats(&self) -> anyhow::Result<Value> {
         let response = self.http.get(format!("https://{}/_emulator/stats", self.host)).send().await?;
         Ok(response.json().await?)

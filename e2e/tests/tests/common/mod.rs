@@ -270,6 +270,19 @@ pub fn stat(stats: &serde_json::Value, key: &str) -> u64 {
     stats.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0)
 }
 
+/// Waits (up to [`CONVERGE`]) until `check` returns a value; failures show the operator's log.
+pub async fn wait_for<T, F, Fut>(env: &Env, what: &str, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_until(CONVERGE, POLL, what, check).await.with_context(|| {
+        let log = env.operator.output();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        format!("operator log (newest first):\n{}", tail.join("\n"))
+    })
+}
+
 /// Waits until none of `ids` exists in the hub.
 pub async fn wait_until_absent(admin: &HubAdmin, ids: &[&str]) -> anyhow::Result<()> {
     let what = format!("devices {ids:?} to be deleted from the hub");

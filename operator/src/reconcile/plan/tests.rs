@@ -29,7 +29,7 @@ fn want(id: &str, parent: Option<&str>, layer: u32, device_type: DeviceType) -> 
         parent: parent.map(Into::into),
         layer,
         device_type,
-        auth: DesiredAuth::SymmetricKey,
+        auth: DesiredAuth::SymmetricKey { keys: None },
         owner_tags: tags(layer),
     }
 }
@@ -121,7 +121,7 @@ fn empty_hub_creates_the_top_layer_first_with_tags() {
     assert_eq!(devices[0].id, "top");
     assert!(devices[0].iot_edge);
     assert_eq!(devices[0].parent_scope, None);
-    assert_eq!(devices[0].auth, NewAuth::Sas);
+    assert_eq!(devices[0].auth, NewAuth::Sas { keys: None });
     assert_eq!(devices[0].owner_tags, tags(1));
     assert_eq!(p.devices["lower"].state, DeviceState::Pending);
     assert_eq!(
@@ -292,7 +292,7 @@ fn changed_auth_type_is_reset() {
     let Action::FixIdentity { fix, .. } = only_action(&manage) else {
         panic!()
     };
-    assert_eq!(fix.auth, Some(NewAuth::Sas));
+    assert_eq!(fix.auth, Some(NewAuth::Sas { keys: None }));
     assert_observe_reports_only(&observe, "top", "authentication");
 }
 
