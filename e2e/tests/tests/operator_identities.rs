@@ -267,6 +267,9 @@ async fn invalid_specs_stall_and_write_nothing(env: &Env) -> anyhow::Result<()> 
     }
     let writes_after = stat(&env.hub.admin.stats().await?, "writeCalls");
     ensure!(writes_after == writes_before, "invalid specs caused {} hub writes", writes_after - writes_before);
+    for id in ["a", "b", "top", "s", "c", "kid-0", "g1"] {
+        ensure!(env.hub.admin.device(id).await?.is_none(), "device {id} of an invalid spec is in the hub");
+    }
     Ok(())
 }
 

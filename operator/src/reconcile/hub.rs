@@ -261,7 +261,10 @@ async fn fix_identity(
         device.parent_scopes = Some(scopes.clone());
     }
     if let Some(scope) = &fix.device_scope {
+        // A Leaf's parent link is its deviceScope; the hub derives parentScopes from it, so a
+        // stale parentScopes left in the body would contradict the new link.
         device.device_scope = Some(scope.clone());
+        device.parent_scopes = Some(vec![scope.clone()]);
     }
     if let Some(auth) = &fix.auth {
         device.authentication = Some(authentication(auth));
