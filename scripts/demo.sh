@@ -12,13 +12,17 @@ export PATH="$tools:$PATH"
 
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
-  echo
-  echo "demo: stopping"
+  trap - EXIT
+  # The terminal (or a pipe such as `| tee`) may be gone already: never let a message stop the
+  # cleanup.
+  echo "demo: stopping" >&2 2>/dev/null || true
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+# Background jobs of a script ignore Ctrl-C, so every way out goes through cleanup, including a
+# closed pipe or terminal.
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP PIPE
 
 rm -rf "$demo" && mkdir -p "$demo"
 
@@ -55,8 +59,10 @@ echo "demo: starting the operator (log: .demo/operator.log)"
 "$bin/edge-hierarchy-operator" run >"$demo/operator.log" 2>&1 &
 pids+=($!)
 
-# The tutorial as published, plus the emulator's CA as an extra trust anchor.
-sed 's/^\(    connectionStringSecretRef:.*\)$/\1\n    caSecretRef: {name: iothub-ca}/' examples/tutorial.yaml |
+# The tutorial as published, plus the emulator's CA as an extra trust anchor and a 20 s resync
+# so module health shows up quickly.
+sed -e 's/^\(    connectionStringSecretRef:.*\)$/\1\n    caSecretRef: {name: iothub-ca}/' \
+    -e 's/^  devices:$/  policy: {resyncInterval: 20s}\n  devices:/' examples/tutorial.yaml |
   kubectl -n iot apply -f - >/dev/null
 
 if [ -x "$bin/edge-sim" ] && "$bin/edge-sim" --help 2>/dev/null | grep -q ' run'; then
