@@ -5,6 +5,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 VENV := .venv
 PYTHON := $(VENV)/bin/python
+# Where cargo puts binaries (CI points CARGO_TARGET_DIR at a cache outside the clone).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo
 
@@ -41,7 +43,7 @@ lint:
 ## Every test: unit, e2e against a real control plane + the emulator, and the SDK conformance suite.
 test: deps tools venv build
 	$(CARGO) test --workspace --no-fail-fast
-	$(PYTHON) -m pytest -q e2e/iothub-emulator/conformance
+	IOTHUB_EMULATOR_BIN=$(TARGET_DIR)/debug/iothub-emulator $(PYTHON) -m pytest -q e2e/iothub-emulator/conformance
 
 ## Local demo: control plane, IoT Hub emulator, operator and simulated devices; Ctrl-C stops all.
 demo: tools build

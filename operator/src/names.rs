@@ -50,16 +50,27 @@ pub fn device_object_name(hierarchy: &str, device_id: &str, suffix: &str) -> Str
     let fixed = hierarchy.len() + hash.len() + suffix.len() + 3;
     // Aim for names of at most 63 characters (readable in kubectl output); a long hierarchy name
     // still leaves the device 8 characters, within the 253 of a subdomain.
-    let room = 63usize.saturating_sub(fixed).max(8).min(MAX_NAME.saturating_sub(fixed));
+    let room = 63usize
+        .saturating_sub(fixed)
+        .max(8)
+        .min(MAX_NAME.saturating_sub(fixed));
     let device = slug(device_id, room);
-    let device = if device.is_empty() { "device".to_string() } else { device };
+    let device = if device.is_empty() {
+        "device".to_string()
+    } else {
+        device
+    };
     format!("{hierarchy}-{device}-{hash}-{suffix}")
 }
 
 /// Label value for a device: a slug of at most 63 characters with the hash, so it stays unique.
 pub fn device_label_value(device_id: &str) -> String {
     let device = slug(device_id, 54);
-    let device = if device.is_empty() { "device".to_string() } else { device };
+    let device = if device.is_empty() {
+        "device".to_string()
+    } else {
+        device
+    };
     format!("{device}-{}", short_hash(device_id))
 }
 
@@ -87,7 +98,9 @@ mod tests {
             && name.len() <= 253
             && name.split('.').all(|label| {
                 !label.is_empty()
-                    && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                     && !label.starts_with('-')
                     && !label.ends_with('-')
             })
@@ -103,20 +116,35 @@ mod tests {
             "ÄÖÜ",
             &"x".repeat(128),
         ] {
-            for name in [bundle_secret_name("tutorial", id), certificate_secret_name("tutorial", id)] {
+            for name in [
+                bundle_secret_name("tutorial", id),
+                certificate_secret_name("tutorial", id),
+            ] {
                 assert!(is_dns1123_subdomain(&name), "{id:?} -> {name:?}");
             }
             assert!(bundle_secret_name("tutorial", id).len() <= 63);
             let label = device_label_value(id);
-            assert!(label.len() <= 63 && is_dns1123_subdomain(&label), "{id:?} -> {label:?}");
+            assert!(
+                label.len() <= 63 && is_dns1123_subdomain(&label),
+                "{id:?} -> {label:?}"
+            );
         }
     }
 
     #[test]
     fn ids_that_slug_alike_get_different_names() {
-        assert_ne!(bundle_secret_name("h", "Top-Layer"), bundle_secret_name("h", "top-layer"));
-        assert_ne!(bundle_secret_name("h", "a:b"), bundle_secret_name("h", "a.b"));
-        assert_eq!(bundle_secret_name("h", "a:b"), bundle_secret_name("h", "a:b"));
+        assert_ne!(
+            bundle_secret_name("h", "Top-Layer"),
+            bundle_secret_name("h", "top-layer")
+        );
+        assert_ne!(
+            bundle_secret_name("h", "a:b"),
+            bundle_secret_name("h", "a.b")
+        );
+        assert_eq!(
+            bundle_secret_name("h", "a:b"),
+            bundle_secret_name("h", "a:b")
+        );
     }
 
     #[test]

@@ -8,8 +8,15 @@ use kube::CustomResourceExt;
 fn committed_crds_match_the_generated_one() {
     let generated = serde_yaml::to_string(&EdgeHierarchy::crd()).expect("the CRD serializes");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    for path in ["crds/edgehierarchy.yaml", "charts/edge-hierarchy-operator/crds/edgehierarchy.yaml"] {
-        let committed = std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert!(committed == generated, "{path} differs from `edge-hierarchy-operator crd`; run `make crd`");
+    for path in [
+        "crds/edgehierarchy.yaml",
+        "charts/edge-hierarchy-operator/crds/edgehierarchy.yaml",
+    ] {
+        let committed = std::fs::read_to_string(format!("{root}/{path}"))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            committed == generated,
+            "{path} differs from `edge-hierarchy-operator crd`; run `make crd`"
+        );
     }
 }

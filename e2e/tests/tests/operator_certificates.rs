@@ -27,37 +27,72 @@ fn with_certificates(yaml: &str, certificates: &str) -> String {
     format!("{yaml}  certificates: {{{certificates}}}\n")
 }
 
-async fn secrets_of(env: &Env, namespace: &str, hierarchy: &str, component: &str) -> anyhow::Result<BTreeMap<String, Secret>> {
+async fn secrets_of(
+    env: &Env,
+    namespace: &str,
+    hierarchy: &str,
+    component: &str,
+) -> anyhow::Result<BTreeMap<String, Secret>> {
     let api: Api<Secret> = Api::namespaced(env.client.clone(), namespace);
-    let selector = format!("edgehierarchy.dev/hierarchy={hierarchy},edgehierarchy.dev/component={component}");
+    let selector =
+        format!("edgehierarchy.dev/hierarchy={hierarchy},edgehierarchy.dev/component={component}");
     let list = api.list(&ListParams::default().labels(&selector)).await?;
     Ok(list
         .items
         .into_iter()
-        .filter_map(|s| Some((s.metadata.annotations.as_ref()?.get("edgehierarchy.dev/device-id")?.clone(), s)))
+        .filter_map(|s| {
+            Some((
+                s.metadata
+                    .annotations
+                    .as_ref()?
+                    .get("edgehierarchy.dev/device-id")?
+                    .clone(),
+                s,
+            ))
+        })
         .collect())
 }
 
 fn data(secret: &Secret, key: &str) -> anyhow::Result<String> {
-    let bytes = secret.data.as_ref().and_then(|d| d.get(key)).with_context(|| format!("no {key}"))?;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .with_context(|| format!("no {key}"))?;
     Ok(String::from_utf8(bytes.0.clone())?)
 }
 
 fn openssl(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("openssl").args(args).output().context("running openssl (make test installs it)")?;
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl (make test installs it)")?;
     if !out.status.success() {
-        bail!("openssl {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "openssl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 async fn issued_verified_and_downloadable(env: &Env) -> anyhow::Result<()> {
     env.namespace("certs").await?;
-    env.apply("certs", &hierarchy_yaml("plant", "", &two("c"))).await?;
-    env.wait_condition("certs", "plant", "CertificatesReady", "True").await?;
-    let h = env.wait_condition("certs", "plant", "Ready", "True").await?;
+    env.apply("certs", &hierarchy_yaml("plant", "", &two("c")))
+        .await?;
+    env.wait_condition("certs", "plant", "CertificatesReady", "True")
+        .await?;
+    let h = env
+        .wait_condition("certs", "plant", "Ready", "True")
+        .await?;
     let status = h.status.unwrap();
-    let root_secret = status.root_ca.as_ref().context("status.rootCA")?.secret_name.clone();
+    let root_secret = status
+        .root_ca
+        .as_ref()
+        .context("status.rootCA")?
+        .secret_name
+        .clone();
     ensure!(root_secret == "plant-root-ca", "{root_secret}");
     let dir = env.dir.path().join("certs-check");
     std::fs::create_dir_all(&dir)?;
@@ -66,125 +101,276 @@ async fn issued_verified_and_downloadable(env: &Env) -> anyhow::Result<()> {
     std::fs::write(dir.join("root.pem"), data(&root, "tls.crt")?)?;
     let certs = secrets_of(env, "certs", "plant", "certs").await?;
     for id in ["c-top", "c-low"] {
-        let secret = certs.get(id).with_context(|| format!("no certificate Secret for {id}"))?;
-        ensure!(secret.type_.as_deref() == Some("kubernetes.io/tls"), "{id}: type {:?}", secret.type_);
+        let secret = certs
+            .get(id)
+            .with_context(|| format!("no certificate Secret for {id}"))?;
+        ensure!(
+            secret.type_.as_deref() == Some("kubernetes.io/tls"),
+            "{id}: type {:?}",
+            secret.type_
+        );
         let owner = secret.metadata.owner_references.clone().unwrap_or_default();
-        ensure!(owner.iter().any(|o| o.kind == "EdgeHierarchy" && o.name == "plant"), "{id}: not owned by the hierarchy");
+        ensure!(
+            owner
+                .iter()
+                .any(|o| o.kind == "EdgeHierarchy" && o.name == "plant"),
+            "{id}: not owned by the hierarchy"
+        );
         let chain = data(secret, "tls.crt")?;
         let leaf = dir.join(format!("{id}.pem"));
         std::fs::write(&leaf, &chain)?;
-        let verified = openssl(&["verify", "-CAfile", &dir.join("root.pem").display().to_string(), &leaf.display().to_string()])?;
+        let verified = openssl(&[
+            "verify",
+            "-CAfile",
+            &dir.join("root.pem").display().to_string(),
+            &leaf.display().to_string(),
+        ])?;
         ensure!(verified.contains(": OK"), "{id}: {verified}");
-        let text = openssl(&["x509", "-in", &leaf.display().to_string(), "-noout", "-text"])?;
-        ensure!(text.contains(&format!("CN = {id}.deviceca")) || text.contains(&format!("CN={id}.deviceca")), "{id}: subject: {text}");
-        ensure!(text.contains("CA:TRUE, pathlen:0"), "{id}: basic constraints: {text}");
+        let text = openssl(&[
+            "x509",
+            "-in",
+            &leaf.display().to_string(),
+            "-noout",
+            "-text",
+        ])?;
+        ensure!(
+            text.contains(&format!("CN = {id}.deviceca"))
+                || text.contains(&format!("CN={id}.deviceca")),
+            "{id}: subject: {text}"
+        );
+        ensure!(
+            text.contains("CA:TRUE, pathlen:0"),
+            "{id}: basic constraints: {text}"
+        );
         ensure!(text.contains("Certificate Sign"), "{id}: key usage: {text}");
-        let device = status.devices.iter().find(|d| d.id == id).context("device status")?;
+        let device = status
+            .devices
+            .iter()
+            .find(|d| d.id == id)
+            .context("device status")?;
         let cert = device.certificate.as_ref().context("certificate status")?;
-        ensure!(cert.revision == 1 && cert.not_after.is_some() && cert.renewal_time.is_some(), "{id}: {cert:?}");
-        ensure!(device.bundle.as_ref().is_some_and(|b| b.revision == 1), "{id}: bundle {:?}", device.bundle);
+        ensure!(
+            cert.revision == 1 && cert.not_after.is_some() && cert.renewal_time.is_some(),
+            "{id}: {cert:?}"
+        );
+        ensure!(
+            device.bundle.as_ref().is_some_and(|b| b.revision == 1),
+            "{id}: bundle {:?}",
+            device.bundle
+        );
     }
 
     // The kubectl plugin writes the archive with its files and 0600 on keys.
-    for (ext, list) in [("zip", vec!["unzip", "-Z", "-l"]), ("tar.gz", vec!["tar", "-tvzf"])] {
+    for (ext, list) in [
+        ("zip", vec!["unzip", "-Z", "-l"]),
+        ("tar.gz", vec!["tar", "-tvzf"]),
+    ] {
         let out = dir.join(format!("c-low.{ext}"));
         let run = Command::new(workspace_bin("kubectl-edgehierarchy")?)
-            .args(["bundle", "plant", "c-low", "-n", "certs", "-o", &out.display().to_string()])
+            .args([
+                "bundle",
+                "plant",
+                "c-low",
+                "-n",
+                "certs",
+                "-o",
+                &out.display().to_string(),
+            ])
             .env("KUBECONFIG", env.cluster.kubeconfig_path())
             .output()?;
-        ensure!(run.status.success(), "bundle: {}", String::from_utf8_lossy(&run.stderr));
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out)?.permissions()) & 0o777;
+        ensure!(
+            run.status.success(),
+            "bundle: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out)?.permissions())
+            & 0o777;
         ensure!(mode == 0o600, "{ext} archive has mode {mode:o}");
         let mut cmd = Command::new(list[0]);
         cmd.args(&list[1..]).arg(&out);
         let listing = String::from_utf8_lossy(&cmd.output()?.stdout).into_owned();
-        for file in ["config.toml", "install.sh", "README.md", "iotedge_config_cli_root.pem", "c-low.full-chain.cert.pem", "c-low.key.pem"] {
+        for file in [
+            "config.toml",
+            "install.sh",
+            "README.md",
+            "iotedge_config_cli_root.pem",
+            "c-low.full-chain.cert.pem",
+            "c-low.key.pem",
+        ] {
             ensure!(listing.contains(file), "{ext}: {file} missing:\n{listing}");
         }
-        let key_line = listing.lines().find(|l| l.contains("c-low.key.pem")).unwrap_or_default();
-        ensure!(key_line.contains("-rw-------"), "{ext}: key is not 0600: {key_line}");
+        let key_line = listing
+            .lines()
+            .find(|l| l.contains("c-low.key.pem"))
+            .unwrap_or_default();
+        ensure!(
+            key_line.contains("-rw-------"),
+            "{ext}: key is not 0600: {key_line}"
+        );
     }
     let bundles = secrets_of(env, "certs", "plant", "bundle").await?;
-    let config = data(bundles.get("c-low").context("bundle Secret")?, "config.toml")?;
+    let config = data(
+        bundles.get("c-low").context("bundle Secret")?,
+        "config.toml",
+    )?;
     let parsed: toml::Value = toml::from_str(&config).context("config.toml parses")?;
-    ensure!(parsed.get("parent_hostname").is_some(), "lower layer without parent_hostname");
-    ensure!(parsed["agent"]["config"]["image"].as_str().is_some_and(|i| i.starts_with("$upstream:443/")), "agent image: {config}");
-    let connection = parsed["provisioning"]["connection_string"].as_str().unwrap_or_default();
-    let key = env.hub.admin.device_keys("c-low").await?.into_iter().next().context("device key")?;
-    ensure!(connection.ends_with(&format!("SharedAccessKey={key}")), "the bundle's key is not the device's");
+    ensure!(
+        parsed.get("parent_hostname").is_some(),
+        "lower layer without parent_hostname"
+    );
+    ensure!(
+        parsed["agent"]["config"]["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("$upstream:443/")),
+        "agent image: {config}"
+    );
+    let connection = parsed["provisioning"]["connection_string"]
+        .as_str()
+        .unwrap_or_default();
+    let key = env
+        .hub
+        .admin
+        .device_keys("c-low")
+        .await?
+        .into_iter()
+        .next()
+        .context("device key")?;
+    ensure!(
+        connection.ends_with(&format!("SharedAccessKey={key}")),
+        "the bundle's key is not the device's"
+    );
     Ok(())
 }
 
 async fn renewal_bumps_revision_and_bundle(env: &Env) -> anyhow::Result<()> {
     env.namespace("renew").await?;
-    env.apply("renew", &with_certificates(&hierarchy_yaml("plant", "", &two("n")), "duration: 2m, renewBefore: 1m")).await?;
-    env.wait_condition("renew", "plant", "Ready", "True").await?;
+    env.apply(
+        "renew",
+        &with_certificates(
+            &hierarchy_yaml("plant", "", &two("n")),
+            "duration: 2m, renewBefore: 1m",
+        ),
+    )
+    .await?;
+    env.wait_condition("renew", "plant", "Ready", "True")
+        .await?;
     let first = secrets_of(env, "renew", "plant", "certs").await?;
     let first_cert = data(first.get("n-top").context("cert")?, "tls.crt")?;
     let status = env
         .wait_status("renew", "plant", "n-top's certificate at revision 2", |s| {
-            s.devices.iter().any(|d| d.id == "n-top" && d.certificate.as_ref().is_some_and(|c| c.revision >= 2) && d.bundle.as_ref().is_some_and(|b| b.revision >= 2))
+            s.devices.iter().any(|d| {
+                d.id == "n-top"
+                    && d.certificate.as_ref().is_some_and(|c| c.revision >= 2)
+                    && d.bundle.as_ref().is_some_and(|b| b.revision >= 2)
+            })
         })
         .await?;
     let second = secrets_of(env, "renew", "plant", "certs").await?;
-    ensure!(data(second.get("n-top").context("cert")?, "tls.crt")? != first_cert, "the certificate did not change");
+    ensure!(
+        data(second.get("n-top").context("cert")?, "tls.crt")? != first_cert,
+        "the certificate did not change"
+    );
     let bundle = secrets_of(env, "renew", "plant", "bundle").await?;
-    let full_chain = data(bundle.get("n-top").context("bundle")?, "n-top.full-chain.cert.pem")?;
-    ensure!(full_chain == data(second.get("n-top").unwrap(), "tls.crt")?, "the bundle does not carry the renewed certificate");
-    env.wait_event("renew", "plant", "CertificateRenewed", "n-top").await?;
+    let full_chain = data(
+        bundle.get("n-top").context("bundle")?,
+        "n-top.full-chain.cert.pem",
+    )?;
+    ensure!(
+        full_chain == data(second.get("n-top").unwrap(), "tls.crt")?,
+        "the bundle does not carry the renewed certificate"
+    );
+    env.wait_event("renew", "plant", "CertificateRenewed", "n-top")
+        .await?;
     ensure!(status.root_ca.is_some());
     Ok(())
 }
 
 /// A client certificate identity for the emulator's device endpoint.
-async fn device_twin_with_cert(env: &Env, device: &str, cert_pem: &str, key_pem: &str) -> anyhow::Result<u16> {
+async fn device_twin_with_cert(
+    env: &Env,
+    device: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> anyhow::Result<u16> {
     let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())?;
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(env.hub.ca_pem.as_bytes())?)
         .identity(identity)
         .build()?;
-    let url = format!("https://{}/devices/{device}/modules/%24edgeAgent/twin?api-version=2021-04-12", env.hub.admin.host());
+    let url = format!(
+        "https://{}/devices/{device}/modules/%24edgeAgent/twin?api-version=2021-04-12",
+        env.hub.admin.host()
+    );
     Ok(http.get(url).send().await?.status().as_u16())
 }
 
 async fn x509_devices_keep_access_across_rotation(env: &Env) -> anyhow::Result<()> {
     env.namespace("x509").await?;
-    let yaml = hierarchy_yaml("plant", "", &two("x")).replace("  policy:", "  authentication: X509\n  policy:");
-    env.apply("x509", &with_certificates(&yaml, "duration: 2m, renewBefore: 1m")).await?;
+    let yaml = hierarchy_yaml("plant", "", &two("x"))
+        .replace("  policy:", "  authentication: X509\n  policy:");
+    env.apply(
+        "x509",
+        &with_certificates(&yaml, "duration: 2m, renewBefore: 1m"),
+    )
+    .await?;
     env.wait_condition("x509", "plant", "Ready", "True").await?;
     let before = secrets_of(env, "x509", "plant", "certs").await?;
     let old = before.get("x-low").context("cert Secret")?;
     let (old_cert, old_key) = (data(old, "identity.crt")?, data(old, "identity.key")?);
     let device = env.hub.admin.device("x-low").await?.context("device")?;
-    ensure!(device["authentication"]["type"] == "selfSigned", "{}", device["authentication"]);
+    ensure!(
+        device["authentication"]["type"] == "selfSigned",
+        "{}",
+        device["authentication"]
+    );
     let status = device_twin_with_cert(env, "x-low", &old_cert, &old_key).await?;
-    ensure!(status == 200, "the identity certificate is refused before rotation: {status}");
+    ensure!(
+        status == 200,
+        "the identity certificate is refused before rotation: {status}"
+    );
     let leaf = env.dir.path().join("x509-identity.pem");
     std::fs::write(&leaf, &old_cert)?;
-    let root = Api::<Secret>::namespaced(env.client.clone(), "x509").get("plant-root-ca").await?;
+    let root = Api::<Secret>::namespaced(env.client.clone(), "x509")
+        .get("plant-root-ca")
+        .await?;
     let root_path = env.dir.path().join("x509-root.pem");
     std::fs::write(&root_path, data(&root, "tls.crt")?)?;
-    let verified = openssl(&["verify", "-CAfile", &root_path.display().to_string(), &leaf.display().to_string()])?;
-    ensure!(verified.contains(": OK"), "identity certificate: {verified}");
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        &root_path.display().to_string(),
+        &leaf.display().to_string(),
+    ])?;
+    ensure!(
+        verified.contains(": OK"),
+        "identity certificate: {verified}"
+    );
 
     // Keep authenticating with whatever the device holds while the operator rotates.
     let mut refused = 0;
-    let rotated = wait_until(Duration::from_secs(240), Duration::from_millis(500), "the identity certificate of x-low to rotate", || {
-        let (old_cert, old_key) = (old_cert.clone(), old_key.clone());
-        async move {
-            let now = secrets_of(env, "x509", "plant", "certs").await.ok()?;
-            let secret = now.get("x-low")?;
-            let cert = data(secret, "identity.crt").ok()?;
-            if cert == old_cert {
-                // Still the old one: it must work.
-                return match device_twin_with_cert(env, "x-low", &old_cert, &old_key).await {
-                    Ok(200) => None,
-                    other => Some(Err(anyhow::anyhow!("old certificate refused before rotation completed: {other:?}"))),
-                };
+    let rotated = wait_until(
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        "the identity certificate of x-low to rotate",
+        || {
+            let (old_cert, old_key) = (old_cert.clone(), old_key.clone());
+            async move {
+                let now = secrets_of(env, "x509", "plant", "certs").await.ok()?;
+                let secret = now.get("x-low")?;
+                let cert = data(secret, "identity.crt").ok()?;
+                if cert == old_cert {
+                    // Still the old one: it must work.
+                    return match device_twin_with_cert(env, "x-low", &old_cert, &old_key).await {
+                        Ok(200) => None,
+                        other => Some(Err(anyhow::anyhow!(
+                            "old certificate refused before rotation completed: {other:?}"
+                        ))),
+                    };
+                }
+                Some(Ok((cert, data(secret, "identity.key").ok()?)))
             }
-            Some(Ok((cert, data(secret, "identity.key").ok()?)))
-        }
-    })
+        },
+    )
     .await??;
     let (new_cert, new_key) = rotated;
     // Right after the rotation both the old and the new certificate are accepted.
@@ -198,7 +384,9 @@ async fn x509_devices_keep_access_across_rotation(env: &Env) -> anyhow::Result<(
             refused += 1;
         }
         if attempt == 19 {
-            bail!("after rotation: old accepted {old_ok}, new accepted {new_ok} ({refused} refusals of the old one)");
+            bail!(
+                "after rotation: old accepted {old_ok}, new accepted {new_ok} ({refused} refusals of the old one)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -207,10 +395,15 @@ async fn x509_devices_keep_access_across_rotation(env: &Env) -> anyhow::Result<(
 
 fn rcgen_ca(name: &str, is_ca: bool, expired: bool) -> anyhow::Result<(String, String)> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
     if is_ca {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
     }
     if expired {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -230,33 +423,88 @@ async fn bad_root_cas_stall_and_nothing_is_issued(env: &Env) -> anyhow::Result<(
     let (ca_cert, ca_key) = rcgen_ca("encrypted root", true, false)?;
     let key_file = env.dir.path().join("plain.key");
     std::fs::write(&key_file, &ca_key)?;
-    let encrypted = openssl(&["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", &key_file.display().to_string(), "-passout", "pass:secret"])?;
+    let encrypted = openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-v2",
+        "aes-256-cbc",
+        "-in",
+        &key_file.display().to_string(),
+        "-passout",
+        "pass:secret",
+    ])?;
     let cases: [(&str, &str, Option<&str>, &str); 5] = [
-        ("mismatch", &good_cert, Some(&other_key), "does not belong to tls.crt"),
-        ("notca", &leaf_cert, Some(&leaf_key), "is not a CA certificate"),
+        (
+            "mismatch",
+            &good_cert,
+            Some(&other_key),
+            "does not belong to tls.crt",
+        ),
+        (
+            "notca",
+            &leaf_cert,
+            Some(&leaf_key),
+            "is not a CA certificate",
+        ),
         ("expired", &old_cert, Some(&old_key), "expired"),
         ("encrypted", &ca_cert, Some(&encrypted), "encrypted"),
         ("nokey", &ca_cert, None, "has no tls.key"),
     ];
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), "badroot");
     for (name, cert, key, _) in &cases {
-        let mut data = BTreeMap::from([("tls.crt".to_string(), base64::engine::general_purpose::STANDARD.encode(cert))]);
+        let mut data = BTreeMap::from([(
+            "tls.crt".to_string(),
+            base64::engine::general_purpose::STANDARD.encode(cert),
+        )]);
         if let Some(key) = key {
-            data.insert("tls.key".into(), base64::engine::general_purpose::STANDARD.encode(key));
+            data.insert(
+                "tls.key".into(),
+                base64::engine::general_purpose::STANDARD.encode(key),
+            );
         }
-        let secret: Secret = serde_json::from_value(serde_json::json!({"metadata": {"name": format!("root-{name}")}, "type": "Opaque", "data": data}))?;
+        let secret: Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": format!("root-{name}")}, "type": "Opaque", "data": data}),
+        )?;
         secrets.create(&Default::default(), &secret).await?;
         let yaml = hierarchy_yaml(name, "", "    - {id: r-top}\n");
-        env.apply("badroot", &with_certificates(&yaml, &format!("rootCA: {{secretRef: {{name: root-{name}}}}}"))).await?;
+        env.apply(
+            "badroot",
+            &with_certificates(
+                &yaml,
+                &format!("rootCA: {{secretRef: {{name: root-{name}}}}}"),
+            ),
+        )
+        .await?;
     }
     for (name, _, _, needle) in &cases {
-        let h = env.wait_condition("badroot", name, "Stalled", "True").await?;
-        let stalled = h.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Stalled").unwrap();
+        let h = env
+            .wait_condition("badroot", name, "Stalled", "True")
+            .await?;
+        let stalled = h
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap();
         ensure!(stalled.reason == "InvalidRootCA", "{name}: {stalled:?}");
-        ensure!(stalled.message.contains(&format!("root-{name}")) && stalled.message.contains(needle), "{name}: {}", stalled.message);
-        ensure!(secrets_of(env, "badroot", name, "certs").await?.is_empty(), "{name}: certificates were issued");
-        ensure!(secrets.get_opt(&format!("{name}-root-ca")).await?.is_none(), "{name}: a root was generated instead");
-        ensure!(env.hub.admin.device("r-top").await?.is_none(), "{name}: the hub was written to");
+        ensure!(
+            stalled.message.contains(&format!("root-{name}")) && stalled.message.contains(needle),
+            "{name}: {}",
+            stalled.message
+        );
+        ensure!(
+            secrets_of(env, "badroot", name, "certs").await?.is_empty(),
+            "{name}: certificates were issued"
+        );
+        ensure!(
+            secrets.get_opt(&format!("{name}-root-ca")).await?.is_none(),
+            "{name}: a root was generated instead"
+        );
+        ensure!(
+            env.hub.admin.device("r-top").await?.is_none(),
+            "{name}: the hub was written to"
+        );
     }
     Ok(())
 }
@@ -267,36 +515,76 @@ async fn root_survives_restart_and_updates(env: &mut Env) -> anyhow::Result<()> 
     env.operator.kill_hard();
     env.restart_operator()?;
     let three = format!("{}    - {{id: c-third, parent: c-top}}\n", two("c"));
-    env.apply("certs", &hierarchy_yaml("plant", "", &three)).await?;
+    env.apply("certs", &hierarchy_yaml("plant", "", &three))
+        .await?;
     env.wait_status("certs", "plant", "c-third registered with a bundle", |s| {
-        s.devices.iter().any(|d| d.id == "c-third" && d.bundle.is_some())
+        s.devices
+            .iter()
+            .any(|d| d.id == "c-third" && d.bundle.is_some())
     })
     .await?;
-    env.wait_condition("certs", "plant", "Ready", "True").await?;
+    env.wait_condition("certs", "plant", "Ready", "True")
+        .await?;
     let after = data(&secrets.get("plant-root-ca").await?, "tls.crt")?;
-    ensure!(before == after, "the root CA changed across a restart and an update");
+    ensure!(
+        before == after,
+        "the root CA changed across a restart and an update"
+    );
     Ok(())
 }
 
 async fn secrets_go_with_the_hierarchy_unless_detached(env: &Env) -> anyhow::Result<()> {
     env.namespace("gc").await?;
-    env.apply("gc", &hierarchy_yaml("gone", "", "    - {id: g-top}\n")).await?;
-    env.apply("gc", &hierarchy_yaml("kept", ", deletion: Detach", "    - {id: k-top}\n")).await?;
+    env.apply("gc", &hierarchy_yaml("gone", "", "    - {id: g-top}\n"))
+        .await?;
+    env.apply(
+        "gc",
+        &hierarchy_yaml("kept", ", deletion: Detach", "    - {id: k-top}\n"),
+    )
+    .await?;
     env.wait_condition("gc", "gone", "Ready", "True").await?;
     env.wait_condition("gc", "kept", "Ready", "True").await?;
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), "gc");
-    env.hierarchies("gc").delete("gone", &Default::default()).await?;
-    env.hierarchies("gc").delete("kept", &Default::default()).await?;
+    env.hierarchies("gc")
+        .delete("gone", &Default::default())
+        .await?;
+    env.hierarchies("gc")
+        .delete("kept", &Default::default())
+        .await?;
     // The garbage collector notices a new resource type on its 30 s discovery sync.
-    wait_until(Duration::from_secs(180), Duration::from_secs(1), "gc/gone's Secrets to be garbage-collected", || async {
-        let left = secrets.list(&ListParams::default().labels("edgehierarchy.dev/hierarchy=gone")).await.ok()?;
-        left.items.is_empty().then_some(())
-    })
+    wait_until(
+        Duration::from_secs(180),
+        Duration::from_secs(1),
+        "gc/gone's Secrets to be garbage-collected",
+        || async {
+            let left = secrets
+                .list(&ListParams::default().labels("edgehierarchy.dev/hierarchy=gone"))
+                .await
+                .ok()?;
+            left.items.is_empty().then_some(())
+        },
+    )
     .await?;
-    let kept = secrets.list(&ListParams::default().labels("edgehierarchy.dev/hierarchy=kept")).await?;
-    let names: Vec<String> = kept.items.iter().map(|s| s.metadata.name.clone().unwrap_or_default()).collect();
-    ensure!(names.iter().any(|n| n == "kept-root-ca") && names.len() >= 3, "Detach did not keep the Secrets: {names:?}");
-    ensure!(kept.items.iter().all(|s| s.metadata.owner_references.as_ref().is_none_or(|o| o.is_empty())), "kept Secrets still have owners");
+    let kept = secrets
+        .list(&ListParams::default().labels("edgehierarchy.dev/hierarchy=kept"))
+        .await?;
+    let names: Vec<String> = kept
+        .items
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap_or_default())
+        .collect();
+    ensure!(
+        names.iter().any(|n| n == "kept-root-ca") && names.len() >= 3,
+        "Detach did not keep the Secrets: {names:?}"
+    );
+    ensure!(
+        kept.items.iter().all(|s| s
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|o| o.is_empty())),
+        "kept Secrets still have owners"
+    );
     Ok(())
 }
 
@@ -307,7 +595,11 @@ async fn no_private_key_leaks(env: &Env) -> anyhow::Result<()> {
             for k in ["tls.key", "identity.key"] {
                 if let Ok(pem) = data(secret, k) {
                     // The base64 body of the key, whatever line it is on.
-                    keys.extend(pem.lines().filter(|l| l.len() > 40 && !l.starts_with("-----")).map(str::to_string));
+                    keys.extend(
+                        pem.lines()
+                            .filter(|l| l.len() > 40 && !l.starts_with("-----"))
+                            .map(str::to_string),
+                    );
                 }
             }
         }
@@ -315,13 +607,24 @@ async fn no_private_key_leaks(env: &Env) -> anyhow::Result<()> {
     ensure!(!keys.is_empty(), "no keys found to look for");
     let mut haystacks = vec![("operator output".to_string(), env.operator.output())];
     for ns in ["certs", "renew", "x509", "badroot"] {
-        let out = env.cluster.kubectl(&["-n", ns, "get", "events,edgehierarchies", "-o", "yaml"])?;
-        haystacks.push((format!("events and status in {ns}"), String::from_utf8_lossy(&out.stdout).into_owned()));
+        let out =
+            env.cluster
+                .kubectl(&["-n", ns, "get", "events,edgehierarchies", "-o", "yaml"])?;
+        haystacks.push((
+            format!("events and status in {ns}"),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
     }
     for (what, text) in &haystacks {
-        ensure!(!has_private_key_header(text), "a private key PEM block appears in {what}");
+        ensure!(
+            !has_private_key_header(text),
+            "a private key PEM block appears in {what}"
+        );
         for key in &keys {
-            ensure!(!text.contains(key.as_str()), "private key material appears in {what}");
+            ensure!(
+                !text.contains(key.as_str()),
+                "private key material appears in {what}"
+            );
         }
     }
     Ok(())
@@ -332,7 +635,11 @@ async fn no_private_key_leaks(env: &Env) -> anyhow::Result<()> {
 fn has_private_key_header(text: &str) -> bool {
     text.match_indices("-----BEGIN ").any(|(at, _)| {
         let rest = &text[at + "-----BEGIN ".len()..];
-        rest.find("PRIVATE KEY-----").is_some_and(|end| rest[..end].chars().all(|c| c.is_ascii_uppercase() || c == ' '))
+        rest.find("PRIVATE KEY-----").is_some_and(|end| {
+            rest[..end]
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == ' ')
+        })
     })
 }
 
@@ -340,7 +647,9 @@ fn has_private_key_header(text: &str) -> bool {
 fn private_key_headers_are_recognised() {
     assert!(has_private_key_header("x -----BEGIN EC PRIVATE KEY----- y"));
     assert!(has_private_key_header("-----BEGIN PRIVATE KEY-----"));
-    assert!(!has_private_key_header("no -----BEGIN ... PRIVATE KEY----- block"));
+    assert!(!has_private_key_header(
+        "no -----BEGIN ... PRIVATE KEY----- block"
+    ));
     assert!(!has_private_key_header("-----BEGIN CERTIFICATE-----"));
 }
 
@@ -348,14 +657,49 @@ fn private_key_headers_are_recognised() {
 async fn operator_manages_certificates_and_bundles() -> anyhow::Result<()> {
     let mut env = Env::start(&["--strict"]).await?;
     let mut checks = Checks::new();
-    let issued = checks.run("certificates are issued, verified and downloadable", issued_verified_and_downloadable(&env)).await;
-    checks.run("renewal bumps the revision, the bundle and emits an Event", renewal_bumps_revision_and_bundle(&env)).await;
-    checks.run("X509 devices keep access across rotation", x509_devices_keep_access_across_rotation(&env)).await;
-    checks.run("bad root CAs stall and nothing is issued", bad_root_cas_stall_and_nothing_is_issued(&env)).await;
+    let issued = checks
+        .run(
+            "certificates are issued, verified and downloadable",
+            issued_verified_and_downloadable(&env),
+        )
+        .await;
+    checks
+        .run(
+            "renewal bumps the revision, the bundle and emits an Event",
+            renewal_bumps_revision_and_bundle(&env),
+        )
+        .await;
+    checks
+        .run(
+            "X509 devices keep access across rotation",
+            x509_devices_keep_access_across_rotation(&env),
+        )
+        .await;
+    checks
+        .run(
+            "bad root CAs stall and nothing is issued",
+            bad_root_cas_stall_and_nothing_is_issued(&env),
+        )
+        .await;
     if issued {
-        checks.run("the root CA survives restarts and updates", root_survives_restart_and_updates(&mut env)).await;
+        checks
+            .run(
+                "the root CA survives restarts and updates",
+                root_survives_restart_and_updates(&mut env),
+            )
+            .await;
     }
-    checks.run("Secrets go with the hierarchy unless Detach", secrets_go_with_the_hierarchy_unless_detached(&env)).await;
-    checks.run("no private key in logs, Events or status", no_private_key_leaks(&env)).await;
+    checks
+        .run(
+            "Secrets go with the hierarchy unless Detach",
+            secrets_go_with_the_hierarchy_unless_detached(&env),
+        )
+        .await;
+    checks
+        .run(
+            "no private key in logs, Events or status",
+            no_private_key_leaks(&env),
+        )
+        .await;
     checks.finish()
 }

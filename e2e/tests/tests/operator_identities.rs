@@ -17,16 +17,45 @@ async fn converge_examples(env: &Env) -> anyhow::Result<()> {
     env.apply("examples", &example("tutorial.yaml")).await?;
     env.apply("examples", &example("factory.yaml")).await?;
     for (name, count) in [("tutorial", 2u32), ("factory", 36)] {
-        let h = env.wait_condition("examples", name, "Ready", "True").await?;
+        let h = env
+            .wait_condition("examples", name, "Ready", "True")
+            .await?;
         let status = h.status.unwrap();
         let summary = status.summary.clone().context("summary")?;
-        ensure!(summary.devices == count && summary.registered == count && summary.drifted == 0, "{name}: summary {summary:?}");
+        ensure!(
+            summary.devices == count && summary.registered == count && summary.drifted == 0,
+            "{name}: summary {summary:?}"
+        );
         let with_parent = h.spec.devices.iter().filter(|d| d.parent.is_some()).count() as u32;
-        ensure!(summary.parented == with_parent, "{name}: parented {} of {with_parent}", summary.parented);
-        ensure!(status.devices.iter().all(|d| d.state == DeviceState::Ready && d.device_scope.is_some()), "{name}: {:?}", status.devices);
-        ensure!(status.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "False"), "{name}: Stalled not False");
+        ensure!(
+            summary.parented == with_parent,
+            "{name}: parented {} of {with_parent}",
+            summary.parented
+        );
+        ensure!(
+            status
+                .devices
+                .iter()
+                .all(|d| d.state == DeviceState::Ready && d.device_scope.is_some()),
+            "{name}: {:?}",
+            status.devices
+        );
+        ensure!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "False"),
+            "{name}: Stalled not False"
+        );
         assert_hub_matches(env, "examples", name).await?;
-        env.wait_event("examples", name, "Created", &format!("created {count} devices")).await.or_else(|_| {
+        env.wait_event(
+            "examples",
+            name,
+            "Created",
+            &format!("created {count} devices"),
+        )
+        .await
+        .or_else(|_| {
             // The factory's layers are created in several rounds of one reconcile: one Event.
             bail!("no Created event for {name}")
         })?;
@@ -34,7 +63,10 @@ async fn converge_examples(env: &Env) -> anyhow::Result<()> {
     // One registry operation per new device: 38 devices created by bulk calls, nothing else.
     let after = env.hub.admin.stats().await?;
     let registry_ops = stat(&after, "registryOperations") - stat(&before, "registryOperations");
-    ensure!(registry_ops == 38, "38 new devices cost {registry_ops} registry operations; stats: {after}");
+    ensure!(
+        registry_ops == 38,
+        "38 new devices cost {registry_ops} registry operations; stats: {after}"
+    );
     Ok(())
 }
 
@@ -44,8 +76,14 @@ async fn clean_resync_writes_nothing(env: &Env) -> anyhow::Result<()> {
     env.resync("examples", "tutorial").await?;
     let after = env.hub.admin.stats().await?;
     let writes = stat(&after, "writeCalls") - stat(&before, "writeCalls");
-    ensure!(writes == 0, "a resync with no drift made {writes} write calls; stats: {after}");
-    ensure!(stat(&after, "total") > stat(&before, "total"), "the resync did not read the hub at all");
+    ensure!(
+        writes == 0,
+        "a resync with no drift made {writes} write calls; stats: {after}"
+    );
+    ensure!(
+        stat(&after, "total") > stat(&before, "total"),
+        "the resync did not read the hub at all"
+    );
     Ok(())
 }
 
@@ -62,15 +100,21 @@ async fn make_drift(env: &Env, prefix: &str, case: &str) -> anyhow::Result<(Stri
     let id = |name: &str| format!("{prefix}-{name}");
     let (device, needle) = match case {
         "parent link removed" => {
-            admin.edit_device(&id("low"), |d| d["parentScopes"] = json!([])).await?;
+            admin
+                .edit_device(&id("low"), |d| d["parentScopes"] = json!([]))
+                .await?;
             ("low", "parent link")
         }
         "edge capability off" => {
-            admin.edit_device(&id("mid"), |d| d["capabilities"]["iotEdge"] = json!(false)).await?;
+            admin
+                .edit_device(&id("mid"), |d| d["capabilities"]["iotEdge"] = json!(false))
+                .await?;
             ("mid", "edge capability is off")
         }
         "device disabled" => {
-            admin.edit_device(&id("top"), |d| d["status"] = json!("disabled")).await?;
+            admin
+                .edit_device(&id("top"), |d| d["status"] = json!("disabled"))
+                .await?;
             ("top", "disabled")
         }
         "device deleted" => {
@@ -78,7 +122,12 @@ async fn make_drift(env: &Env, prefix: &str, case: &str) -> anyhow::Result<(Stri
             ("sensor", "deleted from the hub outside the operator")
         }
         "tags changed" => {
-            admin.patch_tags(&id("low"), json!({"edgeHierarchy": {"layer": 9, "deployment": "rogue"}})).await?;
+            admin
+                .patch_tags(
+                    &id("low"),
+                    json!({"edgeHierarchy": {"layer": 9, "deployment": "rogue"}}),
+                )
+                .await?;
             ("low", "ownership tags differ")
         }
         _ => unreachable!(),
@@ -86,35 +135,63 @@ async fn make_drift(env: &Env, prefix: &str, case: &str) -> anyhow::Result<(Stri
     Ok((id(device), needle))
 }
 
-const DRIFT_CASES: [&str; 5] = ["parent link removed", "edge capability off", "device disabled", "device deleted", "tags changed"];
+const DRIFT_CASES: [&str; 5] = [
+    "parent link removed",
+    "edge capability off",
+    "device disabled",
+    "device deleted",
+    "tags changed",
+];
 
 async fn drift_is_corrected_under_manage(env: &Env) -> anyhow::Result<()> {
     env.namespace("drift").await?;
-    env.apply("drift", &hierarchy_yaml("plant", "", &drift_devices("dm"))).await?;
-    env.wait_condition("drift", "plant", "Ready", "True").await?;
+    env.apply("drift", &hierarchy_yaml("plant", "", &drift_devices("dm")))
+        .await?;
+    env.wait_condition("drift", "plant", "Ready", "True")
+        .await?;
     for case in DRIFT_CASES {
         let (device, needle) = make_drift(env, "dm", case).await?;
         let device = device.as_str();
         env.poke("drift", "plant").await?;
         let what = format!("{case}: drift on {device} reported as corrected");
         env.wait_status("drift", "plant", &what, |s| {
-            s.devices.iter().any(|d| d.id == device && d.drift.iter().any(|x| x.contains(needle) && !x.contains("reconcile: Observe")))
+            s.devices.iter().any(|d| {
+                d.id == device
+                    && d.drift
+                        .iter()
+                        .any(|x| x.contains(needle) && !x.contains("reconcile: Observe"))
+            })
         })
         .await
         .with_context(|| case.to_string())?;
-        env.wait_condition("drift", "plant", "Ready", "True").await?;
-        assert_hub_matches(env, "drift", "plant").await.with_context(|| format!("{case}: hub not corrected"))?;
-        env.wait_event("drift", "plant", "DriftCorrected", device).await.with_context(|| case.to_string())?;
+        env.wait_condition("drift", "plant", "Ready", "True")
+            .await?;
+        assert_hub_matches(env, "drift", "plant")
+            .await
+            .with_context(|| format!("{case}: hub not corrected"))?;
+        env.wait_event("drift", "plant", "DriftCorrected", device)
+            .await
+            .with_context(|| case.to_string())?;
     }
     Ok(())
 }
 
 async fn drift_is_only_reported_under_observe(env: &Env) -> anyhow::Result<()> {
     env.namespace("observe").await?;
-    env.apply("observe", &hierarchy_yaml("plant", "", &drift_devices("do"))).await?;
-    env.wait_condition("observe", "plant", "Ready", "True").await?;
-    env.apply("observe", &hierarchy_yaml("plant", ", reconcile: Observe", &drift_devices("do"))).await?;
-    env.wait_condition("observe", "plant", "Ready", "True").await?;
+    env.apply(
+        "observe",
+        &hierarchy_yaml("plant", "", &drift_devices("do")),
+    )
+    .await?;
+    env.wait_condition("observe", "plant", "Ready", "True")
+        .await?;
+    env.apply(
+        "observe",
+        &hierarchy_yaml("plant", ", reconcile: Observe", &drift_devices("do")),
+    )
+    .await?;
+    env.wait_condition("observe", "plant", "Ready", "True")
+        .await?;
     for case in DRIFT_CASES {
         let (device, needle) = make_drift(env, "do", case).await?;
         let device = device.as_str();
@@ -124,17 +201,44 @@ async fn drift_is_only_reported_under_observe(env: &Env) -> anyhow::Result<()> {
         let what = format!("{case}: drift on {device} reported, not corrected");
         let status = env
             .wait_status("observe", "plant", &what, |s| {
-                s.devices.iter().any(|d| d.id == device && d.state == DeviceState::Drifted && d.drift.iter().any(|x| x.contains(needle) && x.contains("not")))
+                s.devices.iter().any(|d| {
+                    d.id == device
+                        && d.state == DeviceState::Drifted
+                        && d.drift
+                            .iter()
+                            .any(|x| x.contains(needle) && x.contains("not"))
+                })
             })
             .await
             .with_context(|| case.to_string())?;
-        ensure!(status.conditions.iter().any(|c| c.type_ == "DriftDetected" && c.status == "True"), "{case}: DriftDetected not True");
-        ensure!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False"), "{case}: Ready not False");
+        ensure!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "DriftDetected" && c.status == "True"),
+            "{case}: DriftDetected not True"
+        );
+        ensure!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False"),
+            "{case}: Ready not False"
+        );
         let writes_after = stat(&env.hub.admin.stats().await?, "writeCalls");
-        ensure!(writes_after == writes_before, "{case}: Observe wrote {} times to the hub", writes_after - writes_before);
+        ensure!(
+            writes_after == writes_before,
+            "{case}: Observe wrote {} times to the hub",
+            writes_after - writes_before
+        );
         let hub_after = env.hub.admin.all_twins().await?.remove(device);
-        ensure!(hub_before.as_ref().map(strip_volatile) == hub_after.as_ref().map(strip_volatile), "{case}: the hub changed under Observe");
-        env.wait_event("observe", "plant", "DriftDetected", device).await.with_context(|| case.to_string())?;
+        ensure!(
+            hub_before.as_ref().map(strip_volatile) == hub_after.as_ref().map(strip_volatile),
+            "{case}: the hub changed under Observe"
+        );
+        env.wait_event("observe", "plant", "DriftDetected", device)
+            .await
+            .with_context(|| case.to_string())?;
     }
     Ok(())
 }
@@ -149,47 +253,115 @@ fn strip_volatile(twin: &Value) -> Value {
 
 async fn recreated_parent_relinks_children(env: &Env) -> anyhow::Result<()> {
     env.namespace("relink").await?;
-    env.apply("relink", &hierarchy_yaml("plant", "", &drift_devices("dr"))).await?;
-    env.wait_condition("relink", "plant", "Ready", "True").await?;
+    env.apply("relink", &hierarchy_yaml("plant", "", &drift_devices("dr")))
+        .await?;
+    env.wait_condition("relink", "plant", "Ready", "True")
+        .await?;
     let old_scope = env.hub.admin.twin("dr-mid").await?["deviceScope"].clone();
     env.hub.admin.delete_device("dr-mid").await?;
-    env.hub.admin.create_device("dr-mid", true, json!({"parentScopes": []})).await?;
+    env.hub
+        .admin
+        .create_device("dr-mid", true, json!({"parentScopes": []}))
+        .await?;
     let new_scope = env.hub.admin.twin("dr-mid").await?["deviceScope"].clone();
-    ensure!(old_scope != new_scope, "re-creating did not change the scope");
+    ensure!(
+        old_scope != new_scope,
+        "re-creating did not change the scope"
+    );
     env.poke("relink", "plant").await?;
-    env.wait_status("relink", "plant", "children re-linked to the new scope of dr-mid", |s| {
-        s.devices.iter().all(|d| d.state == DeviceState::Ready) && s.devices.iter().any(|d| d.id == "dr-mid" && d.device_scope.as_ref().map(|x| json!(x)) == Some(new_scope.clone()))
-    })
+    env.wait_status(
+        "relink",
+        "plant",
+        "children re-linked to the new scope of dr-mid",
+        |s| {
+            s.devices.iter().all(|d| d.state == DeviceState::Ready)
+                && s.devices.iter().any(|d| {
+                    d.id == "dr-mid"
+                        && d.device_scope.as_ref().map(|x| json!(x)) == Some(new_scope.clone())
+                })
+        },
+    )
     .await?;
     let twins = assert_hub_matches(env, "relink", "plant").await?;
-    ensure!(twins["dr-low"]["parentScopes"] == json!([new_scope]), "dr-low not re-linked: {}", twins["dr-low"]["parentScopes"]);
-    ensure!(twins["dr-sensor"]["deviceScope"] == new_scope, "dr-sensor not re-linked");
+    ensure!(
+        twins["dr-low"]["parentScopes"] == json!([new_scope]),
+        "dr-low not re-linked: {}",
+        twins["dr-low"]["parentScopes"]
+    );
+    ensure!(
+        twins["dr-sensor"]["deviceScope"] == new_scope,
+        "dr-sensor not re-linked"
+    );
     Ok(())
 }
 
 async fn unowned_device_conflicts_then_is_adopted(env: &Env) -> anyhow::Result<()> {
     env.namespace("adopt").await?;
-    env.hub.admin.create_device("legacy-gw", true, json!({})).await?;
-    env.hub.admin.patch_tags("legacy-gw", json!({"site": "berlin"})).await?;
+    env.hub
+        .admin
+        .create_device("legacy-gw", true, json!({}))
+        .await?;
+    env.hub
+        .admin
+        .patch_tags("legacy-gw", json!({"site": "berlin"}))
+        .await?;
     let before = env.hub.admin.twin("legacy-gw").await?;
     let devices = "    - {id: legacy-gw}\n    - {id: legacy-child, parent: legacy-gw}\n";
-    env.apply("adopt", &hierarchy_yaml("plant", "", devices)).await?;
-    let h = env.wait_condition("adopt", "plant", "Stalled", "True").await?;
+    env.apply("adopt", &hierarchy_yaml("plant", "", devices))
+        .await?;
+    let h = env
+        .wait_condition("adopt", "plant", "Stalled", "True")
+        .await?;
     let status = h.status.unwrap();
-    let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
-    ensure!(stalled.reason == "OwnershipConflict" && stalled.message.contains("legacy-gw") && stalled.message.contains("adoptExisting"), "{stalled:?}");
-    ensure!(status.devices.iter().any(|d| d.id == "legacy-gw" && d.state == DeviceState::Conflict), "{:?}", status.devices);
+    let stalled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap();
+    ensure!(
+        stalled.reason == "OwnershipConflict"
+            && stalled.message.contains("legacy-gw")
+            && stalled.message.contains("adoptExisting"),
+        "{stalled:?}"
+    );
+    ensure!(
+        status
+            .devices
+            .iter()
+            .any(|d| d.id == "legacy-gw" && d.state == DeviceState::Conflict),
+        "{:?}",
+        status.devices
+    );
     let after = env.hub.admin.twin("legacy-gw").await?;
-    ensure!(strip_volatile(&before) == strip_volatile(&after), "the unowned device was modified");
-    ensure!(env.hub.admin.device("legacy-child").await?.is_none(), "a child was linked to a device we do not own");
-    env.wait_event("adopt", "plant", "OwnershipConflict", "legacy-gw").await?;
+    ensure!(
+        strip_volatile(&before) == strip_volatile(&after),
+        "the unowned device was modified"
+    );
+    ensure!(
+        env.hub.admin.device("legacy-child").await?.is_none(),
+        "a child was linked to a device we do not own"
+    );
+    env.wait_event("adopt", "plant", "OwnershipConflict", "legacy-gw")
+        .await?;
 
-    env.apply("adopt", &hierarchy_yaml("plant", ", adoptExisting: true", devices)).await?;
-    env.wait_condition("adopt", "plant", "Ready", "True").await?;
+    env.apply(
+        "adopt",
+        &hierarchy_yaml("plant", ", adoptExisting: true", devices),
+    )
+    .await?;
+    env.wait_condition("adopt", "plant", "Ready", "True")
+        .await?;
     let twins = assert_hub_matches(env, "adopt", "plant").await?;
     // Tags outside edgeHierarchy are the user's: adoption keeps them.
-    ensure!(twins["legacy-gw"]["tags"]["site"] == json!("berlin"), "the user's tags were not kept: {}", twins["legacy-gw"]["tags"]);
-    ensure!(twins["legacy-gw"]["deviceScope"] == before["deviceScope"], "adoption re-created the device");
+    ensure!(
+        twins["legacy-gw"]["tags"]["site"] == json!("berlin"),
+        "the user's tags were not kept: {}",
+        twins["legacy-gw"]["tags"]
+    );
+    ensure!(
+        twins["legacy-gw"]["deviceScope"] == before["deviceScope"],
+        "adoption re-created the device"
+    );
     Ok(())
 }
 
@@ -197,16 +369,34 @@ async fn two_hierarchies_claiming_one_id(env: &Env) -> anyhow::Result<()> {
     env.namespace("claim-a").await?;
     env.namespace("claim-b").await?;
     let devices = "    - {id: shared-gw}\n";
-    env.apply("claim-a", &hierarchy_yaml("first", "", devices)).await?;
-    env.wait_condition("claim-a", "first", "Ready", "True").await?;
+    env.apply("claim-a", &hierarchy_yaml("first", "", devices))
+        .await?;
+    env.wait_condition("claim-a", "first", "Ready", "True")
+        .await?;
     let before = env.hub.admin.twin("shared-gw").await?;
-    env.apply("claim-b", &hierarchy_yaml("second", ", adoptExisting: true", devices)).await?;
-    let h = env.wait_condition("claim-b", "second", "Stalled", "True").await?;
-    let stalled = h.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Stalled").unwrap();
+    env.apply(
+        "claim-b",
+        &hierarchy_yaml("second", ", adoptExisting: true", devices),
+    )
+    .await?;
+    let h = env
+        .wait_condition("claim-b", "second", "Stalled", "True")
+        .await?;
+    let stalled = h
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap();
     ensure!(stalled.message.contains("claim-a/first"), "{stalled:?}");
     env.resync("claim-a", "first").await?;
-    env.wait_condition("claim-a", "first", "Ready", "True").await?;
-    ensure!(strip_volatile(&before) == strip_volatile(&env.hub.admin.twin("shared-gw").await?), "the first hierarchy's device changed");
+    env.wait_condition("claim-a", "first", "Ready", "True")
+        .await?;
+    ensure!(
+        strip_volatile(&before) == strip_volatile(&env.hub.admin.twin("shared-gw").await?),
+        "the first hierarchy's device changed"
+    );
     Ok(())
 }
 
@@ -214,113 +404,260 @@ async fn removal_and_deletion(env: &Env) -> anyhow::Result<()> {
     let admin = &env.hub.admin;
     env.namespace("removal").await?;
     let three = "    - {id: r-top}\n    - {id: r-mid, parent: r-top}\n    - {id: r-low, parent: r-mid}\n    - {id: r-sensor, parent: r-low, type: Leaf}\n";
-    env.apply("removal", &hierarchy_yaml("deleting", "", three)).await?;
-    env.apply("removal", &hierarchy_yaml("detaching", ", deletion: Detach", &three.replace("r-", "k-"))).await?;
-    env.wait_condition("removal", "deleting", "Ready", "True").await?;
-    env.wait_condition("removal", "detaching", "Ready", "True").await?;
+    env.apply("removal", &hierarchy_yaml("deleting", "", three))
+        .await?;
+    env.apply(
+        "removal",
+        &hierarchy_yaml(
+            "detaching",
+            ", deletion: Detach",
+            &three.replace("r-", "k-"),
+        ),
+    )
+    .await?;
+    env.wait_condition("removal", "deleting", "Ready", "True")
+        .await?;
+    env.wait_condition("removal", "detaching", "Ready", "True")
+        .await?;
 
     // Removing devices from the spec: deleted under Delete, left under Detach.
     let two = "    - {id: r-top}\n    - {id: r-mid, parent: r-top}\n";
-    env.apply("removal", &hierarchy_yaml("deleting", "", two)).await?;
-    env.apply("removal", &hierarchy_yaml("detaching", ", deletion: Detach", &two.replace("r-", "k-"))).await?;
-    env.wait_condition("removal", "deleting", "Ready", "True").await?;
-    env.wait_condition("removal", "detaching", "Ready", "True").await?;
+    env.apply("removal", &hierarchy_yaml("deleting", "", two))
+        .await?;
+    env.apply(
+        "removal",
+        &hierarchy_yaml("detaching", ", deletion: Detach", &two.replace("r-", "k-")),
+    )
+    .await?;
+    env.wait_condition("removal", "deleting", "Ready", "True")
+        .await?;
+    env.wait_condition("removal", "detaching", "Ready", "True")
+        .await?;
     common::wait_until_absent(admin, &["r-low", "r-sensor"]).await?;
-    ensure!(admin.device("k-low").await?.is_some() && admin.device("k-sensor").await?.is_some(), "Detach removed devices");
-    env.wait_event("removal", "deleting", "Deleted", "r-sensor, r-low").await?;
+    ensure!(
+        admin.device("k-low").await?.is_some() && admin.device("k-sensor").await?.is_some(),
+        "Detach removed devices"
+    );
+    env.wait_event("removal", "deleting", "Deleted", "r-sensor, r-low")
+        .await?;
 
     // Deleting the hierarchies: Delete removes every owned device, then the finalizer goes.
-    env.hierarchies("removal").delete("deleting", &Default::default()).await?;
-    env.hierarchies("removal").delete("detaching", &Default::default()).await?;
+    env.hierarchies("removal")
+        .delete("deleting", &Default::default())
+        .await?;
+    env.hierarchies("removal")
+        .delete("detaching", &Default::default())
+        .await?;
     common::wait_until_gone(env, "removal", "deleting").await?;
     common::wait_until_gone(env, "removal", "detaching").await?;
     for id in ["r-top", "r-mid"] {
-        ensure!(admin.device(id).await?.is_none(), "{id} still in the hub after the hierarchy was deleted");
+        ensure!(
+            admin.device(id).await?.is_none(),
+            "{id} still in the hub after the hierarchy was deleted"
+        );
     }
     for id in ["k-top", "k-mid", "k-low", "k-sensor"] {
-        ensure!(admin.device(id).await?.is_some(), "{id} deleted despite Detach");
+        ensure!(
+            admin.device(id).await?.is_some(),
+            "{id} deleted despite Detach"
+        );
     }
     Ok(())
 }
 
 async fn invalid_specs_stall_and_write_nothing(env: &Env) -> anyhow::Result<()> {
     env.namespace("invalid").await?;
-    let many: String = (0..101).map(|i| format!("    - {{id: kid-{i}, parent: top, type: Leaf}}\n")).collect();
-    let deep: String = (1..=6).map(|i| if i == 1 { "    - {id: g1}\n".to_string() } else { format!("    - {{id: g{i}, parent: g{}}}\n", i - 1) }).collect();
+    let many: String = (0..101)
+        .map(|i| format!("    - {{id: kid-{i}, parent: top, type: Leaf}}\n"))
+        .collect();
+    let deep: String = (1..=6)
+        .map(|i| {
+            if i == 1 {
+                "    - {id: g1}\n".to_string()
+            } else {
+                format!("    - {{id: g{i}, parent: g{}}}\n", i - 1)
+            }
+        })
+        .collect();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("missing-parent", "    - {id: a, parent: nowhere}\n".into(), "parent \"nowhere\" is not a device"),
-        ("cycle", "    - {id: top}\n    - {id: a, parent: b}\n    - {id: b, parent: a}\n".into(), "cycle"),
-        ("leaf-parent", "    - {id: top}\n    - {id: s, parent: top, type: Leaf}\n    - {id: c, parent: s}\n".into(), "is a Leaf device"),
-        ("too-many-children", format!("    - {{id: top}}\n{many}"), "101 children"),
+        (
+            "missing-parent",
+            "    - {id: a, parent: nowhere}\n".into(),
+            "parent \"nowhere\" is not a device",
+        ),
+        (
+            "cycle",
+            "    - {id: top}\n    - {id: a, parent: b}\n    - {id: b, parent: a}\n".into(),
+            "cycle",
+        ),
+        (
+            "leaf-parent",
+            "    - {id: top}\n    - {id: s, parent: top, type: Leaf}\n    - {id: c, parent: s}\n"
+                .into(),
+            "is a Leaf device",
+        ),
+        (
+            "too-many-children",
+            format!("    - {{id: top}}\n{many}"),
+            "101 children",
+        ),
         ("six-generations", deep, "layer 6"),
-        ("unknown-deployment", "    - {id: top, deployment: ghost}\n".into(), "\"ghost\" is not in spec.deployments"),
+        (
+            "unknown-deployment",
+            "    - {id: top, deployment: ghost}\n".into(),
+            "\"ghost\" is not in spec.deployments",
+        ),
     ];
     let writes_before = stat(&env.hub.admin.stats().await?, "writeCalls");
     for (name, devices, _) in &cases {
-        env.apply("invalid", &hierarchy_yaml(name, "", devices)).await.with_context(|| format!("{name} was rejected by the apiserver"))?;
+        env.apply("invalid", &hierarchy_yaml(name, "", devices))
+            .await
+            .with_context(|| format!("{name} was rejected by the apiserver"))?;
     }
     for (name, _, needle) in &cases {
-        let h = env.wait_condition("invalid", name, "Stalled", "True").await?;
-        let stalled = h.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Stalled").unwrap();
-        ensure!(stalled.reason == "InvalidSpec" && stalled.message.contains(needle), "{name}: {stalled:?}");
-        env.wait_event("invalid", name, "InvalidSpec", needle).await?;
+        let h = env
+            .wait_condition("invalid", name, "Stalled", "True")
+            .await?;
+        let stalled = h
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap();
+        ensure!(
+            stalled.reason == "InvalidSpec" && stalled.message.contains(needle),
+            "{name}: {stalled:?}"
+        );
+        env.wait_event("invalid", name, "InvalidSpec", needle)
+            .await?;
     }
     let writes_after = stat(&env.hub.admin.stats().await?, "writeCalls");
-    ensure!(writes_after == writes_before, "invalid specs caused {} hub writes", writes_after - writes_before);
+    ensure!(
+        writes_after == writes_before,
+        "invalid specs caused {} hub writes",
+        writes_after - writes_before
+    );
     for id in ["a", "b", "top", "s", "c", "kid-0", "g1"] {
-        ensure!(env.hub.admin.device(id).await?.is_none(), "device {id} of an invalid spec is in the hub");
+        ensure!(
+            env.hub.admin.device(id).await?.is_none(),
+            "device {id} of an invalid spec is in the hub"
+        );
     }
     Ok(())
 }
 
+/// A case name, the Secret key and value to write (None: delete the Secret), and the text the
+/// Stalled message must contain.
+type CredentialCase<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a str);
+
 async fn bad_credentials_stall_and_recover(env: &Env) -> anyhow::Result<()> {
     env.namespace("creds").await?;
     let good = env.hub.connection_string.clone();
-    let wrong_key = good.split(";SharedAccessKey=").next().unwrap().to_string() + ";SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc=";
+    let wrong_key = good.split(";SharedAccessKey=").next().unwrap().to_string()
+        + ";SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc=";
     let devices = "    - {id: c-top}\n";
-    let cases: [(&str, Option<(&str, &str)>, &str); 4] = [
-        ("wrong key", Some(("connectionString", wrong_key.as_str())), "rejected the credentials in Secret \"iothub-service\""),
-        ("malformed", Some(("connectionString", "HostName=only-a-host")), "Secret \"iothub-service\" key \"connectionString\" is not a valid IoT Hub connection string"),
-        ("missing key", Some(("other", good.as_str())), "Secret \"iothub-service\" has no key \"connectionString\""),
+    let cases: [CredentialCase; 4] = [
+        (
+            "wrong key",
+            Some(("connectionString", wrong_key.as_str())),
+            "rejected the credentials in Secret \"iothub-service\"",
+        ),
+        (
+            "malformed",
+            Some(("connectionString", "HostName=only-a-host")),
+            "Secret \"iothub-service\" key \"connectionString\" is not a valid IoT Hub connection string",
+        ),
+        (
+            "missing key",
+            Some(("other", good.as_str())),
+            "Secret \"iothub-service\" has no key \"connectionString\"",
+        ),
         ("missing Secret", None, "Secret \"iothub-service\""),
     ];
-    env.apply("creds", &hierarchy_yaml("plant", "", devices)).await?;
-    env.wait_condition("creds", "plant", "Ready", "True").await?;
+    env.apply("creds", &hierarchy_yaml("plant", "", devices))
+        .await?;
+    env.wait_condition("creds", "plant", "Ready", "True")
+        .await?;
     for (case, secret, needle) in cases {
         match secret {
-            Some((key, value)) => env.put_secret("creds", "iothub-service", key, value).await?,
+            Some((key, value)) => {
+                env.put_secret("creds", "iothub-service", key, value)
+                    .await?
+            }
             None => {
-                let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(env.client.clone(), "creds");
-                secrets.delete("iothub-service", &Default::default()).await?;
+                let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                    kube::Api::namespaced(env.client.clone(), "creds");
+                secrets
+                    .delete("iothub-service", &Default::default())
+                    .await?;
             }
         }
         env.poke("creds", "plant").await?;
-        let h = env.wait_condition("creds", "plant", "Stalled", "True").await.with_context(|| case.to_string())?;
-        let stalled = h.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Stalled").unwrap();
-        ensure!(stalled.reason == "BadCredentials" && stalled.message.contains(needle), "{case}: {stalled:?}");
-        ensure!(!stalled.message.contains(good.split("SharedAccessKey=").nth(1).unwrap()), "{case}: the key is in the message");
+        let h = env
+            .wait_condition("creds", "plant", "Stalled", "True")
+            .await
+            .with_context(|| case.to_string())?;
+        let stalled = h
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Stalled")
+            .unwrap();
+        ensure!(
+            stalled.reason == "BadCredentials" && stalled.message.contains(needle),
+            "{case}: {stalled:?}"
+        );
+        ensure!(
+            !stalled
+                .message
+                .contains(good.split("SharedAccessKey=").nth(1).unwrap()),
+            "{case}: the key is in the message"
+        );
         // Fixing the Secret recovers without restarting the operator or poking the hierarchy.
-        env.put_secret("creds", "iothub-service", "connectionString", &good).await?;
-        env.wait_condition("creds", "plant", "Ready", "True").await.with_context(|| format!("{case}: no recovery after the fix"))?;
-        env.wait_condition("creds", "plant", "Stalled", "False").await?;
+        env.put_secret("creds", "iothub-service", "connectionString", &good)
+            .await?;
+        env.wait_condition("creds", "plant", "Ready", "True")
+            .await
+            .with_context(|| format!("{case}: no recovery after the fix"))?;
+        env.wait_condition("creds", "plant", "Stalled", "False")
+            .await?;
     }
     Ok(())
 }
 
 async fn no_secret_leaks(env: &Env) -> anyhow::Result<()> {
-    let policy_key = env.hub.connection_string.split("SharedAccessKey=").nth(1).unwrap().to_string();
+    let policy_key = env
+        .hub
+        .connection_string
+        .split("SharedAccessKey=")
+        .nth(1)
+        .unwrap()
+        .to_string();
     let mut secrets = vec![policy_key];
     for id in ["top-layer", "lower-layer", "dm-top", "dm-mid"] {
         secrets.extend(env.hub.admin.device_keys(id).await?);
     }
     let mut haystacks = vec![("operator output".to_string(), env.operator.output())];
     for ns in ["examples", "drift", "observe", "adopt", "creds"] {
-        let out = env.cluster.kubectl(&["-n", ns, "get", "events,edgehierarchies", "-o", "yaml"])?;
-        haystacks.push((format!("events and status in {ns}"), String::from_utf8_lossy(&out.stdout).into_owned()));
+        let out =
+            env.cluster
+                .kubectl(&["-n", ns, "get", "events,edgehierarchies", "-o", "yaml"])?;
+        haystacks.push((
+            format!("events and status in {ns}"),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
     }
     for (what, text) in &haystacks {
-        ensure!(!text.is_empty() || what.starts_with("events"), "{what} is empty");
-        ensure!(!text.contains("SharedAccessSignature"), "a SAS token appears in {what}");
+        ensure!(
+            !text.is_empty() || what.starts_with("events"),
+            "{what} is empty"
+        );
+        ensure!(
+            !text.contains("SharedAccessSignature"),
+            "a SAS token appears in {what}"
+        );
         for secret in &secrets {
             ensure!(!text.contains(secret.as_str()), "a key appears in {what}");
         }
@@ -332,17 +669,70 @@ async fn no_secret_leaks(env: &Env) -> anyhow::Result<()> {
 async fn operator_manages_identities() -> anyhow::Result<()> {
     let env = Env::start(&["--strict"]).await?;
     let mut checks = Checks::new();
-    if checks.run("tutorial and factory converge, one registry op per device", converge_examples(&env)).await {
-        checks.run("a clean resync writes nothing", clean_resync_writes_nothing(&env)).await;
+    if checks
+        .run(
+            "tutorial and factory converge, one registry op per device",
+            converge_examples(&env),
+        )
+        .await
+    {
+        checks
+            .run(
+                "a clean resync writes nothing",
+                clean_resync_writes_nothing(&env),
+            )
+            .await;
     }
-    checks.run("drift is corrected under Manage", drift_is_corrected_under_manage(&env)).await;
-    checks.run("drift is only reported under Observe", drift_is_only_reported_under_observe(&env)).await;
-    checks.run("a parent re-created out of band gets its children re-linked", recreated_parent_relinks_children(&env)).await;
-    checks.run("an unowned device conflicts, then is adopted", unowned_device_conflicts_then_is_adopted(&env)).await;
-    checks.run("two hierarchies claiming one id", two_hierarchies_claiming_one_id(&env)).await;
-    checks.run("removal and deletion under Delete and Detach", removal_and_deletion(&env)).await;
-    checks.run("invalid specs stall and write nothing", invalid_specs_stall_and_write_nothing(&env)).await;
-    checks.run("bad credentials stall and recover", bad_credentials_stall_and_recover(&env)).await;
-    checks.run("no key or token leaks", no_secret_leaks(&env)).await;
+    checks
+        .run(
+            "drift is corrected under Manage",
+            drift_is_corrected_under_manage(&env),
+        )
+        .await;
+    checks
+        .run(
+            "drift is only reported under Observe",
+            drift_is_only_reported_under_observe(&env),
+        )
+        .await;
+    checks
+        .run(
+            "a parent re-created out of band gets its children re-linked",
+            recreated_parent_relinks_children(&env),
+        )
+        .await;
+    checks
+        .run(
+            "an unowned device conflicts, then is adopted",
+            unowned_device_conflicts_then_is_adopted(&env),
+        )
+        .await;
+    checks
+        .run(
+            "two hierarchies claiming one id",
+            two_hierarchies_claiming_one_id(&env),
+        )
+        .await;
+    checks
+        .run(
+            "removal and deletion under Delete and Detach",
+            removal_and_deletion(&env),
+        )
+        .await;
+    checks
+        .run(
+            "invalid specs stall and write nothing",
+            invalid_specs_stall_and_write_nothing(&env),
+        )
+        .await;
+    checks
+        .run(
+            "bad credentials stall and recover",
+            bad_credentials_stall_and_recover(&env),
+        )
+        .await;
+    checks
+        .run("no key or token leaks", no_secret_leaks(&env))
+        .await;
     checks.finish()
 }

@@ -17,10 +17,16 @@ fn throttled_hierarchy() -> String {
         devices.push_str(&format!("    - {{id: s1-top-{t}}}\n"));
     }
     for m in 0..48 {
-        devices.push_str(&format!("    - {{id: s1-gw-{m:02}, parent: s1-top-{}}}\n", m % 2));
+        devices.push_str(&format!(
+            "    - {{id: s1-gw-{m:02}, parent: s1-top-{}}}\n",
+            m % 2
+        ));
     }
     for s in 0..100 {
-        devices.push_str(&format!("    - {{id: s1-sensor-{s:03}, parent: s1-gw-{:02}, type: Leaf}}\n", s % 48));
+        devices.push_str(&format!(
+            "    - {{id: s1-sensor-{s:03}, parent: s1-gw-{:02}, type: Leaf}}\n",
+            s % 48
+        ));
     }
     // No rateLimits: the operator assumes an S1 hub with one unit, which this emulator is.
     format!(
@@ -34,11 +40,20 @@ async fn converges_under_s1_quotas(env: &Env) -> anyhow::Result<()> {
     env.apply("throttle", &throttled_hierarchy()).await?;
     let api = env.hierarchies("throttle");
     // 150 registry operations at 100 a minute take at least 90 s; allow for the machine.
-    wait_until(Duration::from_secs(600), Duration::from_secs(1), "throttle/throttled to be Ready", || async {
-        let h = api.get("throttled").await.ok()?;
-        let ready = h.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then_some(())
-    })
+    wait_until(
+        Duration::from_secs(600),
+        Duration::from_secs(1),
+        "throttle/throttled to be Ready",
+        || async {
+            let h = api.get("throttled").await.ok()?;
+            let ready = h
+                .status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(())
+        },
+    )
     .await
     .with_context(|| env.describe("throttle", "throttled"))?;
     assert_hub_matches(env, "throttle", "throttled").await?;
@@ -47,7 +62,10 @@ async fn converges_under_s1_quotas(env: &Env) -> anyhow::Result<()> {
     let throttled = stat(&after, "throttled") - stat(&before, "throttled");
     eprintln!("throttled: {throttled} of {calls} calls answered 429");
     ensure!(calls > 0, "no calls reached the hub");
-    ensure!(throttled * 20 < calls, "{throttled} of {calls} calls were throttled (5% allowed); stats: {after}");
+    ensure!(
+        throttled * 20 < calls,
+        "{throttled} of {calls} calls were throttled (5% allowed); stats: {after}"
+    );
     Ok(())
 }
 
@@ -59,39 +77,78 @@ async fn sigkill_mid_reconcile_leaves_no_duplicate_or_orphan(env: &mut Env) -> a
     // Kill as soon as the first layer is in the hub and before the rest is.
     let stats_before = before.clone();
     let admin = env.hub.admin.clone();
-    wait_until(Duration::from_secs(300), Duration::from_millis(100), "the first devices of crash/factory to be created", || {
-        let admin = admin.clone();
-        let before = stats_before.clone();
-        async move {
-            let now = admin.stats().await.ok()?;
-            (stat(&now, "registryOperations") > stat(&before, "registryOperations")).then_some(())
-        }
-    })
+    wait_until(
+        Duration::from_secs(300),
+        Duration::from_millis(100),
+        "the first devices of crash/factory to be created",
+        || {
+            let admin = admin.clone();
+            let before = stats_before.clone();
+            async move {
+                let now = admin.stats().await.ok()?;
+                (stat(&now, "registryOperations") > stat(&before, "registryOperations"))
+                    .then_some(())
+            }
+        },
+    )
     .await?;
     let h = env.hierarchies("crash").get("factory").await?;
-    let ready_already = h.status.iter().flat_map(|s| &s.conditions).any(|c| c.type_ == "Ready" && c.status == "True");
-    ensure!(!ready_already, "the hierarchy converged before the kill; the test did not kill mid-reconcile");
+    let ready_already = h
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ensure!(
+        !ready_already,
+        "the hierarchy converged before the kill; the test did not kill mid-reconcile"
+    );
     env.operator.kill_hard();
     env.restart_operator()?;
-    env.wait_condition("crash", "factory", "Ready", "True").await?;
+    env.wait_condition("crash", "factory", "Ready", "True")
+        .await?;
     assert_hub_matches(env, "crash", "factory").await?;
 
     // No orphan: every hub device owned by this hierarchy is in the spec. No duplicate: no
     // device was created twice (a second create of an id would have failed per device).
     let h = env.hierarchies("crash").get("factory").await?;
     let uid = h.metadata.uid.clone().unwrap_or_default();
-    let owned = env.hub.admin.query(&format!("SELECT deviceId FROM devices WHERE tags.edgeHierarchy.uid = '{uid}'")).await?;
-    let spec_ids: std::collections::BTreeSet<&str> = h.spec.devices.iter().map(|d| d.id.as_str()).collect();
-    ensure!(owned.len() == spec_ids.len(), "{} owned devices in the hub for {} in the spec", owned.len(), spec_ids.len());
+    let owned = env
+        .hub
+        .admin
+        .query(&format!(
+            "SELECT deviceId FROM devices WHERE tags.edgeHierarchy.uid = '{uid}'"
+        ))
+        .await?;
+    let spec_ids: std::collections::BTreeSet<&str> =
+        h.spec.devices.iter().map(|d| d.id.as_str()).collect();
+    ensure!(
+        owned.len() == spec_ids.len(),
+        "{} owned devices in the hub for {} in the spec",
+        owned.len(),
+        spec_ids.len()
+    );
     for row in &owned {
-        let id = row.get("deviceId").and_then(Value::as_str).unwrap_or_default();
+        let id = row
+            .get("deviceId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         ensure!(spec_ids.contains(id), "orphan device {id} in the hub");
     }
     let after = env.hub.admin.stats().await?;
     let created = stat(&after, "registryOperations") - stat(&before, "registryOperations");
-    ensure!(created == 36, "36 devices cost {created} registry operations: something was created twice or re-created");
+    ensure!(
+        created == 36,
+        "36 devices cost {created} registry operations: something was created twice or re-created"
+    );
     let status = h.status.unwrap_or_default();
-    ensure!(status.devices.iter().all(|d| d.message.as_deref().is_none_or(|m| !m.contains("DeviceAlreadyExists"))), "{:?}", status.devices);
+    ensure!(
+        status.devices.iter().all(|d| d
+            .message
+            .as_deref()
+            .is_none_or(|m| !m.contains("DeviceAlreadyExists"))),
+        "{:?}",
+        status.devices
+    );
     Ok(())
 }
 
@@ -99,7 +156,17 @@ async fn sigkill_mid_reconcile_leaves_no_duplicate_or_orphan(env: &mut Env) -> a
 async fn operator_survives_throttling_and_crashes() -> anyhow::Result<()> {
     let mut env = Env::start(&["--sku", "S1", "--units", "1", "--strict"]).await?;
     let mut checks = Checks::new();
-    checks.run("converges on an S1 hub with fewer than 5% throttled calls", converges_under_s1_quotas(&env)).await;
-    checks.run("SIGKILL mid-reconcile: no duplicate, no orphan", sigkill_mid_reconcile_leaves_no_duplicate_or_orphan(&mut env)).await;
+    checks
+        .run(
+            "converges on an S1 hub with fewer than 5% throttled calls",
+            converges_under_s1_quotas(&env),
+        )
+        .await;
+    checks
+        .run(
+            "SIGKILL mid-reconcile: no duplicate, no orphan",
+            sigkill_mid_reconcile_leaves_no_duplicate_or_orphan(&mut env),
+        )
+        .await;
     checks.finish()
 }

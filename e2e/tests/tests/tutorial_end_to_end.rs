@@ -16,13 +16,24 @@ use serde_json::Value;
 
 /// The example with a 10 s resync, so module health is re-read quickly.
 fn fast(name: &str) -> String {
-    example(name).replace("  devices:\n", "  policy: {resyncInterval: 10s}\n  devices:\n")
+    example(name).replace(
+        "  devices:\n",
+        "  policy: {resyncInterval: 10s}\n  devices:\n",
+    )
 }
 
 fn start_sim(env: &Env, namespace: &str, hierarchy: &str) -> anyhow::Result<ManagedChild> {
     let mut command = Command::new(e2e_harness::workspace_bin("edge-sim")?);
     command
-        .args(["run", "--namespace", namespace, "--hierarchy", hierarchy, "--interval-ms", "500"])
+        .args([
+            "run",
+            "--namespace",
+            namespace,
+            "--hierarchy",
+            hierarchy,
+            "--interval-ms",
+            "500",
+        ])
         .arg("--emulator-dir")
         .arg(&env.hub.dir)
         .arg("--state-dir")
@@ -33,31 +44,68 @@ fn start_sim(env: &Env, namespace: &str, hierarchy: &str) -> anyhow::Result<Mana
 }
 
 async fn agent_reported(env: &Env, device: &str) -> anyhow::Result<Value> {
-    let twin = env.hub.admin.get_json(&format!("twins/{device}/modules/%24edgeAgent")).await?;
-    Ok(twin.pointer("/properties/reported").cloned().unwrap_or(Value::Null))
+    let twin = env
+        .hub
+        .admin
+        .get_json(&format!("twins/{device}/modules/%24edgeAgent"))
+        .await?;
+    Ok(twin
+        .pointer("/properties/reported")
+        .cloned()
+        .unwrap_or(Value::Null))
 }
 
 fn runtime_status(reported: &Value, section: &str, module: &str) -> Option<String> {
-    reported.pointer(&format!("/{section}/{module}/runtimeStatus")).and_then(Value::as_str).map(str::to_string)
+    reported
+        .pointer(&format!("/{section}/{module}/runtimeStatus"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn sim_log(env: &Env, namespace: &str) -> String {
-    e2e_harness::process::log_tail(&env.dir.path().join(format!("edge-sim-{namespace}.log")), 25)
+    e2e_harness::process::log_tail(
+        &env.dir.path().join(format!("edge-sim-{namespace}.log")),
+        25,
+    )
 }
 
 async fn tutorial_runs_through_the_parent(env: &Env) -> anyhow::Result<()> {
-    env.wait_condition("iot", "tutorial", "Ready", "True").await?;
-    env.wait_condition("iot", "tutorial", "ModulesHealthy", "True").await.with_context(|| sim_log(env, "iot"))?;
+    env.wait_condition("iot", "tutorial", "Ready", "True")
+        .await?;
+    env.wait_condition("iot", "tutorial", "ModulesHealthy", "True")
+        .await
+        .with_context(|| sim_log(env, "iot"))?;
     let top = agent_reported(env, "top-layer").await?;
-    for (section, module) in [("systemModules", "edgeAgent"), ("systemModules", "edgeHub"), ("modules", "registry"), ("modules", "IoTEdgeAPIProxy")] {
-        ensure!(runtime_status(&top, section, module).as_deref() == Some("running"), "top-layer {module}: {top}");
+    for (section, module) in [
+        ("systemModules", "edgeAgent"),
+        ("systemModules", "edgeHub"),
+        ("modules", "registry"),
+        ("modules", "IoTEdgeAPIProxy"),
+    ] {
+        ensure!(
+            runtime_status(&top, section, module).as_deref() == Some("running"),
+            "top-layer {module}: {top}"
+        );
     }
     let lower = agent_reported(env, "lower-layer").await?;
-    for (section, module) in [("systemModules", "edgeAgent"), ("systemModules", "edgeHub"), ("modules", "SimulatedTemperatureSensor")] {
-        ensure!(runtime_status(&lower, section, module).as_deref() == Some("running"), "lower-layer {module}: {lower}");
+    for (section, module) in [
+        ("systemModules", "edgeAgent"),
+        ("systemModules", "edgeHub"),
+        ("modules", "SimulatedTemperatureSensor"),
+    ] {
+        ensure!(
+            runtime_status(&lower, section, module).as_deref() == Some("running"),
+            "lower-layer {module}: {lower}"
+        );
     }
-    let image = lower.pointer("/modules/SimulatedTemperatureSensor/settings/image").and_then(Value::as_str).unwrap_or_default();
-    ensure!(image.starts_with("$upstream:443/"), "lower-layer pulled {image:?}, not through $upstream:443");
+    let image = lower
+        .pointer("/modules/SimulatedTemperatureSensor/settings/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ensure!(
+        image.starts_with("$upstream:443/"),
+        "lower-layer pulled {image:?}, not through $upstream:443"
+    );
     let status = env.status("iot", "tutorial").await?;
     let summary = status.summary.context("summary")?;
     ensure!(summary.healthy == 2, "summary: {summary:?}");
@@ -65,7 +113,11 @@ async fn tutorial_runs_through_the_parent(env: &Env) -> anyhow::Result<()> {
     let stats = common::wait_for(env, "telemetry from lower-layer in the hub", || async {
         let stats = env.hub.admin.stats().await.ok()?;
         let by_sender = stats.pointer("/telemetry/bySender")?.as_object()?.clone();
-        let from_lower: u64 = by_sender.iter().filter(|(k, _)| k.starts_with("lower-layer")).filter_map(|(_, v)| v.as_u64()).sum();
+        let from_lower: u64 = by_sender
+            .iter()
+            .filter(|(k, _)| k.starts_with("lower-layer"))
+            .filter_map(|(_, v)| v.as_u64())
+            .sum();
         (from_lower >= 2).then_some(stats)
     })
     .await?;
@@ -75,38 +127,101 @@ async fn tutorial_runs_through_the_parent(env: &Env) -> anyhow::Result<()> {
 
 async fn no_proxy_backs_off_and_recovers(env: &Env) -> anyhow::Result<()> {
     let yaml = fast("tutorial.yaml");
-    let start = yaml.find("                IoTEdgeAPIProxy:").context("proxy in the example")?;
-    let end = yaml[start..].find("          $edgeHub:").context("end of the proxy")? + start;
-    env.apply("iot", &format!("{}{}", &yaml[..start], &yaml[end..])).await?;
-    let h = env.wait_condition("iot", "tutorial", "ModulesHealthy", "False").await.with_context(|| sim_log(env, "iot"))?;
+    let start = yaml
+        .find("                IoTEdgeAPIProxy:")
+        .context("proxy in the example")?;
+    let end = yaml[start..]
+        .find("          $edgeHub:")
+        .context("end of the proxy")?
+        + start;
+    env.apply("iot", &format!("{}{}", &yaml[..start], &yaml[end..]))
+        .await?;
+    let h = env
+        .wait_condition("iot", "tutorial", "ModulesHealthy", "False")
+        .await
+        .with_context(|| sim_log(env, "iot"))?;
     let status = h.status.unwrap();
-    let unhealthy = status.conditions.iter().find(|c| c.type_ == "ModulesHealthy").unwrap();
-    ensure!(unhealthy.message.contains("lower-layer") && unhealthy.message.contains("SimulatedTemperatureSensor"), "{}", unhealthy.message);
-    let lower = status.devices.iter().find(|d| d.id == "lower-layer").context("lower-layer status")?;
-    let failing = lower.modules.as_ref().map(|m| m.failing.join("; ")).unwrap_or_default();
-    ensure!(failing.contains("backoff") && failing.contains("API proxy"), "lower-layer failing modules: {failing}");
-    let gateway = env.wait_condition("iot", "tutorial", "DeploymentsReady", "False").await?;
-    let warning = gateway.status.unwrap().conditions.into_iter().find(|c| c.type_ == "DeploymentsReady").unwrap();
-    ensure!(warning.message.contains("top-layer") && warning.message.contains("API proxy"), "{}", warning.message);
+    let unhealthy = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ModulesHealthy")
+        .unwrap();
+    ensure!(
+        unhealthy.message.contains("lower-layer")
+            && unhealthy.message.contains("SimulatedTemperatureSensor"),
+        "{}",
+        unhealthy.message
+    );
+    let lower = status
+        .devices
+        .iter()
+        .find(|d| d.id == "lower-layer")
+        .context("lower-layer status")?;
+    let failing = lower
+        .modules
+        .as_ref()
+        .map(|m| m.failing.join("; "))
+        .unwrap_or_default();
+    ensure!(
+        failing.contains("backoff") && failing.contains("API proxy"),
+        "lower-layer failing modules: {failing}"
+    );
+    let gateway = env
+        .wait_condition("iot", "tutorial", "DeploymentsReady", "False")
+        .await?;
+    let warning = gateway
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "DeploymentsReady")
+        .unwrap();
+    ensure!(
+        warning.message.contains("top-layer") && warning.message.contains("API proxy"),
+        "{}",
+        warning.message
+    );
 
     env.apply("iot", &yaml).await?;
-    env.wait_condition("iot", "tutorial", "ModulesHealthy", "True").await.with_context(|| sim_log(env, "iot"))?;
+    env.wait_condition("iot", "tutorial", "ModulesHealthy", "True")
+        .await
+        .with_context(|| sim_log(env, "iot"))?;
     Ok(())
 }
 
 async fn factory_pulls_through_five_layers(env: &Env) -> anyhow::Result<ManagedChild> {
     env.namespace("plant").await?;
     env.apply("plant", &fast("factory.yaml")).await?;
-    env.wait_condition("plant", "factory", "Ready", "True").await?;
+    env.wait_condition("plant", "factory", "Ready", "True")
+        .await?;
     let sim = start_sim(env, "plant", "factory")?;
-    env.wait_condition("plant", "factory", "ModulesHealthy", "True").await.with_context(|| sim_log(env, "plant"))?;
+    env.wait_condition("plant", "factory", "ModulesHealthy", "True")
+        .await
+        .with_context(|| sim_log(env, "plant"))?;
     let h = env.hierarchies("plant").get("factory").await?;
-    let edge: Vec<&str> = h.spec.devices.iter().filter(|d| d.deployment.is_some()).map(|d| d.id.as_str()).collect();
+    let edge: Vec<&str> = h
+        .spec
+        .devices
+        .iter()
+        .filter(|d| d.deployment.is_some())
+        .map(|d| d.id.as_str())
+        .collect();
     let status = h.status.unwrap();
-    ensure!(status.summary.as_ref().is_some_and(|s| s.healthy as usize == edge.len()), "{:?}", status.summary);
+    ensure!(
+        status
+            .summary
+            .as_ref()
+            .is_some_and(|s| s.healthy as usize == edge.len()),
+        "{:?}",
+        status.summary
+    );
     for cell in edge.iter().filter(|id| id.ends_with("-cell1")) {
         let reported = agent_reported(env, cell).await?;
-        ensure!(runtime_status(&reported, "modules", "SimulatedTemperatureSensor").as_deref() == Some("running"), "{cell}: {reported}");
+        ensure!(
+            runtime_status(&reported, "modules", "SimulatedTemperatureSensor").as_deref()
+                == Some("running"),
+            "{cell}: {reported}"
+        );
     }
     Ok(sim)
 }
@@ -116,18 +231,33 @@ async fn tutorial_end_to_end_with_simulated_devices() -> anyhow::Result<()> {
     let env = Env::start(&["--strict"]).await?;
     env.namespace("iot").await?;
     env.apply("iot", &fast("tutorial.yaml")).await?;
-    env.wait_condition("iot", "tutorial", "Ready", "True").await?;
+    env.wait_condition("iot", "tutorial", "Ready", "True")
+        .await?;
     let _sim = start_sim(&env, "iot", "tutorial")?;
     let mut checks = Checks::new();
-    if checks.run("the tutorial's modules run, pulled and relayed through the parent", tutorial_runs_through_the_parent(&env)).await {
-        checks.run("without the API proxy the lower layer backs off, then recovers", no_proxy_backs_off_and_recovers(&env)).await;
+    if checks
+        .run(
+            "the tutorial's modules run, pulled and relayed through the parent",
+            tutorial_runs_through_the_parent(&env),
+        )
+        .await
+    {
+        checks
+            .run(
+                "without the API proxy the lower layer backs off, then recovers",
+                no_proxy_backs_off_and_recovers(&env),
+            )
+            .await;
     }
     let mut factory_sim = None;
     checks
-        .run("the factory's five layers pull every image through the chain", async {
-            factory_sim = Some(factory_pulls_through_five_layers(&env).await?);
-            Ok(())
-        })
+        .run(
+            "the factory's five layers pull every image through the chain",
+            async {
+                factory_sim = Some(factory_pulls_through_five_layers(&env).await?);
+                Ok(())
+            },
+        )
         .await;
     drop(factory_sim);
     checks.finish()

@@ -15,7 +15,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("{text:?} has a number without a unit (ns, us, ms, s, m, h)"))?;
         if number_len == 0 {
-            return Err(format!("{text:?} is not a duration; write for example 5m, 90s or 2160h"));
+            return Err(format!(
+                "{text:?} is not a duration; write for example 5m, 90s or 2160h"
+            ));
         }
         let number: f64 = rest[..number_len]
             .parse()
@@ -70,7 +72,10 @@ mod tests {
     #[test]
     fn parses_go_durations() {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("2160h").unwrap(), Duration::from_secs(2160 * 3600));
+        assert_eq!(
+            parse_duration("2160h").unwrap(),
+            Duration::from_secs(2160 * 3600)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

@@ -31,11 +31,31 @@ pub const MAX_DEVICES: usize = 1000;
     status = "EdgeHierarchyStatus",
     shortname = "eh",
     category = "iotedge",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Devices", type_ = "integer", json_path = ".status.summary.devices"),
-    printcolumn(name = "Healthy", type_ = "integer", json_path = ".status.summary.healthy"),
-    printcolumn(name = "Drifted", type_ = "integer", json_path = ".status.summary.drifted"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Devices",
+        type_ = "integer",
+        json_path = ".status.summary.devices"
+    ),
+    printcolumn(
+        name = "Healthy",
+        type_ = "integer",
+        json_path = ".status.summary.healthy"
+    ),
+    printcolumn(
+        name = "Drifted",
+        type_ = "integer",
+        json_path = ".status.summary.drifted"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EdgeHierarchySpec {
@@ -398,7 +418,10 @@ pub struct ConfigMapKeyRef {
 pub struct DeviceSpec {
     /// IoT Hub device id: up to 128 letters, digits and `-:.+%_#*?!(),=@$'`. An Edge device's id
     /// becomes its edge CA's common name and must then be at most 55 characters.
-    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9\-:.+%_#*?!(),=@$']{1,128}$"))]
+    #[schemars(
+        length(min = 1, max = 128),
+        pattern(r"^[A-Za-z0-9\-:.+%_#*?!(),=@$']{1,128}$")
+    )]
     pub id: String,
     /// Id of the parent Edge device; absent for a top-layer device.
     #[serde(default, skip_serializing_if = "Option::is_none")]

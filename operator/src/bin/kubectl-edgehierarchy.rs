@@ -5,7 +5,11 @@ use edge_hierarchy_operator::api::EdgeHierarchy;
 use kube::Api;
 
 #[derive(Parser)]
-#[command(name = "kubectl-edgehierarchy", version, about = "Inspect EdgeHierarchy resources")]
+#[command(
+    name = "kubectl-edgehierarchy",
+    version,
+    about = "Inspect EdgeHierarchy resources"
+)]
 struct Cli {
     /// Namespace of the hierarchy (default: the kubeconfig context's namespace).
     #[arg(short, long, global = true)]
@@ -44,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes ({e}); set KUBECONFIG"))?;
-    let namespace = cli.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let hierarchies: Api<EdgeHierarchy> = Api::namespaced(client.clone(), &namespace);
     match cli.command {
         Command::Tree { hierarchy, watch } => loop {
@@ -61,7 +68,11 @@ async fn main() -> anyhow::Result<()> {
                 None => break,
             }
         },
-        Command::Bundle { hierarchy, device, output } => {
+        Command::Bundle {
+            hierarchy,
+            device,
+            output,
+        } => {
             write_bundle(client, &namespace, &hierarchy, &device, &output).await?;
         }
     }
@@ -75,12 +86,17 @@ async fn write_bundle(
     device: &str,
     output: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use edge_hierarchy_operator::bundle::{ArchiveFormat, BundleFile, mode_for_path, write_archive};
+    use edge_hierarchy_operator::bundle::{
+        ArchiveFormat, BundleFile, mode_for_path, write_archive,
+    };
     use k8s_openapi::api::core::v1::Secret;
     use std::os::unix::fs::OpenOptionsExt;
 
     let format = ArchiveFormat::from_path(output).ok_or_else(|| {
-        anyhow::anyhow!("cannot tell the archive format from {}; name it .zip, .tar.gz or .tgz", output.display())
+        anyhow::anyhow!(
+            "cannot tell the archive format from {}; name it .zip, .tar.gz or .tgz",
+            output.display()
+        )
     })?;
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let name = edge_hierarchy_operator::names::bundle_secret_name(hierarchy, device);
@@ -94,7 +110,11 @@ async fn write_bundle(
         .data
         .unwrap_or_default()
         .into_iter()
-        .map(|(path, bytes)| BundleFile { mode: mode_for_path(&path), path, contents: bytes.0 })
+        .map(|(path, bytes)| BundleFile {
+            mode: mode_for_path(&path),
+            path,
+            contents: bytes.0,
+        })
         .collect();
     if files.is_empty() {
         anyhow::bail!("Secret {name} holds no files");
@@ -108,6 +128,10 @@ async fn write_bundle(
         .open(output)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", output.display()))?;
     write_archive(format, &files, std::io::BufWriter::new(file))?;
-    eprintln!("wrote {} files of device {device:?} to {}", files.len(), output.display());
+    eprintln!(
+        "wrote {} files of device {device:?} to {}",
+        files.len(),
+        output.display()
+    );
     Ok(())
 }

@@ -55,14 +55,25 @@ pub async fn ensure_bundles(
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let existing = list_component_secrets(&secrets, &name, "bundle").await?;
     let spec = &hierarchy.spec;
-    let by_id: BTreeMap<&str, &crate::api::DeviceSpec> = spec.devices.iter().map(|d| (d.id.as_str(), d)).collect();
+    let by_id: BTreeMap<&str, &crate::api::DeviceSpec> =
+        spec.devices.iter().map(|d| (d.id.as_str(), d)).collect();
     let mut out = Bundles::default();
 
-    for device in spec.devices.iter().filter(|d| d.device_type == DeviceType::Edge) {
-        let (Some(layer), Some(hub_device), Some(device_certs)) = (layers.get(&device.id), observed.get(&device.id), certs.devices.get(&device.id)) else {
+    for device in spec
+        .devices
+        .iter()
+        .filter(|d| d.device_type == DeviceType::Edge)
+    {
+        let (Some(layer), Some(hub_device), Some(device_certs)) = (
+            layers.get(&device.id),
+            observed.get(&device.id),
+            certs.devices.get(&device.id),
+        ) else {
             continue;
         };
-        let Some(edge_ca) = device_certs.edge_ca.clone() else { continue };
+        let Some(edge_ca) = device_certs.edge_ca.clone() else {
+            continue;
+        };
         let secret_name = bundle_secret_name(&name, &device.id);
         let previous = existing.get(&device.id);
         let scope = hub_device.device_scope.clone().unwrap_or_default();
@@ -78,17 +89,24 @@ pub async fn ensure_bundles(
                     .and_then(|toml| key_from_config(&String::from_utf8_lossy(&toml)));
                 // Devices this reconcile created carry the operator's keys; others (adopted,
                 // re-created by someone else) are asked once.
-                let ours = device_certs.sas_keys.as_ref().filter(|_| created_now.contains(&device.id)).map(|k| k.primary.clone());
+                let ours = device_certs
+                    .sas_keys
+                    .as_ref()
+                    .filter(|_| created_now.contains(&device.id))
+                    .map(|k| k.primary.clone());
                 let key = match known.or(ours) {
                     Some(key) => key,
                     None => primary_key(hub, &device.id).await?,
                 };
-                DeviceAuth::SymmetricKey { shared_access_key: key }
+                DeviceAuth::SymmetricKey {
+                    shared_access_key: key,
+                }
             }
         };
         let parent = device.parent.as_deref().and_then(|p| by_id.get(p));
         let agent_image = if *layer > 1 {
-            crate::deploy::upstream_image(&spec.edge.agent_image, &spec.edge).unwrap_or_else(|| spec.edge.agent_image.clone())
+            crate::deploy::upstream_image(&spec.edge.agent_image, &spec.edge)
+                .unwrap_or_else(|| spec.edge.agent_image.clone())
         } else {
             spec.edge.agent_image.clone()
         };
@@ -115,11 +133,18 @@ pub async fn ensure_bundles(
             }
         };
         let fingerprint = bundle_fingerprint(&files);
-        let previous_revision: u32 = previous.and_then(|s| s.annotations().get(REVISION_ANNOTATION)?.parse().ok()).unwrap_or(0);
+        let previous_revision: u32 = previous
+            .and_then(|s| s.annotations().get(REVISION_ANNOTATION)?.parse().ok())
+            .unwrap_or(0);
         let unchanged = previous.is_some_and(|s| {
-            s.annotations().get(FINGERPRINT_ANNOTATION) == Some(&fingerprint) && s.annotations().get(SCOPE_ANNOTATION) == Some(&scope)
+            s.annotations().get(FINGERPRINT_ANNOTATION) == Some(&fingerprint)
+                && s.annotations().get(SCOPE_ANNOTATION) == Some(&scope)
         });
-        let revision = if unchanged { previous_revision } else { previous_revision + 1 };
+        let revision = if unchanged {
+            previous_revision
+        } else {
+            previous_revision + 1
+        };
         if !unchanged {
             let mut labels = secret_labels(&name, "bundle");
             labels.insert(DEVICE_LABEL.to_string(), device_label_value(&device.id));
@@ -130,15 +155,33 @@ pub async fn ensure_bundles(
                 (SCOPE_ANNOTATION.to_string(), scope),
             ]);
             let data = files.into_iter().map(|f| (f.path, f.contents)).collect();
-            apply_secret(&secrets, hierarchy, &secret_name, "Opaque", labels, annotations, data).await?;
+            apply_secret(
+                &secrets,
+                hierarchy,
+                &secret_name,
+                "Opaque",
+                labels,
+                annotations,
+                data,
+            )
+            .await?;
             out.updated.push(device.id.clone());
         }
-        out.status.insert(device.id.clone(), BundleStatus { secret_name, revision });
+        out.status.insert(
+            device.id.clone(),
+            BundleStatus {
+                secret_name,
+                revision,
+            },
+        );
     }
 
     for (id, secret) in &existing {
         if !by_id.contains_key(id.as_str()) {
-            match secrets.delete(&secret.name_any(), &DeleteParams::default()).await {
+            match secrets
+                .delete(&secret.name_any(), &DeleteParams::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -160,7 +203,10 @@ async fn primary_key(hub: &HubClient, id: &str) -> Result<String, HubError> {
 /// The SharedAccessKey of the connection string in a bundle's config.toml.
 fn key_from_config(config: &str) -> Option<String> {
     let value: toml::Value = toml::from_str(config).ok()?;
-    let connection = value.get("provisioning")?.get("connection_string")?.as_str()?;
+    let connection = value
+        .get("provisioning")?
+        .get("connection_string")?
+        .as_str()?;
     connection
         .split(';')
         .find_map(|part| part.strip_prefix("SharedAccessKey="))
@@ -176,7 +222,10 @@ mod tests {
     fn key_is_read_back_from_a_bundle_config() {
         let config = "hostname = \"h\"\n[provisioning]\nsource = \"manual\"\nconnection_string = \"HostName=hub;DeviceId=d;SharedAccessKey=abc=\"\n";
         assert_eq!(key_from_config(config).as_deref(), Some("abc="));
-        assert_eq!(key_from_config("[provisioning]\nsource = \"manual\"\n"), None);
+        assert_eq!(
+            key_from_config("[provisioning]\nsource = \"manual\"\n"),
+            None
+        );
         assert_eq!(key_from_config("not toml ["), None);
     }
 }

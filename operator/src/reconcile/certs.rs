@@ -15,11 +15,17 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 
 use super::model::SasKeys;
-use crate::api::{AuthenticationType, DeviceType, EdgeHierarchy, KeyAlgorithm, duration::parse_duration};
-use crate::names::{DEVICE_ID_ANNOTATION, DEVICE_LABEL, HIERARCHY_LABEL, MANAGER, certificate_secret_name, device_label_value, root_ca_secret_name};
+use crate::api::{
+    AuthenticationType, DeviceType, EdgeHierarchy, KeyAlgorithm, duration::parse_duration,
+};
+use crate::names::{
+    DEVICE_ID_ANNOTATION, DEVICE_LABEL, HIERARCHY_LABEL, MANAGER, certificate_secret_name,
+    device_label_value, root_ca_secret_name,
+};
 use crate::pki::{
-    CryptoPool, IdentitySigner, IssuedCertificate, PkiError, PrivateKey, RootCa, RootCaError, generate_root_ca, import_root_ca,
-    inspect_certificate_pem, issue_edge_ca, issue_identity_certificate, renewal_time, DEFAULT_ROOT_VALIDITY,
+    CryptoPool, DEFAULT_ROOT_VALIDITY, IdentitySigner, IssuedCertificate, PkiError, PrivateKey,
+    RootCa, RootCaError, generate_root_ca, import_root_ca, inspect_certificate_pem, issue_edge_ca,
+    issue_identity_certificate, renewal_time,
 };
 
 /// Label telling the operator's Secrets apart.
@@ -33,11 +39,17 @@ const PREVIOUS_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/previous-identity-
 pub enum CertError {
     #[error("root CA Secret {secret:?} (spec.certificates.rootCA.secretRef): {source}")]
     UserRoot { secret: String, source: RootCaError },
-    #[error("root CA Secret {secret:?} (spec.certificates.rootCA.secretRef) does not exist; create a kubernetes.io/tls Secret with tls.crt and tls.key, or remove rootCA to let the operator generate one")]
+    #[error(
+        "root CA Secret {secret:?} (spec.certificates.rootCA.secretRef) does not exist; create a kubernetes.io/tls Secret with tls.crt and tls.key, or remove rootCA to let the operator generate one"
+    )]
     UserRootMissing { secret: String },
-    #[error("root CA Secret {secret:?} has no {key}; a kubernetes.io/tls Secret needs tls.crt and tls.key")]
+    #[error(
+        "root CA Secret {secret:?} has no {key}; a kubernetes.io/tls Secret needs tls.crt and tls.key"
+    )]
     RootKeyMissing { secret: String, key: &'static str },
-    #[error("the generated root CA in Secret {secret:?} is unusable ({source}); it is not regenerated silently: delete the Secret to generate a new root, and every device certificate will be re-issued")]
+    #[error(
+        "the generated root CA in Secret {secret:?} is unusable ({source}); it is not regenerated silently: delete the Secret to generate a new root, and every device certificate will be re-issued"
+    )]
     GeneratedRootDamaged { secret: String, source: RootCaError },
     #[error("issuing certificates: {0}")]
     Pki(#[from] PkiError),
@@ -48,7 +60,13 @@ pub enum CertError {
 impl CertError {
     /// Errors only a person can fix.
     pub fn needs_person(&self) -> bool {
-        matches!(self, Self::UserRoot { .. } | Self::UserRootMissing { .. } | Self::RootKeyMissing { .. } | Self::GeneratedRootDamaged { .. })
+        matches!(
+            self,
+            Self::UserRoot { .. }
+                | Self::UserRootMissing { .. }
+                | Self::RootKeyMissing { .. }
+                | Self::GeneratedRootDamaged { .. }
+        )
     }
 }
 
@@ -86,12 +104,18 @@ pub struct Certificates {
 impl Certificates {
     /// When the next certificate is due for renewal.
     pub fn next_renewal(&self) -> Option<Timestamp> {
-        self.devices.values().map(|d| renewal_time(d.not_after, self.renew_before)).min()
+        self.devices
+            .values()
+            .map(|d| renewal_time(d.not_after, self.renew_before))
+            .min()
     }
 
     /// SAS keys per device that has operator-chosen keys.
     pub fn sas_keys(&self) -> BTreeMap<String, SasKeys> {
-        self.devices.iter().filter_map(|(id, d)| Some((id.clone(), d.sas_keys.clone()?))).collect()
+        self.devices
+            .iter()
+            .filter_map(|(id, d)| Some((id.clone(), d.sas_keys.clone()?)))
+            .collect()
     }
 
     /// Thumbprints to register per X509 device: the current identity first, the previous one
@@ -101,7 +125,10 @@ impl Certificates {
             .iter()
             .filter_map(|(id, d)| {
                 let current = d.identity.as_ref()?.sha256_thumbprint.clone();
-                let previous = d.previous_identity_thumbprint.clone().filter(|p| *p != current);
+                let previous = d
+                    .previous_identity_thumbprint
+                    .clone()
+                    .filter(|p| *p != current);
                 Some((id.clone(), (current, previous)))
             })
             .collect()
@@ -111,16 +138,25 @@ impl Certificates {
 /// Labels of every Secret the operator makes for a hierarchy.
 pub fn secret_labels(hierarchy: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGER.to_string(),
+        ),
         (HIERARCHY_LABEL.to_string(), hierarchy.to_string()),
         (COMPONENT_LABEL.to_string(), component.to_string()),
     ])
 }
 
 /// Lists a hierarchy's Secrets of one component, keyed by the device id annotation.
-pub async fn list_component_secrets(secrets: &Api<Secret>, hierarchy: &str, component: &str) -> Result<BTreeMap<String, Secret>, kube::Error> {
+pub async fn list_component_secrets(
+    secrets: &Api<Secret>,
+    hierarchy: &str,
+    component: &str,
+) -> Result<BTreeMap<String, Secret>, kube::Error> {
     let selector = format!("{HIERARCHY_LABEL}={hierarchy},{COMPONENT_LABEL}={component}");
-    let list = secrets.list(&ListParams::default().labels(&selector)).await?;
+    let list = secrets
+        .list(&ListParams::default().labels(&selector))
+        .await?;
     Ok(list
         .items
         .into_iter()
@@ -153,12 +189,23 @@ pub async fn apply_secret(
     let mut value = serde_json::to_value(&secret).expect("a Secret serializes");
     value["apiVersion"] = "v1".into();
     value["kind"] = "Secret".into();
-    secrets.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&value)).await?;
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await?;
     Ok(())
 }
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
-    secret.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|t| !t.trim().is_empty())
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .filter(|t| !t.trim().is_empty())
 }
 
 /// Ensures the root CA and every device's certificates.
@@ -175,8 +222,10 @@ pub async fn ensure_certificates(
     let spec = &hierarchy.spec;
     let algorithm = spec.certificates.algorithm;
     // Validation has checked both durations.
-    let validity = parse_duration(&spec.certificates.duration).unwrap_or(Duration::from_secs(2160 * 3600));
-    let renew_before = parse_duration(&spec.certificates.renew_before).unwrap_or(Duration::from_secs(720 * 3600));
+    let validity =
+        parse_duration(&spec.certificates.duration).unwrap_or(Duration::from_secs(2160 * 3600));
+    let renew_before =
+        parse_duration(&spec.certificates.renew_before).unwrap_or(Duration::from_secs(720 * 3600));
 
     let (root, root_secret) = root_ca(&secrets, hierarchy, pool, algorithm, now).await?;
     let existing = list_component_secrets(&secrets, &name, "certs").await?;
@@ -193,7 +242,17 @@ pub async fn ensure_certificates(
     let mut to_issue = Vec::new();
     for device in &wanted {
         let secret_name = certificate_secret_name(&name, &device.id);
-        let current = existing.get(&device.id).and_then(|s| read_device_secret(s, &secret_name, &root, renew_before, now, device.device_type, x509));
+        let current = existing.get(&device.id).and_then(|s| {
+            read_device_secret(
+                s,
+                &secret_name,
+                &root,
+                renew_before,
+                now,
+                device.device_type,
+                x509,
+            )
+        });
         match current {
             Some(certs) => {
                 devices.insert(device.id.clone(), certs);
@@ -219,13 +278,24 @@ pub async fn ensure_certificates(
                 id: device.id.clone(),
                 device_type: device.device_type,
                 secret_name: certificate_secret_name(&name, &device.id),
-                revision: previous.and_then(|s| s.annotations().get(REVISION_ANNOTATION)?.parse::<u32>().ok()).unwrap_or(0) + 1,
+                revision: previous
+                    .and_then(|s| {
+                        s.annotations()
+                            .get(REVISION_ANNOTATION)?
+                            .parse::<u32>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+                    + 1,
                 previous_identity: previous
                     .and_then(|s| text(s, "identity.crt"))
                     .and_then(|pem| inspect_certificate_pem(&pem).ok())
                     .map(|i| i.sha256_thumbprint),
-                sas_keys: (!x509 && device.device_type == DeviceType::Edge)
-                    .then(|| previous.and_then(read_sas_keys).unwrap_or_else(SasKeys::generate)),
+                sas_keys: (!x509 && device.device_type == DeviceType::Edge).then(|| {
+                    previous
+                        .and_then(read_sas_keys)
+                        .unwrap_or_else(SasKeys::generate)
+                }),
                 was_there: previous.is_some(),
             }
         })
@@ -236,14 +306,28 @@ pub async fn ensure_certificates(
             let edge_ca = if job.device_type == DeviceType::Edge {
                 let key = pool.generate_key(algorithm).await?;
                 let (id, root) = (job.id.clone(), root_ref.clone());
-                Some(pool.run(move || issue_edge_ca(&root, &id, &key, validity, now)).await?)
+                Some(
+                    pool.run(move || issue_edge_ca(&root, &id, &key, validity, now))
+                        .await?,
+                )
             } else {
                 None
             };
             let identity = if x509 {
                 let key = pool.generate_key(algorithm).await?;
                 let (id, root) = (job.id.clone(), root_ref.clone());
-                Some(pool.run(move || issue_identity_certificate(&id, &key, IdentitySigner::Root(&root), validity, now)).await?)
+                Some(
+                    pool.run(move || {
+                        issue_identity_certificate(
+                            &id,
+                            &key,
+                            IdentitySigner::Root(&root),
+                            validity,
+                            now,
+                        )
+                    })
+                    .await?,
+                )
             } else {
                 None
             };
@@ -267,14 +351,22 @@ pub async fn ensure_certificates(
     let mut renewed = Vec::new();
     for (id, certs, was_there) in issued {
         write_device_secret(&secrets, hierarchy, &id, &certs, &root).await?;
-        if was_there { renewed.push(id.clone()) } else { result_issued.push(id.clone()) }
+        if was_there {
+            renewed.push(id.clone())
+        } else {
+            result_issued.push(id.clone())
+        }
         devices.insert(id, certs);
     }
 
     // Certificates of devices that left the spec go with them.
     for (id, secret) in &existing {
         if !devices.contains_key(id) {
-            secrets.delete(&secret.name_any(), &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
+            secrets
+                .delete(&secret.name_any(), &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)?;
         }
     }
 
@@ -294,7 +386,15 @@ pub async fn ensure_certificates(
         }
     }
 
-    Ok(Certificates { root, root_secret, trust_bundle, devices, issued: result_issued, renewed, renew_before })
+    Ok(Certificates {
+        root,
+        root_secret,
+        trust_bundle,
+        devices,
+        issued: result_issued,
+        renewed,
+        renew_before,
+    })
 }
 
 fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
@@ -327,26 +427,47 @@ fn read_device_secret(
         let key = PrivateKey::from_pem(&text(secret, key_key)?).ok()?;
         let info = inspect_certificate_pem(&chain_pem).ok()?;
         let cert_pem = first_pem_block(&chain_pem)?;
-        (now < renewal_time(info.not_after, renew_before) && now >= info.not_before).then(|| IssuedCertificate {
-            cert_pem,
-            chain_pem: chain_pem.clone(),
-            key,
-            not_before: info.not_before,
-            not_after: info.not_after,
-            sha256_thumbprint: info.sha256_thumbprint,
+        (now < renewal_time(info.not_after, renew_before) && now >= info.not_before).then(|| {
+            IssuedCertificate {
+                cert_pem,
+                chain_pem: chain_pem.clone(),
+                key,
+                not_before: info.not_before,
+                not_after: info.not_after,
+                sha256_thumbprint: info.sha256_thumbprint,
+            }
         })
     };
-    let edge_ca = if device_type == DeviceType::Edge { Some(load("tls.crt", "tls.key")?) } else { None };
-    let identity = if x509 { Some(load("identity.crt", "identity.key")?) } else { None };
-    let revision = secret.annotations().get(REVISION_ANNOTATION)?.parse().ok()?;
-    let sas_keys = if !x509 && device_type == DeviceType::Edge { Some(read_sas_keys(secret)?) } else { None };
+    let edge_ca = if device_type == DeviceType::Edge {
+        Some(load("tls.crt", "tls.key")?)
+    } else {
+        None
+    };
+    let identity = if x509 {
+        Some(load("identity.crt", "identity.key")?)
+    } else {
+        None
+    };
+    let revision = secret
+        .annotations()
+        .get(REVISION_ANNOTATION)?
+        .parse()
+        .ok()?;
+    let sas_keys = if !x509 && device_type == DeviceType::Edge {
+        Some(read_sas_keys(secret)?)
+    } else {
+        None
+    };
     Some(DeviceCertificates {
         sas_keys,
         secret_name: secret_name.to_string(),
         not_after: earliest(&edge_ca, &identity)?,
         edge_ca,
         identity,
-        previous_identity_thumbprint: secret.annotations().get(PREVIOUS_IDENTITY_ANNOTATION).cloned(),
+        previous_identity_thumbprint: secret
+            .annotations()
+            .get(PREVIOUS_IDENTITY_ANNOTATION)
+            .cloned(),
         revision,
     })
 }
@@ -355,7 +476,10 @@ const SAS_PRIMARY: &str = "sas-primary-key";
 const SAS_SECONDARY: &str = "sas-secondary-key";
 
 fn read_sas_keys(secret: &Secret) -> Option<SasKeys> {
-    Some(SasKeys { primary: text(secret, SAS_PRIMARY)?, secondary: text(secret, SAS_SECONDARY)? })
+    Some(SasKeys {
+        primary: text(secret, SAS_PRIMARY)?,
+        secondary: text(secret, SAS_SECONDARY)?,
+    })
 }
 
 fn first_pem_block(chain: &str) -> Option<String> {
@@ -364,7 +488,13 @@ fn first_pem_block(chain: &str) -> Option<String> {
     Some(format!("{}\n", &chain[..at + end.len()]))
 }
 
-async fn write_device_secret(secrets: &Api<Secret>, hierarchy: &EdgeHierarchy, id: &str, certs: &DeviceCertificates, root: &RootCa) -> Result<(), kube::Error> {
+async fn write_device_secret(
+    secrets: &Api<Secret>,
+    hierarchy: &EdgeHierarchy,
+    id: &str,
+    certs: &DeviceCertificates,
+    root: &RootCa,
+) -> Result<(), kube::Error> {
     let mut data = BTreeMap::from([("ca.crt".to_string(), root.cert_pem.clone().into_bytes())]);
     if let Some(edge_ca) = &certs.edge_ca {
         data.insert("tls.crt".into(), edge_ca.chain_pem.clone().into_bytes());
@@ -379,44 +509,95 @@ async fn write_device_secret(secrets: &Api<Secret>, hierarchy: &EdgeHierarchy, i
         data.insert(SAS_SECONDARY.into(), keys.secondary.clone().into_bytes());
     }
     if let Some(identity) = &certs.identity {
-        data.insert("identity.crt".into(), identity.chain_pem.clone().into_bytes());
-        data.insert("identity.key".into(), identity.key.pem().as_bytes().to_vec());
+        data.insert(
+            "identity.crt".into(),
+            identity.chain_pem.clone().into_bytes(),
+        );
+        data.insert(
+            "identity.key".into(),
+            identity.key.pem().as_bytes().to_vec(),
+        );
     }
     let mut labels = secret_labels(&hierarchy.name_any(), "certs");
     labels.insert(DEVICE_LABEL.to_string(), device_label_value(id));
     let mut annotations = BTreeMap::from([
         (DEVICE_ID_ANNOTATION.to_string(), id.to_string()),
         (REVISION_ANNOTATION.to_string(), certs.revision.to_string()),
-        (ROOT_ANNOTATION.to_string(), root.info.sha256_thumbprint.clone()),
+        (
+            ROOT_ANNOTATION.to_string(),
+            root.info.sha256_thumbprint.clone(),
+        ),
     ]);
     if let Some(previous) = &certs.previous_identity_thumbprint {
         annotations.insert(PREVIOUS_IDENTITY_ANNOTATION.to_string(), previous.clone());
     }
-    let type_ = if certs.edge_ca.is_some() { "kubernetes.io/tls" } else { "Opaque" };
-    apply_secret(secrets, hierarchy, &certs.secret_name, type_, labels, annotations, data).await
+    let type_ = if certs.edge_ca.is_some() {
+        "kubernetes.io/tls"
+    } else {
+        "Opaque"
+    };
+    apply_secret(
+        secrets,
+        hierarchy,
+        &certs.secret_name,
+        type_,
+        labels,
+        annotations,
+        data,
+    )
+    .await
 }
 
 /// The root CA: the user's (checked, never changed) or the generated one (made once).
-async fn root_ca(secrets: &Api<Secret>, hierarchy: &EdgeHierarchy, pool: &CryptoPool, algorithm: KeyAlgorithm, now: Timestamp) -> Result<(RootCa, String), CertError> {
+async fn root_ca(
+    secrets: &Api<Secret>,
+    hierarchy: &EdgeHierarchy,
+    pool: &CryptoPool,
+    algorithm: KeyAlgorithm,
+    now: Timestamp,
+) -> Result<(RootCa, String), CertError> {
     if let Some(user) = &hierarchy.spec.certificates.root_ca {
         let name = user.secret_ref.name.clone();
-        let secret = secrets.get_opt(&name).await?.ok_or_else(|| CertError::UserRootMissing { secret: name.clone() })?;
-        let cert = text(&secret, "tls.crt").ok_or_else(|| CertError::RootKeyMissing { secret: name.clone(), key: "tls.crt" })?;
-        let key = text(&secret, "tls.key").ok_or_else(|| CertError::RootKeyMissing { secret: name.clone(), key: "tls.key" })?;
-        let root = import_root_ca(&cert, &key, now).map_err(|source| CertError::UserRoot { secret: name.clone(), source })?;
+        let secret = secrets
+            .get_opt(&name)
+            .await?
+            .ok_or_else(|| CertError::UserRootMissing {
+                secret: name.clone(),
+            })?;
+        let cert = text(&secret, "tls.crt").ok_or_else(|| CertError::RootKeyMissing {
+            secret: name.clone(),
+            key: "tls.crt",
+        })?;
+        let key = text(&secret, "tls.key").ok_or_else(|| CertError::RootKeyMissing {
+            secret: name.clone(),
+            key: "tls.key",
+        })?;
+        let root = import_root_ca(&cert, &key, now).map_err(|source| CertError::UserRoot {
+            secret: name.clone(),
+            source,
+        })?;
         return Ok((root, name));
     }
     let name = root_ca_secret_name(&hierarchy.name_any());
     if let Some(secret) = secrets.get_opt(&name).await? {
-        let damaged = |source| CertError::GeneratedRootDamaged { secret: name.clone(), source };
-        let cert = text(&secret, "tls.crt").ok_or(RootCaError::MissingCertificate).map_err(damaged)?;
-        let key = text(&secret, "tls.key").ok_or(RootCaError::MissingKey).map_err(damaged)?;
+        let damaged = |source| CertError::GeneratedRootDamaged {
+            secret: name.clone(),
+            source,
+        };
+        let cert = text(&secret, "tls.crt")
+            .ok_or(RootCaError::MissingCertificate)
+            .map_err(damaged)?;
+        let key = text(&secret, "tls.key")
+            .ok_or(RootCaError::MissingKey)
+            .map_err(damaged)?;
         let root = import_root_ca(&cert, &key, now).map_err(damaged)?;
         return Ok((root, name));
     }
     let key = pool.generate_key(algorithm).await?;
     let hierarchy_name = hierarchy.name_any();
-    let root = pool.run(move || generate_root_ca(&hierarchy_name, &key, DEFAULT_ROOT_VALIDITY, now)).await?;
+    let root = pool
+        .run(move || generate_root_ca(&hierarchy_name, &key, DEFAULT_ROOT_VALIDITY, now))
+        .await?;
     let data = BTreeMap::from([
         ("tls.crt".to_string(), root.cert_pem.clone().into_bytes()),
         ("tls.key".to_string(), root.key.pem().as_bytes().to_vec()),

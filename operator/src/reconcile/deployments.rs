@@ -13,7 +13,9 @@ use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::Value;
 
-use crate::api::{DeploymentMode, DeviceType, EdgeHierarchy, ModulesStatus, ReconcilePolicy, Topology};
+use crate::api::{
+    DeploymentMode, DeviceType, EdgeHierarchy, ModulesStatus, ReconcilePolicy, Topology,
+};
 use crate::deploy::{self, DesiredConfiguration, HierarchyRef, ManifestError, Manifests};
 use crate::iothub::{Configuration, ConfigurationContent, HubClient, HubError};
 
@@ -30,7 +32,10 @@ pub enum DeploymentError {
 }
 
 /// Reads ConfigMap-backed manifests and validates every deployment against the schemas.
-pub async fn resolve(client: &kube::Client, hierarchy: &EdgeHierarchy) -> Result<Manifests, DeploymentError> {
+pub async fn resolve(
+    client: &kube::Client,
+    hierarchy: &EdgeHierarchy,
+) -> Result<Manifests, DeploymentError> {
     let namespace = hierarchy.namespace().unwrap_or_default();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let mut texts: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -52,7 +57,10 @@ pub async fn resolve(client: &kube::Client, hierarchy: &EdgeHierarchy) -> Result
             None => missing.push(ManifestError {
                 deployment: d.name.clone(),
                 path: format!("spec.deployments[{}].configMapRef.name", d.name),
-                problem: format!("ConfigMap {:?} does not exist in namespace {namespace:?}", r.name),
+                problem: format!(
+                    "ConfigMap {:?} does not exist in namespace {namespace:?}",
+                    r.name
+                ),
                 fix: "create the ConfigMap or correct configMapRef.name".into(),
             }),
         }
@@ -60,7 +68,12 @@ pub async fn resolve(client: &kube::Client, hierarchy: &EdgeHierarchy) -> Result
     if !missing.is_empty() {
         return Err(DeploymentError::Invalid(missing));
     }
-    deploy::resolve_manifests(&hierarchy.spec, |r| texts.get(&(r.name.clone(), r.key.clone())).map(String::as_str)).map_err(DeploymentError::Invalid)
+    deploy::resolve_manifests(&hierarchy.spec, |r| {
+        texts
+            .get(&(r.name.clone(), r.key.clone()))
+            .map(String::as_str)
+    })
+    .map_err(DeploymentError::Invalid)
 }
 
 /// The configurations to write, as decided from desired and observed ones. Pure.
@@ -76,22 +89,43 @@ pub struct ConfigurationPlan {
 }
 
 /// Compares desired configurations with the hierarchy's configurations in the hub.
-pub fn plan_configurations(desired: &[DesiredConfiguration], owned: &BTreeMap<String, Configuration>, known: &BTreeSet<String>, manage: bool) -> ConfigurationPlan {
+pub fn plan_configurations(
+    desired: &[DesiredConfiguration],
+    owned: &BTreeMap<String, Configuration>,
+    known: &BTreeSet<String>,
+    manage: bool,
+) -> ConfigurationPlan {
     let mut plan = ConfigurationPlan::default();
-    let suffix = if manage { "" } else { " (reconcile: Observe, not corrected)" };
+    let suffix = if manage {
+        ""
+    } else {
+        " (reconcile: Observe, not corrected)"
+    };
     for want in desired {
         match owned.get(&want.id) {
             None => {
                 if known.contains(&want.id) {
-                    plan.drift.push(format!("configuration {} was deleted outside the operator; re-created{suffix}", want.id));
+                    plan.drift.push(format!(
+                        "configuration {} was deleted outside the operator; re-created{suffix}",
+                        want.id
+                    ));
                 }
                 plan.create.push(want.id.clone());
             }
             Some(have) => {
-                let content_differs = have.content.as_ref().and_then(|c| serde_json::to_value(c).ok()).map(|c| strip_empty(&c)) != Some(strip_empty(&want.content));
-                let settings_differ = have.priority != Some(want.priority) || have.target_condition.as_deref() != Some(want.target_condition.as_str());
+                let content_differs = have
+                    .content
+                    .as_ref()
+                    .and_then(|c| serde_json::to_value(c).ok())
+                    .map(|c| strip_empty(&c))
+                    != Some(strip_empty(&want.content));
+                let settings_differ = have.priority != Some(want.priority)
+                    || have.target_condition.as_deref() != Some(want.target_condition.as_str());
                 if content_differs {
-                    plan.drift.push(format!("configuration {} has other content in the hub; replaced{suffix}", want.id));
+                    plan.drift.push(format!(
+                        "configuration {} has other content in the hub; replaced{suffix}",
+                        want.id
+                    ));
                     plan.delete.push(want.id.clone());
                     plan.create.push(want.id.clone());
                 } else if settings_differ {
@@ -102,9 +136,17 @@ pub fn plan_configurations(desired: &[DesiredConfiguration], owned: &BTreeMap<St
         }
     }
     let wanted: BTreeSet<&str> = desired.iter().map(|d| d.id.as_str()).collect();
-    plan.delete.extend(owned.keys().filter(|id| !wanted.contains(id.as_str())).cloned());
+    plan.delete.extend(
+        owned
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned(),
+    );
     if !manage {
-        return ConfigurationPlan { drift: plan.drift, ..Default::default() };
+        return ConfigurationPlan {
+            drift: plan.drift,
+            ..Default::default()
+        };
     }
     plan
 }
@@ -125,8 +167,13 @@ fn strip_empty(value: &Value) -> Value {
 }
 
 fn to_configuration(want: &DesiredConfiguration) -> Result<Configuration, DeploymentError> {
-    let content: ConfigurationContent = serde_json::from_value(want.content.clone())
-        .map_err(|e| DeploymentError::Render(format!("configuration {}: content does not fit the IoT Hub model: {e}", want.id)))?;
+    let content: ConfigurationContent =
+        serde_json::from_value(want.content.clone()).map_err(|e| {
+            DeploymentError::Render(format!(
+                "configuration {}: content does not fit the IoT Hub model: {e}",
+                want.id
+            ))
+        })?;
     Ok(Configuration {
         id: Some(want.id.clone()),
         schema_version: Some("1.0".into()),
@@ -166,63 +213,114 @@ pub async fn sync_deployments(
     let namespace = hierarchy.namespace().unwrap_or_default();
     let name = hierarchy.name_any();
     let uid = hierarchy.uid().unwrap_or_default();
-    let owner = HierarchyRef { namespace: &namespace, name: &name, uid: &uid };
+    let owner = HierarchyRef {
+        namespace: &namespace,
+        name: &name,
+        uid: &uid,
+    };
     let mut out = DeploymentOutcome::default();
     let edge_devices: Vec<&crate::api::DeviceSpec> = spec
         .devices
         .iter()
-        .filter(|d| d.device_type == DeviceType::Edge && registered.contains(&d.id) && topology.layer.contains_key(&d.id))
+        .filter(|d| {
+            d.device_type == DeviceType::Edge
+                && registered.contains(&d.id)
+                && topology.layer.contains_key(&d.id)
+        })
         .collect();
 
     let mut desired_configs = Vec::new();
-    if spec.deployment_mode == DeploymentMode::Automatic {
-        desired_configs = deploy::automatic_configurations(&owner, spec, topology, manifests).map_err(|e| DeploymentError::Invalid(vec![e]))?;
+    // Configuration calls share a small hub-wide quota (20 a minute per unit), so a hierarchy
+    // that has no deployments, and never had configurations, does not list them.
+    let had_configurations = !known_configurations.is_empty();
+    if spec.deployment_mode == DeploymentMode::Automatic
+        && (!spec.deployments.is_empty() || had_configurations)
+    {
+        desired_configs = deploy::automatic_configurations(&owner, spec, topology, manifests)
+            .map_err(|e| DeploymentError::Invalid(vec![e]))?;
         let owned: BTreeMap<String, Configuration> = hub
             .list_configurations(None)
             .await?
             .into_iter()
-            .filter(|c| deploy::is_owned_configuration(&serde_json::to_value(&c.labels).unwrap_or(Value::Null), &uid))
+            .filter(|c| {
+                deploy::is_owned_configuration(
+                    &serde_json::to_value(&c.labels).unwrap_or(Value::Null),
+                    &uid,
+                )
+            })
             .filter_map(|c| Some((c.id.clone()?, c)))
             .collect();
         let plan = plan_configurations(&desired_configs, &owned, known_configurations, manage);
         out.drift.extend(plan.drift.clone());
-        let by_id: BTreeMap<&str, &DesiredConfiguration> = desired_configs.iter().map(|c| (c.id.as_str(), c)).collect();
+        let by_id: BTreeMap<&str, &DesiredConfiguration> =
+            desired_configs.iter().map(|c| (c.id.as_str(), c)).collect();
         // A replaced configuration is deleted first (same id); otherwise new ones come first so
         // devices always have a deployment.
         for id in plan.delete.iter().filter(|id| plan.create.contains(id)) {
-            hub.delete_configuration(id, None).await.or_else(ignore_not_found)?;
+            hub.delete_configuration(id, None)
+                .await
+                .or_else(ignore_not_found)?;
         }
         for id in &plan.create {
-            hub.create_or_update_configuration(&to_configuration(by_id[id.as_str()])?, None).await?;
+            hub.create_or_update_configuration(&to_configuration(by_id[id.as_str()])?, None)
+                .await?;
             out.created.push(id.clone());
         }
         for id in &plan.restore {
-            let etag = owned.get(id).and_then(|c| c.etag.clone()).unwrap_or_else(|| "*".into());
-            hub.create_or_update_configuration(&to_configuration(by_id[id.as_str()])?, Some(&etag)).await?;
+            let etag = owned
+                .get(id)
+                .and_then(|c| c.etag.clone())
+                .unwrap_or_else(|| "*".into());
+            hub.create_or_update_configuration(&to_configuration(by_id[id.as_str()])?, Some(&etag))
+                .await?;
         }
         for id in plan.delete.iter().filter(|id| !plan.create.contains(id)) {
-            hub.delete_configuration(id, None).await.or_else(ignore_not_found)?;
+            hub.delete_configuration(id, None)
+                .await
+                .or_else(ignore_not_found)?;
             out.deleted.push(id.clone());
         }
         // Readiness from the metrics the hub computed (configurations just created have none yet).
-        for want in desired_configs.iter().filter(|c| !plan.create.contains(&c.id)) {
-            let metrics = owned.get(&want.id).and_then(|c| c.system_metrics.as_ref()).and_then(|m| serde_json::to_value(m).ok()).unwrap_or(Value::Null);
-            let readiness = deploy::deployment_status(&want.id, want.devices.len() as u32, &metrics);
+        for want in desired_configs
+            .iter()
+            .filter(|c| !plan.create.contains(&c.id))
+        {
+            let metrics = owned
+                .get(&want.id)
+                .and_then(|c| c.system_metrics.as_ref())
+                .and_then(|m| serde_json::to_value(m).ok())
+                .unwrap_or(Value::Null);
+            let readiness =
+                deploy::deployment_status(&want.id, want.devices.len() as u32, &metrics);
             if !readiness.ready {
                 out.not_ready.push(readiness.message);
             }
         }
     }
-    for warning in deploy::gateway_warnings(spec, topology, manifests) {
-        out.not_ready.push(warning.message);
+    // Without deployments in the spec the operator does not manage modules, so whether parents
+    // can serve images is not its to judge.
+    if !spec.deployments.is_empty() {
+        for warning in deploy::gateway_warnings(spec, topology, manifests) {
+            out.not_ready.push(warning.message);
+        }
     }
 
-    // Module twins of the registered Edge devices, in pages.
-    let ids: Vec<&str> = edge_devices.iter().map(|d| d.id.as_str()).collect();
+    // Module twins of the registered Edge devices that run a deployment, in pages.
+    let ids: Vec<&str> = edge_devices
+        .iter()
+        .filter(|d| d.deployment.is_some())
+        .map(|d| d.id.as_str())
+        .collect();
     let mut agents: BTreeMap<String, Value> = BTreeMap::new();
     for chunk in ids.chunks(100) {
-        let list: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.replace('\'', "\\'"))).collect();
-        let query = format!("SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND deviceId IN [{}]", list.join(", "));
+        let list: Vec<String> = chunk
+            .iter()
+            .map(|id| format!("'{}'", id.replace('\'', "\\'")))
+            .collect();
+        let query = format!(
+            "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND deviceId IN [{}]",
+            list.join(", ")
+        );
         for twin in hub.query(&query).await? {
             if let Some(id) = twin.get("deviceId").and_then(Value::as_str) {
                 agents.insert(id.to_string(), twin);
@@ -232,38 +330,70 @@ pub async fn sync_deployments(
 
     for device in &edge_devices {
         let layer = topology.layer[&device.id];
-        let Ok(manifest) = deploy::merged_manifest(device, layer, &spec.edge, manifests) else { continue };
+        let Ok(manifest) = deploy::merged_manifest(device, layer, &spec.edge, manifests) else {
+            continue;
+        };
         let twin = agents.get(&device.id).cloned().unwrap_or(Value::Null);
-        let desired_props = twin.pointer("/properties/desired").cloned().unwrap_or(Value::Null);
+        let desired_props = twin
+            .pointer("/properties/desired")
+            .cloned()
+            .unwrap_or(Value::Null);
         let desired_version = desired_props.get("$version").and_then(Value::as_i64);
-        let reported = twin.pointer("/properties/reported").cloned().unwrap_or(Value::Null);
+        let reported = twin
+            .pointer("/properties/reported")
+            .cloned()
+            .unwrap_or(Value::Null);
 
         if spec.deployment_mode == DeploymentMode::PerDevice && device.deployment.is_some() {
-            let want = manifest.pointer("/modulesContent/$edgeAgent/properties.desired").cloned().unwrap_or(Value::Null);
+            let want = manifest
+                .pointer("/modulesContent/$edgeAgent/properties.desired")
+                .cloned()
+                .unwrap_or(Value::Null);
             if without_metadata(&desired_props) != strip_empty(&want) {
                 if desired_version.is_some_and(|v| v > 1) {
                     out.drift.push(format!("device {:?}: its deployment manifest was replaced outside the operator; {}", device.id, if manage { "re-applied" } else { "not corrected (reconcile: Observe)" }));
                 }
                 if manage {
                     let content: ConfigurationContent = serde_json::from_value(manifest.clone())
-                        .map_err(|e| DeploymentError::Render(format!("device {:?}: manifest does not fit the IoT Hub model: {e}", device.id)))?;
-                    hub.apply_configuration_content(&device.id, &content).await?;
+                        .map_err(|e| {
+                            DeploymentError::Render(format!(
+                                "device {:?}: manifest does not fit the IoT Hub model: {e}",
+                                device.id
+                            ))
+                        })?;
+                    hub.apply_configuration_content(&device.id, &content)
+                        .await?;
                     out.applied.push(device.id.clone());
                 }
             }
         }
 
-        out.modules.insert(device.id.clone(), deploy::modules_status(&manifest, desired_version, &reported));
+        out.modules.insert(
+            device.id.clone(),
+            deploy::modules_status(&manifest, desired_version, &reported),
+        );
         if let Some(base) = &device.deployment {
             let config_id = desired_configs
                 .iter()
                 .find(|c| !c.layered && c.deployment == *base && c.devices.contains(&device.id))
                 .map(|c| c.id.clone());
             let applied = match &config_id {
-                Some(id) => twin.pointer(&format!("/configurations/{}/status", id.replace('~', "~0").replace('/', "~1"))).and_then(Value::as_str) == Some("Applied"),
-                None => spec.deployment_mode == DeploymentMode::PerDevice && desired_version.is_some() && !out.applied.contains(&device.id),
+                Some(id) => {
+                    twin.pointer(&format!(
+                        "/configurations/{}/status",
+                        id.replace('~', "~0").replace('/', "~1")
+                    ))
+                    .and_then(Value::as_str)
+                        == Some("Applied")
+                }
+                None => {
+                    spec.deployment_mode == DeploymentMode::PerDevice
+                        && desired_version.is_some()
+                        && !out.applied.contains(&device.id)
+                }
             };
-            out.deployments.insert(device.id.clone(), (base.clone(), config_id, applied));
+            out.deployments
+                .insert(device.id.clone(), (base.clone(), config_id, applied));
         }
     }
     Ok(out)
@@ -277,7 +407,10 @@ fn ignore_not_found(e: HubError) -> Result<(), HubError> {
 fn without_metadata(value: &Value) -> Value {
     match value {
         Value::Object(map) => strip_empty(&Value::Object(
-            map.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), without_metadata(v))).collect(),
+            map.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), without_metadata(v)))
+                .collect(),
         )),
         other => other.clone(),
     }
@@ -285,7 +418,11 @@ fn without_metadata(value: &Value) -> Value {
 
 /// Configuration ids recorded in the status (so a deleted one is recognised as drift).
 pub fn known_configurations(status: &crate::api::EdgeHierarchyStatus) -> BTreeSet<String> {
-    status.devices.iter().filter_map(|d| d.deployment.as_ref()?.configuration_id.clone()).collect()
+    status
+        .devices
+        .iter()
+        .filter_map(|d| d.deployment.as_ref()?.configuration_id.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -328,7 +465,10 @@ mod tests {
     fn matching_configurations_need_nothing() {
         let want = desired("h-base-1");
         let owned = BTreeMap::from([(want.id.clone(), in_hub(&want))]);
-        assert_eq!(plan_configurations(&[want], &owned, &BTreeSet::new(), true), ConfigurationPlan::default());
+        assert_eq!(
+            plan_configurations(&[want], &owned, &BTreeSet::new(), true),
+            ConfigurationPlan::default()
+        );
     }
 
     #[test]
@@ -341,14 +481,27 @@ mod tests {
 
         let mut edited = in_hub(&want);
         edited.priority = Some(99);
-        let plan = plan_configurations(std::slice::from_ref(&want), &BTreeMap::from([(want.id.clone(), edited)]), &known, true);
+        let plan = plan_configurations(
+            std::slice::from_ref(&want),
+            &BTreeMap::from([(want.id.clone(), edited)]),
+            &known,
+            true,
+        );
         assert_eq!(plan.restore, ["h-base-1"]);
         assert!(plan.drift[0].contains("priority or target condition"));
 
         let mut replaced = in_hub(&want);
         replaced.content = Some(serde_json::from_value(json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"schemaVersion": "9"}}}})).unwrap());
-        let plan = plan_configurations(std::slice::from_ref(&want), &BTreeMap::from([(want.id.clone(), replaced)]), &known, true);
-        assert_eq!((plan.delete.clone(), plan.create.clone()), (vec!["h-base-1".to_string()], vec!["h-base-1".to_string()]));
+        let plan = plan_configurations(
+            std::slice::from_ref(&want),
+            &BTreeMap::from([(want.id.clone(), replaced)]),
+            &known,
+            true,
+        );
+        assert_eq!(
+            (plan.delete.clone(), plan.create.clone()),
+            (vec!["h-base-1".to_string()], vec!["h-base-1".to_string()])
+        );
 
         // Observe: reported, nothing planned.
         let plan = plan_configurations(&[want], &BTreeMap::new(), &known, false);
@@ -359,6 +512,9 @@ mod tests {
     #[test]
     fn metadata_is_ignored_when_comparing_desired_properties() {
         let twin = json!({"schemaVersion": "1.1", "$version": 4, "$metadata": {"x": 1}, "modules": {"a": {"$metadata": {}, "type": "docker"}}});
-        assert_eq!(without_metadata(&twin), json!({"schemaVersion": "1.1", "modules": {"a": {"type": "docker"}}}));
+        assert_eq!(
+            without_metadata(&twin),
+            json!({"schemaVersion": "1.1", "modules": {"a": {"type": "docker"}}})
+        );
     }
 }

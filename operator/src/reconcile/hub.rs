@@ -9,7 +9,8 @@ use super::model::{HierarchyIdentity, HubDevice, OWNER_TAG};
 use super::plan::{Action, IdentityFix, NewAuth, NewDevice};
 use crate::iothub::{
     AuthenticationMechanism, AuthenticationType, BulkDeviceOutcome, DeviceCapabilities,
-    DeviceStatus, ExportImportDevice, HubClient, HubError, ImportMode, SymmetricKey, Twin, X509Thumbprint,
+    DeviceStatus, ExportImportDevice, HubClient, HubError, ImportMode, SymmetricKey, Twin,
+    X509Thumbprint,
 };
 
 /// Ids per `deviceId IN [...]` query: keeps each query well below the hub's query length limit.
@@ -147,7 +148,10 @@ fn authentication(auth: &NewAuth) -> AuthenticationMechanism {
     match auth {
         NewAuth::Sas { keys: None } => AuthenticationMechanism::sas_generated(),
         NewAuth::Sas { keys: Some(keys) } => AuthenticationMechanism {
-            symmetric_key: Some(SymmetricKey { primary_key: Some(keys.primary.clone()), secondary_key: Some(keys.secondary.clone()) }),
+            symmetric_key: Some(SymmetricKey {
+                primary_key: Some(keys.primary.clone()),
+                secondary_key: Some(keys.secondary.clone()),
+            }),
             x509_thumbprint: None,
             auth_type: Some(AuthenticationType::Sas),
         },

@@ -127,7 +127,9 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
-            predicates::generation.combine(predicates::annotations).combine(predicates::finalizers),
+            predicates::generation
+                .combine(predicates::annotations)
+                .combine(predicates::finalizers),
             Default::default(),
         );
     let controller = Controller::for_stream(trigger, reader);
@@ -262,9 +264,23 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         Ok(m) => m,
         Err(deployments::DeploymentError::Invalid(errors)) => {
             let message = deployments::DeploymentError::Invalid(errors).to_string();
-            let status = blocked_status(&previous, reason::INVALID_SPEC, &message, true, generation, &now());
+            let status = blocked_status(
+                &previous,
+                reason::INVALID_SPEC,
+                &message,
+                true,
+                generation,
+                &now(),
+            );
             if status != previous {
-                ctx.event(hierarchy, EventType::Warning, reason::INVALID_SPEC, "Validate", message).await;
+                ctx.event(
+                    hierarchy,
+                    EventType::Warning,
+                    reason::INVALID_SPEC,
+                    "Validate",
+                    message,
+                )
+                .await;
                 patch_status(ctx, hierarchy, &status).await?;
             }
             return Ok(Requeue::requeue(Duration::from_secs(300)));
@@ -278,13 +294,35 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
     };
 
     // Certificates first: X509 devices are registered with their identity thumbprints.
-    let certificates = match certs::ensure_certificates(&ctx.client, hierarchy, &ctx.crypto, &topology.layer, Timestamp::now()).await {
+    let certificates = match certs::ensure_certificates(
+        &ctx.client,
+        hierarchy,
+        &ctx.crypto,
+        &topology.layer,
+        Timestamp::now(),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) if e.needs_person() => {
             let message = e.to_string();
-            let status = blocked_status(&previous, reason::INVALID_ROOT_CA, &message, true, generation, &now());
+            let status = blocked_status(
+                &previous,
+                reason::INVALID_ROOT_CA,
+                &message,
+                true,
+                generation,
+                &now(),
+            );
             if status != previous {
-                ctx.event(hierarchy, EventType::Warning, reason::INVALID_ROOT_CA, "IssueCertificates", message).await;
+                ctx.event(
+                    hierarchy,
+                    EventType::Warning,
+                    reason::INVALID_ROOT_CA,
+                    "IssueCertificates",
+                    message,
+                )
+                .await;
                 patch_status(ctx, hierarchy, &status).await?;
             }
             return Ok(Requeue::requeue(Duration::from_secs(300)));
@@ -293,7 +331,13 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
     };
 
     let identity = HierarchyIdentity::of(hierarchy);
-    let desired = desired_devices(&identity, &hierarchy.spec, &topology, &certificates.thumbprints(), &certificates.sas_keys());
+    let desired = desired_devices(
+        &identity,
+        &hierarchy.spec,
+        &topology,
+        &certificates.thumbprints(),
+        &certificates.sas_keys(),
+    );
     let previously_registered: BTreeSet<String> = previous
         .devices
         .iter()
@@ -350,18 +394,41 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         .into_iter()
         .filter(|(_, d)| model::ownership(d, &identity) == model::Ownership::Ours)
         .collect();
-    let bundles = match bundles::ensure_bundles(&ctx.client, &client, hierarchy, &topology.layer, &owned, &certificates, &totals.created.iter().cloned().collect()).await {
+    let bundles = match bundles::ensure_bundles(
+        &ctx.client,
+        &client,
+        hierarchy,
+        &topology.layer,
+        &owned,
+        &certificates,
+        &totals.created.iter().cloned().collect(),
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(bundles::BundleStepError::Hub(e)) => return hub_blocked(hierarchy, ctx, &previous, e).await,
+        Err(bundles::BundleStepError::Hub(e)) => {
+            return hub_blocked(hierarchy, ctx, &previous, e).await;
+        }
         Err(bundles::BundleStepError::Kube(e)) => return Err(e.into()),
     };
     publish_certificate_events(hierarchy, ctx, &certificates, &bundles).await;
 
     let registered: BTreeSet<String> = owned.keys().cloned().collect();
     let known = deployments::known_configurations(&previous);
-    let deployed = match deployments::sync_deployments(&client, hierarchy, &topology, &manifests, &registered, &known).await {
+    let deployed = match deployments::sync_deployments(
+        &client,
+        hierarchy,
+        &topology,
+        &manifests,
+        &registered,
+        &known,
+    )
+    .await
+    {
         Ok(d) => d,
-        Err(deployments::DeploymentError::Hub(e)) => return hub_blocked(hierarchy, ctx, &previous, e).await,
+        Err(deployments::DeploymentError::Hub(e)) => {
+            return hub_blocked(hierarchy, ctx, &previous, e).await;
+        }
         Err(e) => return Err(e.into()),
     };
     publish_deployment_events(hierarchy, ctx, &deployed, policy.reconcile).await;
@@ -382,51 +449,128 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         return Ok(Requeue::requeue(Duration::from_secs(10)));
     }
     // Come back at the next renewal if that is sooner than the resync.
-    let until_renewal = certificates
-        .next_renewal()
-        .map(|t| Duration::from_secs(t.as_second().saturating_sub(Timestamp::now().as_second()).max(1) as u64));
+    let until_renewal = certificates.next_renewal().map(|t| {
+        Duration::from_secs(
+            t.as_second()
+                .saturating_sub(Timestamp::now().as_second())
+                .max(1) as u64,
+        )
+    });
     let resync = resync_interval(hierarchy);
-    Ok(Requeue::requeue(until_renewal.map_or(resync, |r| r.min(resync))))
+    Ok(Requeue::requeue(
+        until_renewal.map_or(resync, |r| r.min(resync)),
+    ))
 }
 
-async fn publish_deployment_events(hierarchy: &EdgeHierarchy, ctx: &Context, deployed: &deployments::DeploymentOutcome, policy: ReconcilePolicy) {
+async fn publish_deployment_events(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    deployed: &deployments::DeploymentOutcome,
+    policy: ReconcilePolicy,
+) {
     if !deployed.created.is_empty() {
         let note = format!("created configurations {}", list(&deployed.created));
-        ctx.event(hierarchy, EventType::Normal, "DeploymentCreated", "Deploy", note).await;
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "DeploymentCreated",
+            "Deploy",
+            note,
+        )
+        .await;
     }
     if !deployed.deleted.is_empty() {
         let note = format!("deleted configurations {}", list(&deployed.deleted));
-        ctx.event(hierarchy, EventType::Normal, "DeploymentDeleted", "Deploy", note).await;
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "DeploymentDeleted",
+            "Deploy",
+            note,
+        )
+        .await;
     }
     if !deployed.applied.is_empty() {
-        let note = format!("applied deployment manifests to {}", list(&deployed.applied));
-        ctx.event(hierarchy, EventType::Normal, "DeploymentApplied", "Deploy", note).await;
+        let note = format!(
+            "applied deployment manifests to {}",
+            list(&deployed.applied)
+        );
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "DeploymentApplied",
+            "Deploy",
+            note,
+        )
+        .await;
     }
     let (type_, reason) = match policy {
         ReconcilePolicy::Manage => (EventType::Normal, "DriftCorrected"),
         ReconcilePolicy::Observe => (EventType::Warning, "DriftDetected"),
     };
     for drift in &deployed.drift {
-        ctx.event(hierarchy, type_, reason, "Deploy", drift.clone()).await;
+        ctx.event(hierarchy, type_, reason, "Deploy", drift.clone())
+            .await;
     }
 }
 
-async fn publish_certificate_events(hierarchy: &EdgeHierarchy, ctx: &Context, certificates: &certs::Certificates, bundles: &bundles::Bundles) {
+async fn publish_certificate_events(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    certificates: &certs::Certificates,
+    bundles: &bundles::Bundles,
+) {
     if !certificates.issued.is_empty() {
-        let note = format!("issued certificates for {} devices: {}", certificates.issued.len(), list(&certificates.issued));
-        ctx.event(hierarchy, EventType::Normal, "CertificatesIssued", "IssueCertificates", note).await;
+        let note = format!(
+            "issued certificates for {} devices: {}",
+            certificates.issued.len(),
+            list(&certificates.issued)
+        );
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "CertificatesIssued",
+            "IssueCertificates",
+            note,
+        )
+        .await;
     }
     for id in &certificates.renewed {
         let revision = certificates.devices.get(id).map_or(0, |d| d.revision);
         let note = format!("device {id:?}: certificates re-issued (revision {revision})");
-        ctx.event(hierarchy, EventType::Normal, "CertificateRenewed", "RenewCertificates", note).await;
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "CertificateRenewed",
+            "RenewCertificates",
+            note,
+        )
+        .await;
     }
     if !bundles.updated.is_empty() {
-        let note = format!("wrote config bundles of {} devices: {}", bundles.updated.len(), list(&bundles.updated));
-        ctx.event(hierarchy, EventType::Normal, "BundlesUpdated", "WriteBundles", note).await;
+        let note = format!(
+            "wrote config bundles of {} devices: {}",
+            bundles.updated.len(),
+            list(&bundles.updated)
+        );
+        ctx.event(
+            hierarchy,
+            EventType::Normal,
+            "BundlesUpdated",
+            "WriteBundles",
+            note,
+        )
+        .await;
     }
     for (id, failure) in &bundles.failures {
-        ctx.event(hierarchy, EventType::Warning, "BundleFailed", "WriteBundles", format!("device {id:?}: {failure}")).await;
+        ctx.event(
+            hierarchy,
+            EventType::Warning,
+            "BundleFailed",
+            "WriteBundles",
+            format!("device {id:?}: {failure}"),
+        )
+        .await;
     }
 }
 
@@ -614,9 +758,14 @@ async fn hub_blocked(
 
 /// Removes the hierarchy's ownerReferences from its Secrets; returns how many were released.
 async fn release_secrets(ctx: &Context, hierarchy: &EdgeHierarchy) -> Result<usize, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &hierarchy.namespace().unwrap_or_default());
+    let secrets: Api<Secret> = Api::namespaced(
+        ctx.client.clone(),
+        &hierarchy.namespace().unwrap_or_default(),
+    );
     let selector = format!("{}={}", crate::names::HIERARCHY_LABEL, hierarchy.name_any());
-    let list = secrets.list(&ListParams::default().labels(&selector)).await?;
+    let list = secrets
+        .list(&ListParams::default().labels(&selector))
+        .await?;
     let uid = hierarchy.uid();
     let mut released = 0;
     for secret in list.items {
@@ -624,9 +773,18 @@ async fn release_secrets(ctx: &Context, hierarchy: &EdgeHierarchy) -> Result<usi
         if !owners.iter().any(|o| Some(&o.uid) == uid.as_ref()) {
             continue;
         }
-        let keep: Vec<_> = owners.into_iter().filter(|o| Some(&o.uid) != uid.as_ref()).collect();
+        let keep: Vec<_> = owners
+            .into_iter()
+            .filter(|o| Some(&o.uid) != uid.as_ref())
+            .collect();
         let patch = json!({"metadata": {"ownerReferences": keep}});
-        secrets.patch(&secret.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        secrets
+            .patch(
+                &secret.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
         released += 1;
     }
     Ok(released)

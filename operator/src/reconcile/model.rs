@@ -59,7 +59,10 @@ impl SasKeys {
             rand::rng().fill_bytes(&mut bytes);
             base64::engine::general_purpose::STANDARD.encode(bytes)
         };
-        Self { primary: key(), secondary: key() }
+        Self {
+            primary: key(),
+            secondary: key(),
+        }
     }
 }
 
@@ -116,7 +119,9 @@ pub fn desired_devices(
                 layer,
                 device_type: d.device_type,
                 auth: match spec.authentication {
-                    AuthenticationType::SymmetricKey => DesiredAuth::SymmetricKey { keys: sas_keys.get(id).cloned() },
+                    AuthenticationType::SymmetricKey => DesiredAuth::SymmetricKey {
+                        keys: sas_keys.get(id).cloned(),
+                    },
                     AuthenticationType::X509 => DesiredAuth::X509 {
                         thumbprints: thumbprints.get(id).cloned(),
                     },

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::model::{
-    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, OWNER_TAG, Ownership, SasKeys,
-    ownership,
+    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, OWNER_TAG, Ownership,
+    SasKeys, ownership,
 };
 use crate::api::{DeletionPolicy, DeviceState, PolicySpec, ReconcilePolicy};
 
@@ -321,7 +321,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 });
             }
             if let Some(patch) = owner_patch {
-                tag_writes.push(Action::WriteOwnerTags { id: want.id.clone(), twin_etag: have.twin_etag.clone(), patch });
+                tag_writes.push(Action::WriteOwnerTags {
+                    id: want.id.clone(),
+                    twin_etag: have.twin_etag.clone(),
+                    patch,
+                });
             }
         }
         report.state = if !report.drift.is_empty() {
@@ -453,8 +457,11 @@ fn plan_removals(
 /// `None` when they agree (tags outside it are the user's and never part of the patch).
 fn owner_tags_patch(have: Option<&Value>, want: &Value) -> Option<Value> {
     let wrap = |inner: Value| serde_json::json!({ OWNER_TAG: inner });
-    crate::deploy::ownership_tags_patch(&wrap(have.cloned().unwrap_or(Value::Null)), &wrap(want.clone()))
-        .map(|mut patch| patch[OWNER_TAG].take())
+    crate::deploy::ownership_tags_patch(
+        &wrap(have.cloned().unwrap_or(Value::Null)),
+        &wrap(want.clone()),
+    )
+    .map(|mut patch| patch[OWNER_TAG].take())
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -186,7 +186,10 @@ pub fn add_certificates(
             device.certificate = Some(crate::api::CertificateStatus {
                 secret_name: c.secret_name.clone(),
                 not_after: Some(time(c.not_after)),
-                renewal_time: Some(time(crate::pki::renewal_time(c.not_after, certificates.renew_before))),
+                renewal_time: Some(time(crate::pki::renewal_time(
+                    c.not_after,
+                    certificates.renew_before,
+                ))),
                 revision: c.revision,
             });
         }
@@ -202,16 +205,32 @@ pub fn add_certificates(
         not_after: Some(time(certificates.root.info.not_after)),
     });
     let update = if bundles.failures.is_empty() {
-        let next = certificates.next_renewal().map_or("no device certificates yet".to_string(), |t| format!("next renewal at {t}"));
+        let next = certificates
+            .next_renewal()
+            .map_or("no device certificates yet".to_string(), |t| {
+                format!("next renewal at {t}")
+            });
         ConditionUpdate::new(
             ct::CERTIFICATES_READY,
             Status::True,
             reason::CERTIFICATES_ISSUED,
-            format!("{} device certificates valid; {next}", certificates.devices.len()),
+            format!(
+                "{} device certificates valid; {next}",
+                certificates.devices.len()
+            ),
         )
     } else {
-        let failed: Vec<String> = bundles.failures.iter().map(|(id, f)| format!("{id}: {f}")).collect();
-        ConditionUpdate::new(ct::CERTIFICATES_READY, Status::False, reason::BUNDLES_INCOMPLETE, summarize(&failed))
+        let failed: Vec<String> = bundles
+            .failures
+            .iter()
+            .map(|(id, f)| format!("{id}: {f}"))
+            .collect();
+        ConditionUpdate::new(
+            ct::CERTIFICATES_READY,
+            Status::False,
+            reason::BUNDLES_INCOMPLETE,
+            summarize(&failed),
+        )
     };
     status.conditions = merge_conditions(&status.conditions, &[update], generation, now);
 }
@@ -232,14 +251,22 @@ pub fn add_deployments(
             if crate::deploy::modules_healthy(modules) {
                 healthy += 1;
             } else {
-                let what = if modules.failing.is_empty() { format!("{} of {} modules running", modules.running, modules.desired) } else { modules.failing.join(", ") };
+                let what = if modules.failing.is_empty() {
+                    format!("{} of {} modules running", modules.running, modules.desired)
+                } else {
+                    modules.failing.join(", ")
+                };
                 failing.push(format!("{}: {what}", device.id));
             }
             device.modules = Some(modules.clone());
         }
         if let Some((name, configuration_id, is_applied)) = deployed.deployments.get(&device.id) {
             applied += u32::from(*is_applied);
-            device.deployment = Some(crate::api::DeviceDeploymentStatus { name: name.clone(), configuration_id: configuration_id.clone(), applied: *is_applied });
+            device.deployment = Some(crate::api::DeviceDeploymentStatus {
+                name: name.clone(),
+                configuration_id: configuration_id.clone(),
+                applied: *is_applied,
+            });
         }
     }
     if let Some(summary) = status.summary.as_mut() {
@@ -248,24 +275,58 @@ pub fn add_deployments(
     }
     let mut updates = vec![
         if deployed.not_ready.is_empty() {
-            ConditionUpdate::new(ct::DEPLOYMENTS_READY, Status::True, "Deployed", format!("{applied} devices report their deployment applied"))
+            ConditionUpdate::new(
+                ct::DEPLOYMENTS_READY,
+                Status::True,
+                "Deployed",
+                format!("{applied} devices report their deployment applied"),
+            )
         } else {
-            ConditionUpdate::new(ct::DEPLOYMENTS_READY, Status::False, "DeploymentsNotReady", summarize(&deployed.not_ready))
+            ConditionUpdate::new(
+                ct::DEPLOYMENTS_READY,
+                Status::False,
+                "DeploymentsNotReady",
+                summarize(&deployed.not_ready),
+            )
         },
         if failing.is_empty() {
-            ConditionUpdate::new(ct::MODULES_HEALTHY, Status::True, "ModulesRunning", format!("every module runs on {healthy} devices"))
+            ConditionUpdate::new(
+                ct::MODULES_HEALTHY,
+                Status::True,
+                "ModulesRunning",
+                format!("every module runs on {healthy} devices"),
+            )
         } else {
-            ConditionUpdate::new(ct::MODULES_HEALTHY, Status::False, "ModulesFailing", summarize(&failing))
+            ConditionUpdate::new(
+                ct::MODULES_HEALTHY,
+                Status::False,
+                "ModulesFailing",
+                summarize(&failing),
+            )
         },
     ];
     if !deployed.drift.is_empty() {
-        let reason = if policy == ReconcilePolicy::Manage { reason::DRIFT_CORRECTED } else { reason::DRIFT_REPORTED };
-        let mut message = status.conditions.iter().find(|c| c.type_ == ct::DRIFT_DETECTED && c.status == "True").map(|c| c.message.clone()).unwrap_or_default();
+        let reason = if policy == ReconcilePolicy::Manage {
+            reason::DRIFT_CORRECTED
+        } else {
+            reason::DRIFT_REPORTED
+        };
+        let mut message = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ct::DRIFT_DETECTED && c.status == "True")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
         if !message.is_empty() {
             message.push_str("; ");
         }
         message.push_str(&deployed.drift.join("; "));
-        updates.push(ConditionUpdate::new(ct::DRIFT_DETECTED, Status::True, reason, message));
+        updates.push(ConditionUpdate::new(
+            ct::DRIFT_DETECTED,
+            Status::True,
+            reason,
+            message,
+        ));
     }
     status.conditions = merge_conditions(&status.conditions, &updates, generation, now);
 }

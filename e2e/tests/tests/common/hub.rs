@@ -44,7 +44,11 @@ impl HubAdmin {
     }
 
     fn token(&self) -> String {
-        let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
         let resource = utf8_percent_encode(&self.host, NON_ALPHANUMERIC).to_string();
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
         mac.update(format!("{resource}\n{expiry}").as_bytes());
@@ -61,11 +65,23 @@ impl HubAdmin {
         format!("https://{}/{path}{sep}{API}", self.host)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<(u16, Value)> {
-        let response = request.header("Authorization", self.token()).send().await.with_context(|| what.to_string())?;
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = request
+            .header("Authorization", self.token())
+            .send()
+            .await
+            .with_context(|| what.to_string())?;
         let status = response.status().as_u16();
         let body = response.text().await?;
-        let value = if body.is_empty() { Value::Null } else { serde_json::from_str(&body).unwrap_or(Value::String(body)) };
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        };
         Ok((status, value))
     }
 
@@ -75,7 +91,13 @@ impl HubAdmin {
 
     /// The device identity, or None when it does not exist.
     pub async fn device(&self, id: &str) -> anyhow::Result<Option<Value>> {
-        let (status, body) = self.send(self.http.get(self.url(&format!("devices/{}", Self::segment(id)))), "GET device").await?;
+        let (status, body) = self
+            .send(
+                self.http
+                    .get(self.url(&format!("devices/{}", Self::segment(id)))),
+                "GET device",
+            )
+            .await?;
         match status {
             200 => Ok(Some(body)),
             404 => Ok(None),
@@ -84,7 +106,13 @@ impl HubAdmin {
     }
 
     pub async fn twin(&self, id: &str) -> anyhow::Result<Value> {
-        let (status, body) = self.send(self.http.get(self.url(&format!("twins/{}", Self::segment(id)))), "GET twin").await?;
+        let (status, body) = self
+            .send(
+                self.http
+                    .get(self.url(&format!("twins/{}", Self::segment(id)))),
+                "GET twin",
+            )
+            .await?;
         if status != 200 {
             bail!("GET twin {id}: {status} {body}");
         }
@@ -92,11 +120,24 @@ impl HubAdmin {
     }
 
     /// Read-modify-write of a device identity, as the portal does.
-    pub async fn edit_device(&self, id: &str, edit: impl FnOnce(&mut Value)) -> anyhow::Result<Value> {
-        let mut device = self.device(id).await?.with_context(|| format!("device {id} does not exist"))?;
+    pub async fn edit_device(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> anyhow::Result<Value> {
+        let mut device = self
+            .device(id)
+            .await?
+            .with_context(|| format!("device {id} does not exist"))?;
         edit(&mut device);
         let (status, body) = self
-            .send(self.http.put(self.url(&format!("devices/{}", Self::segment(id)))).header("If-Match", "*").json(&device), "PUT device")
+            .send(
+                self.http
+                    .put(self.url(&format!("devices/{}", Self::segment(id))))
+                    .header("If-Match", "*")
+                    .json(&device),
+                "PUT device",
+            )
             .await?;
         if status != 200 {
             bail!("PUT device {id}: {status} {body}");
@@ -114,7 +155,14 @@ impl HubAdmin {
         if let (Some(d), Some(e)) = (device.as_object_mut(), extra.as_object()) {
             d.extend(e.clone());
         }
-        let (status, body) = self.send(self.http.put(self.url(&format!("devices/{}", Self::segment(id)))).json(&device), "create device").await?;
+        let (status, body) = self
+            .send(
+                self.http
+                    .put(self.url(&format!("devices/{}", Self::segment(id))))
+                    .json(&device),
+                "create device",
+            )
+            .await?;
         if status != 200 {
             bail!("create device {id}: {status} {body}");
         }
@@ -123,7 +171,12 @@ impl HubAdmin {
 
     pub async fn delete_device(&self, id: &str) -> anyhow::Result<()> {
         let (status, body) = self
-            .send(self.http.delete(self.url(&format!("devices/{}", Self::segment(id)))).header("If-Match", "*"), "DELETE device")
+            .send(
+                self.http
+                    .delete(self.url(&format!("devices/{}", Self::segment(id))))
+                    .header("If-Match", "*"),
+                "DELETE device",
+            )
             .await?;
         if status != 204 && status != 200 {
             bail!("DELETE device {id}: {status} {body}");
@@ -133,7 +186,12 @@ impl HubAdmin {
 
     pub async fn patch_tags(&self, id: &str, tags: Value) -> anyhow::Result<()> {
         let (status, body) = self
-            .send(self.http.patch(self.url(&format!("twins/{}", Self::segment(id)))).json(&json!({"tags": tags})), "PATCH twin")
+            .send(
+                self.http
+                    .patch(self.url(&format!("twins/{}", Self::segment(id))))
+                    .json(&json!({"tags": tags})),
+                "PATCH twin",
+            )
             .await?;
         if status != 200 {
             bail!("PATCH twin {id}: {status} {body}");
@@ -146,13 +204,21 @@ impl HubAdmin {
         let mut rows = Vec::new();
         let mut continuation: Option<String> = None;
         loop {
-            let mut request = self.http.post(self.url("devices/query")).json(&json!({"query": sql})).header("x-ms-max-item-count", "100");
+            let mut request = self
+                .http
+                .post(self.url("devices/query"))
+                .json(&json!({"query": sql}))
+                .header("x-ms-max-item-count", "100");
             if let Some(c) = &continuation {
                 request = request.header("x-ms-continuation", c);
             }
             let response = request.header("Authorization", self.token()).send().await?;
             let status = response.status().as_u16();
-            continuation = response.headers().get("x-ms-continuation").and_then(|v| v.to_str().ok()).map(str::to_string);
+            continuation = response
+                .headers()
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let body: Value = response.json().await?;
             if status != 200 {
                 bail!("query {sql:?}: {status} {body}");
@@ -183,7 +249,12 @@ impl HubAdmin {
         Ok(body)
     }
 
-    pub async fn put_json(&self, path: &str, body: &Value, if_match: Option<&str>) -> anyhow::Result<Value> {
+    pub async fn put_json(
+        &self,
+        path: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let mut request = self.http.put(self.url(path)).json(body);
         if let Some(etag) = if_match {
             request = request.header("If-Match", format!("\"{}\"", etag.trim_matches('"')));
@@ -196,7 +267,9 @@ impl HubAdmin {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let (status, answer) = self.send(self.http.post(self.url(path)).json(body), "POST").await?;
+        let (status, answer) = self
+            .send(self.http.post(self.url(path)).json(body), "POST")
+            .await?;
         if !(200..300).contains(&status) {
             bail!("POST {path}: {status} {answer}");
         }
@@ -204,7 +277,12 @@ impl HubAdmin {
     }
 
     pub async fn delete_json(&self, path: &str) -> anyhow::Result<()> {
-        let (status, answer) = self.send(self.http.delete(self.url(path)).header("If-Match", "\"*\""), "DELETE").await?;
+        let (status, answer) = self
+            .send(
+                self.http.delete(self.url(path)).header("If-Match", "\"*\""),
+                "DELETE",
+            )
+            .await?;
         if status != 204 && status != 200 {
             bail!("DELETE {path}: {status} {answer}");
         }
@@ -212,7 +290,11 @@ impl HubAdmin {
     }
 
     pub async fn stats(&self) -> anyhow::Result<Value> {
-        let response = self.http.get(format!("https://{}/_emulator/stats", self.host)).send().await?;
+        let response = self
+            .http
+            .get(format!("https://{}/_emulator/stats", self.host))
+            .send()
+            .await?;
         Ok(response.json().await?)
     }
 
@@ -221,7 +303,11 @@ impl HubAdmin {
         let device = self.device(id).await?.unwrap_or_default();
         Ok(["primaryKey", "secondaryKey"]
             .iter()
-            .filter_map(|k| device.pointer(&format!("/authentication/symmetricKey/{k}")).and_then(Value::as_str))
+            .filter_map(|k| {
+                device
+                    .pointer(&format!("/authentication/symmetricKey/{k}"))
+                    .and_then(Value::as_str)
+            })
             .filter(|k| !k.is_empty())
             .map(str::to_string)
             .collect())

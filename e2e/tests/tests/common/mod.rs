@@ -10,13 +10,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
 use e2e_harness::process::ManagedChild;
 use e2e_harness::{ControlPlane, ControlPlaneOptions, wait_until, workspace_bin, workspace_root};
 use edge_hierarchy_operator::api::{EdgeHierarchy, EdgeHierarchyStatus};
 use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 
 pub use hub::HubAdmin;
 
@@ -36,24 +36,45 @@ pub struct Emulator {
 impl Emulator {
     pub async fn start(dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut args = vec!["--port".to_string(), "0".into(), "--dir".into(), dir.display().to_string()];
+        let mut args = vec![
+            "--port".to_string(),
+            "0".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let log = dir.join("emulator.log");
-        let process = ManagedChild::spawn("iothub-emulator", &workspace_bin("iothub-emulator")?, &args, &log)?;
-        let connection_string = wait_until(Duration::from_secs(60), Duration::from_millis(100), "the emulator's ready line", || async {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.lines().any(|l| l.starts_with("ready")) {
-                std::fs::read_to_string(dir.join("connection-string")).ok()
-            } else {
-                None
-            }
-        })
+        let process = ManagedChild::spawn(
+            "iothub-emulator",
+            &workspace_bin("iothub-emulator")?,
+            &args,
+            &log,
+        )?;
+        let connection_string = wait_until(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            "the emulator's ready line",
+            || async {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.lines().any(|l| l.starts_with("ready")) {
+                    std::fs::read_to_string(dir.join("connection-string")).ok()
+                } else {
+                    None
+                }
+            },
+        )
         .await
         .with_context(|| e2e_harness::process::log_tail(&log, 20))?;
         let connection_string = connection_string.trim().to_string();
         let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))?;
         let admin = HubAdmin::new(&connection_string, &ca_pem)?;
-        Ok(Self { process, dir: dir.to_owned(), connection_string, ca_pem, admin })
+        Ok(Self {
+            process,
+            dir: dir.to_owned(),
+            connection_string,
+            ca_pem,
+            admin,
+        })
     }
 }
 
@@ -72,7 +93,10 @@ impl Operator {
             .env("RUST_LOG", "info,edge_hierarchy_operator=debug,kube=warn")
             .env("NO_COLOR", "1");
         let process = ManagedChild::spawn_command("edge-hierarchy-operator", command, log, None)?;
-        Ok(Self { process, log: log.to_owned() })
+        Ok(Self {
+            process,
+            log: log.to_owned(),
+        })
     }
 
     /// SIGKILL, as a crash or an OOM kill would end it.
@@ -106,15 +130,33 @@ impl Env {
         let crd = workspace_root().join("crds/edgehierarchy.yaml");
         let out = cluster.kubectl(&["apply", "-f", &crd.display().to_string()])?;
         if !out.status.success() {
-            bail!("installing the CRD failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "installing the CRD failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let out = cluster.kubectl(&["wait", "--for=condition=established", "--timeout=60s", "crd/edgehierarchies.edgehierarchy.dev"])?;
+        let out = cluster.kubectl(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/edgehierarchies.edgehierarchy.dev",
+        ])?;
         if !out.status.success() {
-            bail!("the CRD did not become established: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "the CRD did not become established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let hub = Emulator::start(&dir.path().join("hub"), emulator_args).await?;
-        let operator = Operator::start(cluster.kubeconfig_path(), &dir.path().join("operator.log"))?;
-        Ok(Self { cluster, hub, operator, client, dir })
+        let operator =
+            Operator::start(cluster.kubeconfig_path(), &dir.path().join("operator.log"))?;
+        Ok(Self {
+            cluster,
+            hub,
+            operator,
+            client,
+            dir,
+        })
     }
 
     pub fn restart_operator(&mut self) -> anyhow::Result<()> {
@@ -126,15 +168,34 @@ impl Env {
     /// A namespace with the hub Secrets `iothub-service` and `iothub-ca`.
     pub async fn namespace(&self, name: &str) -> anyhow::Result<()> {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let ns = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         namespaces.create(&PostParams::default(), &ns).await?;
-        self.put_secret(name, "iothub-service", "connectionString", &self.hub.connection_string).await?;
-        self.put_secret(name, "iothub-ca", "ca.crt", &self.hub.ca_pem).await?;
+        self.put_secret(
+            name,
+            "iothub-service",
+            "connectionString",
+            &self.hub.connection_string,
+        )
+        .await?;
+        self.put_secret(name, "iothub-ca", "ca.crt", &self.hub.ca_pem)
+            .await?;
         Ok(())
     }
 
     /// Creates or replaces an Opaque Secret with one key.
-    pub async fn put_secret(&self, namespace: &str, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
+    pub async fn put_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> anyhow::Result<()> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let secret = serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -142,7 +203,9 @@ impl Env {
             "stringData": {key: value},
         });
         let _ = secrets.delete(name, &Default::default()).await;
-        secrets.create(&PostParams::default(), &serde_json::from_value(secret)?).await?;
+        secrets
+            .create(&PostParams::default(), &serde_json::from_value(secret)?)
+            .await?;
         Ok(())
     }
 
@@ -153,31 +216,58 @@ impl Env {
     /// Applies a hierarchy given as YAML (server-side apply, like `kubectl apply --server-side`).
     pub async fn apply(&self, namespace: &str, yaml: &str) -> anyhow::Result<EdgeHierarchy> {
         let object: serde_json::Value = serde_yaml::from_str(yaml)?;
-        let name = object["metadata"]["name"].as_str().context("metadata.name")?.to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .context("metadata.name")?
+            .to_string();
         let api = self.hierarchies(namespace);
-        Ok(api.patch(&name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&object)).await?)
+        Ok(api
+            .patch(
+                &name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(&object),
+            )
+            .await?)
     }
 
     pub async fn status(&self, namespace: &str, name: &str) -> anyhow::Result<EdgeHierarchyStatus> {
-        Ok(self.hierarchies(namespace).get(name).await?.status.unwrap_or_default())
+        Ok(self
+            .hierarchies(namespace)
+            .get(name)
+            .await?
+            .status
+            .unwrap_or_default())
     }
 
     /// Waits for a condition of the hierarchy to have `status` for the current generation.
-    pub async fn wait_condition(&self, namespace: &str, name: &str, type_: &str, status: &str) -> anyhow::Result<EdgeHierarchy> {
+    pub async fn wait_condition(
+        &self,
+        namespace: &str,
+        name: &str,
+        type_: &str,
+        status: &str,
+    ) -> anyhow::Result<EdgeHierarchy> {
         let api = self.hierarchies(namespace);
         let what = format!("{namespace}/{name} to have {type_}={status}");
         wait_until(CONVERGE, POLL, &what, || async {
             let h = api.get(name).await.ok()?;
             let s = h.status.as_ref()?;
             let c = s.conditions.iter().find(|c| c.type_ == type_)?;
-            (c.status == status && s.observed_generation == h.metadata.generation).then_some(h.clone())
+            (c.status == status && s.observed_generation == h.metadata.generation)
+                .then_some(h.clone())
         })
         .await
         .with_context(|| self.describe(namespace, name))
     }
 
     /// Waits until `check` holds on the hierarchy's status.
-    pub async fn wait_status<F>(&self, namespace: &str, name: &str, what: &str, check: F) -> anyhow::Result<EdgeHierarchyStatus>
+    pub async fn wait_status<F>(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        check: F,
+    ) -> anyhow::Result<EdgeHierarchyStatus>
     where
         F: Fn(&EdgeHierarchyStatus) -> bool,
     {
@@ -193,8 +283,11 @@ impl Env {
     /// Makes the operator reconcile now (an annotation change reaches it through its watch).
     pub async fn poke(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
         let stamp = format!("{:?}", std::time::SystemTime::now());
-        let patch = serde_json::json!({"metadata": {"annotations": {"e2e.edgehierarchy.dev/poke": stamp}}});
-        self.hierarchies(namespace).patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"e2e.edgehierarchy.dev/poke": stamp}}});
+        self.hierarchies(namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         Ok(())
     }
 
@@ -204,7 +297,10 @@ impl Env {
         // lastSyncTime has one-second precision: let a second pass so the next sync shows.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         self.poke(namespace, name).await?;
-        self.wait_status(namespace, name, "the next sync", |s| s.last_sync_time.is_some() && s.last_sync_time != before).await
+        self.wait_status(namespace, name, "the next sync", |s| {
+            s.last_sync_time.is_some() && s.last_sync_time != before
+        })
+        .await
     }
 
     /// Events about a hierarchy, as `reason: note` lines.
@@ -215,11 +311,23 @@ impl Env {
             .items
             .into_iter()
             .filter(|e| e.involved_object.name.as_deref() == Some(name))
-            .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                )
+            })
             .collect())
     }
 
-    pub async fn wait_event(&self, namespace: &str, name: &str, reason: &str, needle: &str) -> anyhow::Result<String> {
+    pub async fn wait_event(
+        &self,
+        namespace: &str,
+        name: &str,
+        reason: &str,
+        needle: &str,
+    ) -> anyhow::Result<String> {
         let what = format!("an Event {reason} containing {needle:?} on {namespace}/{name}");
         wait_until(Duration::from_secs(60), POLL, &what, || async {
             self.events(namespace, name)
@@ -233,17 +341,25 @@ impl Env {
 
     /// A readable dump for failure messages: the status and the operator's last log lines.
     pub fn describe(&self, namespace: &str, name: &str) -> String {
-        let out = self.cluster.kubectl(&["-n", namespace, "get", "eh", name, "-o", "yaml"]);
-        let yaml = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let out = self
+            .cluster
+            .kubectl(&["-n", namespace, "get", "eh", name, "-o", "yaml"]);
+        let yaml = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
         let log = self.operator.output();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        format!("hierarchy:\n{yaml}\noperator log (last lines, newest first):\n{}", tail.join("\n"))
+        format!(
+            "hierarchy:\n{yaml}\noperator log (last lines, newest first):\n{}",
+            tail.join("\n")
+        )
     }
 }
 
 /// Reads an example hierarchy and points it at the emulator's CA.
 pub fn example(name: &str) -> String {
-    let text = std::fs::read_to_string(workspace_root().join("examples").join(name)).expect("example exists");
+    let text = std::fs::read_to_string(workspace_root().join("examples").join(name))
+        .expect("example exists");
     with_emulator_ca(&text)
 }
 
@@ -267,7 +383,10 @@ pub fn hierarchy_yaml(name: &str, policy: &str, devices: &str) -> String {
 
 /// Counts of the emulator's stats that tests compare.
 pub fn stat(stats: &serde_json::Value, key: &str) -> u64 {
-    stats.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0)
+    stats
+        .get(key)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// Waits (up to [`CONVERGE`]) until `check` returns a value; failures show the operator's log.
@@ -276,11 +395,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    wait_until(CONVERGE, POLL, what, check).await.with_context(|| {
-        let log = env.operator.output();
-        let tail: Vec<&str> = log.lines().rev().take(10).collect();
-        format!("operator log (newest first):\n{}", tail.join("\n"))
-    })
+    wait_until(CONVERGE, POLL, what, check)
+        .await
+        .with_context(|| {
+            let log = env.operator.output();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            format!("operator log (newest first):\n{}", tail.join("\n"))
+        })
 }
 
 /// Waits until none of `ids` exists in the hub.
@@ -301,9 +422,11 @@ pub async fn wait_until_absent(admin: &HubAdmin, ids: &[&str]) -> anyhow::Result
 pub async fn wait_until_gone(env: &Env, namespace: &str, name: &str) -> anyhow::Result<()> {
     let api = env.hierarchies(namespace);
     let what = format!("{namespace}/{name} to be deleted");
-    wait_until(CONVERGE, POLL, &what, || async { matches!(api.get_opt(name).await, Ok(None)).then_some(()) })
-        .await
-        .with_context(|| env.describe(namespace, name))
+    wait_until(CONVERGE, POLL, &what, || async {
+        matches!(api.get_opt(name).await, Ok(None)).then_some(())
+    })
+    .await
+    .with_context(|| env.describe(namespace, name))
 }
 
 fn scope_of(twin: &Value) -> Option<&str> {
@@ -311,36 +434,85 @@ fn scope_of(twin: &Value) -> Option<&str> {
 }
 
 /// Checks the hub holds `ids` as the spec says: edge capability, parent links, ownership tags.
-pub async fn assert_hub_matches(env: &Env, namespace: &str, name: &str) -> anyhow::Result<BTreeMap<String, Value>> {
+pub async fn assert_hub_matches(
+    env: &Env,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<BTreeMap<String, Value>> {
     let h = env.hierarchies(namespace).get(name).await?;
     let uid = h.metadata.uid.clone().unwrap_or_default();
     let twins = env.hub.admin.all_twins().await?;
     for d in &h.spec.devices {
-        let twin = twins.get(&d.id).with_context(|| format!("device {} is not in the hub", d.id))?;
+        let twin = twins
+            .get(&d.id)
+            .with_context(|| format!("device {} is not in the hub", d.id))?;
         let edge = d.device_type == edge_hierarchy_operator::api::DeviceType::Edge;
-        anyhow::ensure!(twin.pointer("/capabilities/iotEdge") == Some(&json!(edge)), "{}: iotEdge {:?}", d.id, twin.get("capabilities"));
-        anyhow::ensure!(twin.pointer("/status") == Some(&json!("enabled")), "{}: status {:?}", d.id, twin.get("status"));
-        let tags = twin.pointer("/tags/edgeHierarchy").with_context(|| format!("{}: no ownership tags", d.id))?;
-        anyhow::ensure!(tags["uid"] == json!(uid) && tags["name"] == json!(name) && tags["namespace"] == json!(namespace), "{}: tags {tags}", d.id);
+        anyhow::ensure!(
+            twin.pointer("/capabilities/iotEdge") == Some(&json!(edge)),
+            "{}: iotEdge {:?}",
+            d.id,
+            twin.get("capabilities")
+        );
+        anyhow::ensure!(
+            twin.pointer("/status") == Some(&json!("enabled")),
+            "{}: status {:?}",
+            d.id,
+            twin.get("status")
+        );
+        let tags = twin
+            .pointer("/tags/edgeHierarchy")
+            .with_context(|| format!("{}: no ownership tags", d.id))?;
+        anyhow::ensure!(
+            tags["uid"] == json!(uid)
+                && tags["name"] == json!(name)
+                && tags["namespace"] == json!(namespace),
+            "{}: tags {tags}",
+            d.id
+        );
         if let Some(deployment) = &d.deployment {
-            anyhow::ensure!(tags["deployment"] == json!(deployment), "{}: deployment tag {tags}", d.id);
+            anyhow::ensure!(
+                tags["deployment"] == json!(deployment),
+                "{}: deployment tag {tags}",
+                d.id
+            );
         }
         if edge {
             let scope = scope_of(twin).unwrap_or_default();
-            anyhow::ensure!(scope.starts_with(&format!("ms-azure-iot-edge://{}-", d.id)), "{}: deviceScope {scope:?}", d.id);
+            anyhow::ensure!(
+                scope.starts_with(&format!("ms-azure-iot-edge://{}-", d.id)),
+                "{}: deviceScope {scope:?}",
+                d.id
+            );
         }
         match &d.parent {
-            None => anyhow::ensure!(twin.get("parentScopes").and_then(Value::as_array).is_none_or(|a| a.is_empty()), "{}: top device has parents", d.id),
+            None => anyhow::ensure!(
+                twin.get("parentScopes")
+                    .and_then(Value::as_array)
+                    .is_none_or(|a| a.is_empty()),
+                "{}: top device has parents",
+                d.id
+            ),
             Some(parent) => {
-                let parent_scope = twins.get(parent).and_then(scope_of).with_context(|| format!("parent {parent} has no scope"))?;
+                let parent_scope = twins
+                    .get(parent)
+                    .and_then(scope_of)
+                    .with_context(|| format!("parent {parent} has no scope"))?;
                 let scopes = twin.get("parentScopes").cloned().unwrap_or_default();
-                anyhow::ensure!(scopes == json!([parent_scope]), "{}: parentScopes {scopes} but parent scope {parent_scope}", d.id);
+                anyhow::ensure!(
+                    scopes == json!([parent_scope]),
+                    "{}: parentScopes {scopes} but parent scope {parent_scope}",
+                    d.id
+                );
                 if !edge {
-                    anyhow::ensure!(scope_of(twin) == Some(parent_scope), "{}: leaf deviceScope {:?}", d.id, scope_of(twin));
+                    anyhow::ensure!(
+                        scope_of(twin) == Some(parent_scope),
+                        "{}: leaf deviceScope {:?}",
+                        d.id,
+                        scope_of(twin)
+                    );
                 }
             }
         }
     }
     Ok(twins)
 }
-

@@ -38,7 +38,11 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} ({}); fix: {}", self.subject, self.problem, self.field, self.fix)
+        write!(
+            f,
+            "{}: {} ({}); fix: {}",
+            self.subject, self.problem, self.field, self.fix
+        )
     }
 }
 
@@ -49,7 +53,11 @@ pub struct Violations(pub Vec<Violation>);
 impl fmt::Display for Violations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} problem{} in the spec: ", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} problem{} in the spec: ",
+            if n == 1 { "" } else { "s" }
+        )?;
         for (i, v) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
@@ -98,7 +106,12 @@ fn device_field(id: &str, field: &str) -> String {
 }
 
 fn violation(field: String, subject: &str, problem: String, fix: impl Into<String>) -> Violation {
-    Violation { field, subject: format!("device {subject:?}"), problem, fix: fix.into() }
+    Violation {
+        field,
+        subject: format!("device {subject:?}"),
+        problem,
+        fix: fix.into(),
+    }
 }
 
 fn is_iothub_id_char(c: char) -> bool {
@@ -205,12 +218,18 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
         out.push(Violation {
             field: "spec.devices".into(),
             subject: "hierarchy devices".into(),
-            problem: format!("{} devices, more than the {MAX_DEVICES} one hierarchy holds", spec.devices.len()),
+            problem: format!(
+                "{} devices, more than the {MAX_DEVICES} one hierarchy holds",
+                spec.devices.len()
+            ),
             fix: "split the fleet into several hierarchies on the same hub".into(),
         });
     }
-    let deployments: BTreeMap<&str, bool> =
-        spec.deployments.iter().map(|d| (d.name.as_str(), d.layered)).collect();
+    let deployments: BTreeMap<&str, bool> = spec
+        .deployments
+        .iter()
+        .map(|d| (d.name.as_str(), d.layered))
+        .collect();
 
     // Index devices; a duplicate id makes the tree ambiguous, so only the first one counts.
     let mut by_id = BTreeMap::new();
@@ -232,7 +251,9 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
     // Parent links.
     let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for d in by_id.values() {
-        let Some(parent) = d.parent.as_deref() else { continue };
+        let Some(parent) = d.parent.as_deref() else {
+            continue;
+        };
         if parent == d.id {
             out.push(violation(
                 device_field(&d.id, "parent"),
@@ -255,7 +276,10 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
                 format!("parent {parent:?} is a Leaf device and cannot have children"),
                 format!("make {parent:?} an Edge device or choose an Edge device as parent"),
             )),
-            Some(_) => children.entry(parent.to_string()).or_default().push(d.id.clone()),
+            Some(_) => children
+                .entry(parent.to_string())
+                .or_default()
+                .push(d.id.clone()),
         }
     }
     for (parent, kids) in &children {
@@ -263,7 +287,10 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
             out.push(violation(
                 format!("spec.devices[{parent}]"),
                 parent,
-                format!("{} children, more than the {MAX_CHILDREN} IoT Hub allows one parent", kids.len()),
+                format!(
+                    "{} children, more than the {MAX_CHILDREN} IoT Hub allows one parent",
+                    kids.len()
+                ),
                 "move some children under another Edge device of the same layer",
             ));
         }
@@ -307,7 +334,11 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
     for kids in children.values_mut() {
         kids.sort();
     }
-    Topology { order, layer, children }
+    Topology {
+        order,
+        layer,
+        children,
+    }
 }
 
 fn check_device_fields(
@@ -321,7 +352,10 @@ fn check_device_fields(
         out.push(violation(
             device_field(id, "id"),
             id,
-            format!("the id has {} characters; IoT Hub allows 1 to {MAX_DEVICE_ID_LEN}", id.len()),
+            format!(
+                "the id has {} characters; IoT Hub allows 1 to {MAX_DEVICE_ID_LEN}",
+                id.len()
+            ),
             "shorten the id",
         ));
     }
@@ -371,7 +405,8 @@ fn check_device_fields(
             out.push(violation(
                 device_field(id, "parent"),
                 id,
-                "a Leaf device has no parent; it can only reach the hub through an Edge gateway".into(),
+                "a Leaf device has no parent; it can only reach the hub through an Edge gateway"
+                    .into(),
                 "name its Edge gateway as parent",
             ));
         }

@@ -5,7 +5,10 @@ use crate::api::spec::*;
 fn spec(devices: Vec<DeviceSpec>) -> EdgeHierarchySpec {
     EdgeHierarchySpec {
         iot_hub: IotHubSpec {
-            connection_string_secret_ref: SecretKeyRef { name: "hub".into(), key: "connectionString".into() },
+            connection_string_secret_ref: SecretKeyRef {
+                name: "hub".into(),
+                key: "connectionString".into(),
+            },
             ca_secret_ref: None,
             rate_limits: None,
         },
@@ -78,7 +81,10 @@ fn assert_single(spec: &EdgeHierarchySpec, field: &str, needle: &str) -> Violati
 
 #[test]
 fn tutorial_shape_is_valid_and_layered() {
-    let s = spec(vec![edge("top-layer", None), edge("lower-layer", Some("top-layer"))]);
+    let s = spec(vec![
+        edge("top-layer", None),
+        edge("lower-layer", Some("top-layer")),
+    ]);
     let t = validate(&s).unwrap();
     assert_eq!(t.order, ["top-layer", "lower-layer"]);
     assert_eq!(t.layer["top-layer"], 1);
@@ -112,22 +118,35 @@ fn thousand_devices_in_five_layers_validate_in_parent_first_order() {
         previous = current;
     }
     for i in 0..200 {
-        devices.push(leaf(&format!("sensor-{i:03}"), &previous[i % previous.len()]));
+        devices.push(leaf(
+            &format!("sensor-{i:03}"),
+            &previous[i % previous.len()],
+        ));
     }
     assert_eq!(devices.len(), 1000);
     // Leaves below layer 5 form layer 6, which is allowed. Order in the spec must not matter.
     devices.reverse();
     let t = validate(&spec(devices)).unwrap();
     assert_eq!(t.order.len(), 1000);
-    let position: BTreeMap<&str, usize> =
-        t.order.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let position: BTreeMap<&str, usize> = t
+        .order
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
     for (parent, kids) in &t.children {
         for kid in kids {
-            assert!(position[parent.as_str()] < position[kid.as_str()], "{parent} after {kid}");
+            assert!(
+                position[parent.as_str()] < position[kid.as_str()],
+                "{parent} after {kid}"
+            );
             assert_eq!(t.layer[kid], t.layer[parent] + 1);
         }
     }
-    assert_eq!(t.layers().iter().map(Vec::len).collect::<Vec<_>>(), [10, 40, 150, 300, 300, 200]);
+    assert_eq!(
+        t.layers().iter().map(Vec::len).collect::<Vec<_>>(),
+        [10, 40, 150, 300, 300, 200]
+    );
 }
 
 #[test]
@@ -139,7 +158,11 @@ fn more_than_a_thousand_devices_is_rejected() {
 #[test]
 fn missing_parent_names_device_and_field() {
     let s = spec(vec![edge("top", None), edge("child", Some("nowhere"))]);
-    let v = assert_single(&s, "spec.devices[child].parent", "\"nowhere\" is not a device");
+    let v = assert_single(
+        &s,
+        "spec.devices[child].parent",
+        "\"nowhere\" is not a device",
+    );
     assert_eq!(v.subject, "device \"child\"");
     assert!(v.to_string().contains("child") && v.to_string().contains("fix:"));
 }
@@ -161,7 +184,11 @@ fn cycles_of_every_length_are_reported_once() {
         assert_eq!(all.len(), 1, "n={n}: {all:#?}");
         assert!(all[0].problem.contains("cycle"), "{}", all[0]);
         for i in 1..=n {
-            assert!(all[0].problem.contains(&format!("d{i}")), "n={n}: {}", all[0]);
+            assert!(
+                all[0].problem.contains(&format!("d{i}")),
+                "n={n}: {}",
+                all[0]
+            );
         }
     }
 }
@@ -191,7 +218,11 @@ fn two_separate_cycles_are_both_reported() {
 
 #[test]
 fn leaf_parent_is_rejected() {
-    let s = spec(vec![edge("top", None), leaf("sensor", "top"), leaf("child", "sensor")]);
+    let s = spec(vec![
+        edge("top", None),
+        leaf("sensor", "top"),
+        leaf("child", "sensor"),
+    ]);
     assert_single(&s, "spec.devices[child].parent", "is a Leaf device");
 }
 
@@ -217,18 +248,34 @@ fn five_edge_layers_are_fine_and_six_are_not() {
 fn deep_chains_report_every_device_too_deep() {
     let all = violations(&spec(chain(9)));
     let ids: Vec<&str> = all.iter().map(|v| v.subject.as_str()).collect();
-    assert_eq!(ids, ["device \"d6\"", "device \"d7\"", "device \"d8\"", "device \"d9\""]);
+    assert_eq!(
+        ids,
+        [
+            "device \"d6\"",
+            "device \"d7\"",
+            "device \"d8\"",
+            "device \"d9\""
+        ]
+    );
 }
 
 #[test]
 fn unknown_deployment_names_are_rejected() {
     let mut d = edge("top", None);
     d.deployment = Some("nope".into());
-    assert_single(&spec(vec![d]), "spec.devices[top].deployment", "\"nope\" is not in spec.deployments");
+    assert_single(
+        &spec(vec![d]),
+        "spec.devices[top].deployment",
+        "\"nope\" is not in spec.deployments",
+    );
 
     let mut d = edge("top", None);
     d.layered_deployments = vec!["missing".into()];
-    assert_single(&spec(vec![d]), "spec.devices[top].layeredDeployments", "\"missing\"");
+    assert_single(
+        &spec(vec![d]),
+        "spec.devices[top].layeredDeployments",
+        "\"missing\"",
+    );
 }
 
 #[test]
@@ -239,7 +286,11 @@ fn base_and_layered_deployments_cannot_swap_roles() {
 
     let mut d = edge("top", None);
     d.layered_deployments = vec!["base".into()];
-    assert_single(&spec(vec![d]), "spec.devices[top].layeredDeployments", "not layered");
+    assert_single(
+        &spec(vec![d]),
+        "spec.devices[top].layeredDeployments",
+        "not layered",
+    );
 
     let mut d = edge("top", None);
     d.layered_deployments = vec!["monitoring".into()];
@@ -250,7 +301,11 @@ fn base_and_layered_deployments_cannot_swap_roles() {
 fn leaf_with_deployment_or_without_parent_is_rejected() {
     let mut l = leaf("sensor", "top");
     l.deployment = Some("base".into());
-    assert_single(&spec(vec![edge("top", None), l]), "spec.devices[sensor].deployment", "Leaf");
+    assert_single(
+        &spec(vec![edge("top", None), l]),
+        "spec.devices[sensor].deployment",
+        "Leaf",
+    );
 
     let mut l = leaf("sensor", "top");
     l.parent = None;
@@ -260,10 +315,28 @@ fn leaf_with_deployment_or_without_parent_is_rejected() {
 #[test]
 fn id_rules() {
     assert!(validate(&spec(vec![edge(&"e".repeat(55), None)])).is_ok());
-    assert_single(&spec(vec![edge(&"e".repeat(56), None)]), &format!("spec.devices[{}].id", "e".repeat(56)), "deviceca");
-    assert_single(&spec(vec![edge("top/1", None)]), "spec.devices[top/1].id", "'/'");
-    assert_single(&spec(vec![edge("a b", None)]), "spec.devices[a b].id", "' '");
-    assert!(validate(&spec(vec![edge("a-b:c.d+e%f_g#h*i?j!k(l)m,n=o@p$q'r", None)])).is_ok());
+    assert_single(
+        &spec(vec![edge(&"e".repeat(56), None)]),
+        &format!("spec.devices[{}].id", "e".repeat(56)),
+        "deviceca",
+    );
+    assert_single(
+        &spec(vec![edge("top/1", None)]),
+        "spec.devices[top/1].id",
+        "'/'",
+    );
+    assert_single(
+        &spec(vec![edge("a b", None)]),
+        "spec.devices[a b].id",
+        "' '",
+    );
+    assert!(
+        validate(&spec(vec![edge(
+            "a-b:c.d+e%f_g#h*i?j!k(l)m,n=o@p$q'r",
+            None
+        )]))
+        .is_ok()
+    );
 
     // Leaf ids may be longer, up to the hub's 128, unless they become X509 common names.
     let long_leaf = "s".repeat(128);
@@ -271,9 +344,17 @@ fn id_rules() {
     assert!(validate(&s).is_ok());
     let mut x509 = s.clone();
     x509.authentication = AuthenticationType::X509;
-    assert_single(&x509, &format!("spec.devices[{long_leaf}].id"), "common name");
+    assert_single(
+        &x509,
+        &format!("spec.devices[{long_leaf}].id"),
+        "common name",
+    );
     let s = spec(vec![edge("top", None), leaf(&"s".repeat(129), "top")]);
-    assert_single(&s, &format!("spec.devices[{}].id", "s".repeat(129)), "1 to 128");
+    assert_single(
+        &s,
+        &format!("spec.devices[{}].id", "s".repeat(129)),
+        "1 to 128",
+    );
 }
 
 #[test]
@@ -291,7 +372,10 @@ fn deployment_needs_exactly_one_source() {
     let mut s = spec(vec![]);
     s.deployments[0].content = None;
     assert_single(&s, "spec.deployments[base]", "exactly one");
-    s.deployments[0].config_map_ref = Some(ConfigMapKeyRef { name: "cm".into(), key: "k".into() });
+    s.deployments[0].config_map_ref = Some(ConfigMapKeyRef {
+        name: "cm".into(),
+        key: "k".into(),
+    });
     s.deployments[0].content = Some(serde_json::json!({}));
     assert_single(&s, "spec.deployments[base]", "exactly one");
 }
@@ -306,7 +390,11 @@ fn durations_are_checked() {
 
     let mut s = spec(vec![]);
     s.certificates.renew_before = "2160h".into();
-    assert_single(&s, "spec.certificates.renewBefore", "not shorter than duration");
+    assert_single(
+        &s,
+        "spec.certificates.renewBefore",
+        "not shorter than duration",
+    );
     s.certificates.renew_before = "1y".into();
     assert_single(&s, "spec.certificates.renewBefore", "unknown unit");
     let mut s = spec(vec![]);
@@ -350,12 +438,18 @@ fn all_rules_combined_are_reported_together_and_sorted() {
         "spec.devices[top2].deployment",
         "spec.devices[cd6].parent",
     ] {
-        assert!(fields.contains(&expected), "{expected} missing from {fields:#?}");
+        assert!(
+            fields.contains(&expected),
+            "{expected} missing from {fields:#?}"
+        );
     }
     assert_eq!(all.len(), 7, "{all:#?}");
     let mut sorted = all.clone();
     sorted.sort();
     assert_eq!(all, sorted);
     let message = Violations(all).to_string();
-    assert!(message.starts_with("7 problems in the spec: [1] "), "{message}");
+    assert!(
+        message.starts_with("7 problems in the spec: [1] "),
+        "{message}"
+    );
 }
