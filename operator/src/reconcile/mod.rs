@@ -72,6 +72,8 @@ pub struct Context {
     pub hubs: HubClients,
     /// Key generation and signing run here, off the async runtime, a few at a time.
     pub crypto: crate::pki::CryptoPool,
+    /// Consecutive failed reconciles per hierarchy, for the retry backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -84,6 +86,7 @@ impl Context {
             events: events::EventPublisher::new(client.clone(), reporter),
             hubs: HubClients::new(client.clone(), counters),
             crypto: crate::pki::CryptoPool::with_available_parallelism(),
+            failures: Default::default(),
             client,
         }
     }
@@ -166,19 +169,63 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
 async fn reconcile(hierarchy: Arc<EdgeHierarchy>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let namespace = hierarchy.namespace().unwrap_or_default();
     let api: Api<EdgeHierarchy> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, hierarchy, |event| async {
+    let key = failure_key(&hierarchy);
+    let result = finalizer(&api, FINALIZER, hierarchy, |event| async {
         match event {
             FinalizerEvent::Apply(h) => sync(&h, &ctx).await,
             FinalizerEvent::Cleanup(h) => cleanup(&h, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures.lock().expect("failure counts").remove(&key);
+    }
+    result
 }
 
-fn error_policy(hierarchy: Arc<EdgeHierarchy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
-    warn!(hierarchy = %hierarchy.name_any(), error = %error, "reconcile error; retrying");
-    Requeue::requeue(Duration::from_secs(15))
+fn failure_key(hierarchy: &EdgeHierarchy) -> String {
+    format!(
+        "{}/{}",
+        hierarchy.namespace().unwrap_or_default(),
+        hierarchy.name_any()
+    )
+}
+
+/// Retries a failed reconcile with exponential backoff per hierarchy: 5 s, 10 s, 20 s ... up to
+/// 5 minutes, with up to 20% jitter so hierarchies failing together do not retry together.
+fn error_policy(hierarchy: Arc<EdgeHierarchy>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let failures = {
+        let mut counts = ctx.failures.lock().expect("failure counts");
+        let count = counts.entry(failure_key(&hierarchy)).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = retry_delay(failures, rand::random::<f64>());
+    warn!(hierarchy = %hierarchy.name_any(), error = %error, failures, retry_in = ?delay, "reconcile failed; retrying");
+    Requeue::requeue(delay)
+}
+
+/// The delay before retry number `failures` (1-based); `jitter` in [0, 1).
+fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let base = 5.0 * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
+    Duration::from_secs_f64(base.min(300.0) * (1.0 + 0.2 * jitter.clamp(0.0, 1.0)))
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes_with_bounded_jitter() {
+        assert_eq!(retry_delay(1, 0.0), Duration::from_secs(5));
+        assert_eq!(retry_delay(2, 0.0), Duration::from_secs(10));
+        assert_eq!(retry_delay(4, 0.0), Duration::from_secs(40));
+        assert_eq!(retry_delay(10, 0.0), Duration::from_secs(300));
+        assert_eq!(retry_delay(u32::MAX, 0.0), Duration::from_secs(300));
+        assert!(retry_delay(1, 0.999) < Duration::from_secs(6));
+        assert!(retry_delay(1, 0.5) > Duration::from_secs(5));
+    }
 }
 
 fn now() -> Time {
