@@ -212,22 +212,6 @@ fn retry_delay(failures: u32, jitter: f64) -> Duration {
     Duration::from_secs_f64(base.min(300.0) * (1.0 + 0.2 * jitter.clamp(0.0, 1.0)))
 }
 
-#[cfg(test)]
-mod retry_tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes_with_bounded_jitter() {
-        assert_eq!(retry_delay(1, 0.0), Duration::from_secs(5));
-        assert_eq!(retry_delay(2, 0.0), Duration::from_secs(10));
-        assert_eq!(retry_delay(4, 0.0), Duration::from_secs(40));
-        assert_eq!(retry_delay(10, 0.0), Duration::from_secs(300));
-        assert_eq!(retry_delay(u32::MAX, 0.0), Duration::from_secs(300));
-        assert!(retry_delay(1, 0.999) < Duration::from_secs(6));
-        assert!(retry_delay(1, 0.5) > Duration::from_secs(5));
-    }
-}
-
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
@@ -282,25 +266,15 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         Ok(t) => t,
         Err(violations) => {
             let message = violations.to_string();
-            let status = blocked_status(
+            stall(
+                hierarchy,
+                ctx,
                 &previous,
                 reason::INVALID_SPEC,
-                &message,
-                true,
-                generation,
-                &now(),
-            );
-            if status != previous {
-                ctx.event(
-                    hierarchy,
-                    EventType::Warning,
-                    reason::INVALID_SPEC,
-                    "Validate",
-                    message,
-                )
-                .await;
-                patch_status(ctx, hierarchy, &status).await?;
-            }
+                "Validate",
+                message,
+            )
+            .await?;
             return Ok(Requeue::await_change());
         }
     };
@@ -311,25 +285,15 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         Ok(m) => m,
         Err(deployments::DeploymentError::Invalid(errors)) => {
             let message = deployments::DeploymentError::Invalid(errors).to_string();
-            let status = blocked_status(
+            stall(
+                hierarchy,
+                ctx,
                 &previous,
                 reason::INVALID_SPEC,
-                &message,
-                true,
-                generation,
-                &now(),
-            );
-            if status != previous {
-                ctx.event(
-                    hierarchy,
-                    EventType::Warning,
-                    reason::INVALID_SPEC,
-                    "Validate",
-                    message,
-                )
-                .await;
-                patch_status(ctx, hierarchy, &status).await?;
-            }
+                "Validate",
+                message,
+            )
+            .await?;
             return Ok(Requeue::requeue(Duration::from_secs(300)));
         }
         Err(e) => return Err(e.into()),
@@ -353,25 +317,15 @@ async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error
         Ok(c) => c,
         Err(e) if e.needs_person() => {
             let message = e.to_string();
-            let status = blocked_status(
+            stall(
+                hierarchy,
+                ctx,
                 &previous,
                 reason::INVALID_ROOT_CA,
-                &message,
-                true,
-                generation,
-                &now(),
-            );
-            if status != previous {
-                ctx.event(
-                    hierarchy,
-                    EventType::Warning,
-                    reason::INVALID_ROOT_CA,
-                    "IssueCertificates",
-                    message,
-                )
-                .await;
-                patch_status(ctx, hierarchy, &status).await?;
-            }
+                "IssueCertificates",
+                message,
+            )
+            .await?;
             return Ok(Requeue::requeue(Duration::from_secs(300)));
         }
         Err(e) => return Err(e.into()),
@@ -621,6 +575,32 @@ async fn publish_certificate_events(
     }
 }
 
+/// Marks the hierarchy Stalled for a reason a person must fix, with a Warning Event, unless the
+/// status says so already (so a resync does not repeat the Event).
+async fn stall(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    previous: &EdgeHierarchyStatus,
+    reason: &str,
+    action: &str,
+    message: String,
+) -> Result<(), Error> {
+    let status = blocked_status(
+        previous,
+        reason,
+        &message,
+        true,
+        hierarchy.metadata.generation,
+        &now(),
+    );
+    if status != *previous {
+        ctx.event(hierarchy, EventType::Warning, reason, action, message)
+            .await;
+        patch_status(ctx, hierarchy, &status).await?;
+    }
+    Ok(())
+}
+
 fn merge_applied(totals: &mut hub::Applied, applied: hub::Applied) {
     totals.created.extend(applied.created);
     totals.fixed.extend(applied.fixed);
@@ -738,26 +718,15 @@ async fn credentials_blocked(
     previous: &EdgeHierarchyStatus,
     error: CredentialError,
 ) -> Result<Requeue, Error> {
-    let message = error.to_string();
-    let status = blocked_status(
+    stall(
+        hierarchy,
+        ctx,
         previous,
         reason::BAD_CREDENTIALS,
-        &message,
-        true,
-        hierarchy.metadata.generation,
-        &now(),
-    );
-    if status != *previous {
-        ctx.event(
-            hierarchy,
-            EventType::Warning,
-            reason::BAD_CREDENTIALS,
-            "ReadCredentials",
-            message,
-        )
-        .await;
-        patch_status(ctx, hierarchy, &status).await?;
-    }
+        "ReadCredentials",
+        error.to_string(),
+    )
+    .await?;
     // A fix to the Secret triggers a reconcile through the Secret watch; this is a fallback.
     Ok(Requeue::requeue(Duration::from_secs(300)))
 }
@@ -897,4 +866,20 @@ async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Er
             .await;
     }
     Ok(Requeue::await_change())
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes_with_bounded_jitter() {
+        assert_eq!(retry_delay(1, 0.0), Duration::from_secs(5));
+        assert_eq!(retry_delay(2, 0.0), Duration::from_secs(10));
+        assert_eq!(retry_delay(4, 0.0), Duration::from_secs(40));
+        assert_eq!(retry_delay(10, 0.0), Duration::from_secs(300));
+        assert_eq!(retry_delay(u32::MAX, 0.0), Duration::from_secs(300));
+        assert!(retry_delay(1, 0.999) < Duration::from_secs(6));
+        assert!(retry_delay(1, 0.5) > Duration::from_secs(5));
+    }
 }
