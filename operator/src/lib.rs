@@ -6,6 +6,7 @@ pub mod api;
 pub mod bundle;
 pub mod deploy;
 pub mod iothub;
+pub mod metrics;
 pub mod names;
 pub mod pki;
 pub mod reconcile;

@@ -22,6 +22,9 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long, env = "LOG_JSON")]
         log_json: bool,
+        /// Address of the /metrics, /healthz and /readyz endpoints (0.0.0.0:8080 in a cluster).
+        #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
+        metrics_addr: std::net::SocketAddr,
     },
     /// Print the EdgeHierarchy CustomResourceDefinition as YAML.
     Crd,
@@ -44,7 +47,10 @@ fn init_tracing(json: bool) {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", serde_yaml::to_string(&EdgeHierarchy::crd())?),
-        Command::Run { log_json } => {
+        Command::Run {
+            log_json,
+            metrics_addr,
+        } => {
             init_tracing(log_json);
             // kube, reqwest and rcgen all use aws-lc-rs; installing it process-wide up front
             // means no TLS set-up has to guess which provider to use.
@@ -54,7 +60,19 @@ async fn main() -> anyhow::Result<()> {
                     "cannot reach Kubernetes ({e}); set KUBECONFIG or run inside a cluster"
                 )
             })?;
-            edge_hierarchy_operator::reconcile::run(client).await?;
+            let counters =
+                std::sync::Arc::new(edge_hierarchy_operator::iothub::HubCallCounters::new());
+            let metrics =
+                std::sync::Arc::new(edge_hierarchy_operator::metrics::Metrics::new(&counters));
+            // Metrics are secondary: if their port is taken, say so and keep reconciling.
+            let served = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = edge_hierarchy_operator::metrics::serve(metrics_addr, served).await
+                {
+                    tracing::error!(error = %e, "metrics endpoint unavailable");
+                }
+            });
+            edge_hierarchy_operator::reconcile::run(client, counters, metrics).await?;
         }
     }
     Ok(())

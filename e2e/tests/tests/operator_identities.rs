@@ -665,6 +665,49 @@ async fn no_secret_leaks(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn metrics_and_health_are_served(env: &Env) -> anyhow::Result<()> {
+    let log = env.operator.output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .context("the operator did not log its metrics address")?;
+    let address = line
+        .split("address=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .context("no address in the log line")?;
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let ok_reconciles = metrics
+        .lines()
+        .find(|l| l.starts_with("edge_hierarchy_reconciles_total{outcome=\"ok\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    ensure!(
+        ok_reconciles > 0.0,
+        "no successful reconcile counted:\n{metrics}"
+    );
+    ensure!(
+        metrics.contains("edge_hierarchy_iothub_calls_total{"),
+        "no hub calls counted:\n{metrics}"
+    );
+    for path in ["healthz", "readyz"] {
+        let status = http
+            .get(format!("http://{address}/{path}"))
+            .send()
+            .await?
+            .status();
+        ensure!(status.is_success(), "/{path} answered {status}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_manages_identities() -> anyhow::Result<()> {
     let env = Env::start(&["--strict"]).await?;
@@ -733,6 +776,12 @@ async fn operator_manages_identities() -> anyhow::Result<()> {
         .await;
     checks
         .run("no key or token leaks", no_secret_leaks(&env))
+        .await;
+    checks
+        .run(
+            "metrics and health endpoints are served",
+            metrics_and_health_are_served(&env),
+        )
         .await;
     checks.finish()
 }

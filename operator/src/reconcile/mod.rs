@@ -72,12 +72,18 @@ pub struct Context {
     pub hubs: HubClients,
     /// Key generation and signing run here, off the async runtime, a few at a time.
     pub crypto: crate::pki::CryptoPool,
+    /// Reconcile counts and durations for /metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failed reconciles per hierarchy, for the retry backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, counters: Arc<HubCallCounters>) -> Self {
+    pub fn new(
+        client: Client,
+        counters: Arc<HubCallCounters>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -87,6 +93,7 @@ impl Context {
             hubs: HubClients::new(client.clone(), counters),
             crypto: crate::pki::CryptoPool::with_available_parallelism(),
             failures: Default::default(),
+            metrics,
             client,
         }
     }
@@ -111,15 +118,18 @@ impl Context {
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(client: Client) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    counters: Arc<HubCallCounters>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<()> {
     let hierarchies = Api::<EdgeHierarchy>::all(client.clone());
     if let Err(e) = hierarchies.list(&ListParams::default().limit(1)).await {
         anyhow::bail!(
             "cannot list EdgeHierarchy resources ({e}); install the CRD with `edge-hierarchy-operator crd | kubectl apply -f -` and check the operator's RBAC"
         );
     }
-    let counters = Arc::new(HubCallCounters::new());
-    let context = Arc::new(Context::new(client.clone(), counters));
+    let context = Arc::new(Context::new(client.clone(), counters, metrics.clone()));
     // Reconcile on spec changes (generation), finalizer changes (the finalizer helper waits for
     // its own patch), and annotations (`kubectl annotate` forces a sync). Not on status writes:
     // every sync writes lastSyncTime, and reacting to that would loop and spend the hub's
@@ -141,7 +151,7 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
     // hierarchy that refers to it, so fixing a bad key takes effect at once. Only metadata is
     // watched; the data is read when needed.
     let secrets = Api::<PartialObjectMeta<Secret>>::all(client.clone());
-    controller
+    let controller = controller
         .watches(secrets, watcher::Config::default(), move |secret| {
             let namespace = secret.namespace();
             let name = secret.name_any();
@@ -154,7 +164,9 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
         })
         .with_config(ControllerConfig::default().concurrency(4))
         .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
+        .run(reconcile, error_policy, context);
+    metrics.set_ready(true);
+    controller
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(hierarchy = %object, "reconciled"),
@@ -170,6 +182,7 @@ async fn reconcile(hierarchy: Arc<EdgeHierarchy>, ctx: Arc<Context>) -> Result<R
     let namespace = hierarchy.namespace().unwrap_or_default();
     let api: Api<EdgeHierarchy> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = failure_key(&hierarchy);
+    let started = std::time::Instant::now();
     let result = finalizer(&api, FINALIZER, hierarchy, |event| async {
         match event {
             FinalizerEvent::Apply(h) => sync(&h, &ctx).await,
@@ -181,6 +194,7 @@ async fn reconcile(hierarchy: Arc<EdgeHierarchy>, ctx: Arc<Context>) -> Result<R
     if result.is_ok() {
         ctx.failures.lock().expect("failure counts").remove(&key);
     }
+    ctx.metrics.reconciled(started, result.is_ok());
     result
 }
 

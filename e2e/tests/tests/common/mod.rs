@@ -88,7 +88,7 @@ impl Operator {
     pub fn start(kubeconfig: &Path, log: &Path) -> anyhow::Result<Self> {
         let mut command = Command::new(workspace_bin("edge-hierarchy-operator")?);
         command
-            .arg("run")
+            .args(["run", "--metrics-addr", "127.0.0.1:0"])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,edge_hierarchy_operator=debug,kube=warn")
             .env("NO_COLOR", "1");
