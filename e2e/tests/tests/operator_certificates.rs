@@ -509,6 +509,120 @@ async fn bad_root_cas_stall_and_nothing_is_issued(env: &Env) -> anyhow::Result<(
     Ok(())
 }
 
+/// A user-supplied root CA is used as given, and replacing it re-issues every edge CA under the
+/// new root; bundles then trust the new root.
+async fn user_root_is_used_and_rotated(env: &Env) -> anyhow::Result<()> {
+    env.namespace("userroot").await?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), "userroot");
+    let put_root = |cert: String, key: String| {
+        let secrets = secrets.clone();
+        async move {
+            let data = BTreeMap::from([
+                (
+                    "tls.crt".to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(cert),
+                ),
+                (
+                    "tls.key".to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(key),
+                ),
+            ]);
+            let secret: Secret = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "factory-root"}, "type": "kubernetes.io/tls", "data": data,
+            }))?;
+            secrets
+                .patch(
+                    "factory-root",
+                    &kube::api::PatchParams::apply("e2e-test").force(),
+                    &kube::api::Patch::Apply(&secret),
+                )
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    let (first_cert, first_key) = rcgen_ca("plant root 1", true, false)?;
+    put_root(first_cert.clone(), first_key).await?;
+    let yaml = with_certificates(
+        &hierarchy_yaml("plant", "", &two("u")),
+        "rootCA: {secretRef: {name: factory-root}}",
+    );
+    env.apply("userroot", &yaml).await?;
+    env.wait_condition("userroot", "plant", "Ready", "True")
+        .await?;
+    let verify = |root: &str, id: &str, chain: &str| -> anyhow::Result<()> {
+        let dir = env.dir.path().join("userroot");
+        std::fs::create_dir_all(&dir)?;
+        let (root_path, leaf_path) = (dir.join("root.pem"), dir.join(format!("{id}.pem")));
+        std::fs::write(&root_path, root)?;
+        std::fs::write(&leaf_path, chain)?;
+        let out = openssl(&[
+            "verify",
+            "-CAfile",
+            &root_path.display().to_string(),
+            &leaf_path.display().to_string(),
+        ])?;
+        ensure!(out.contains(": OK"), "{id}: {out}");
+        Ok(())
+    };
+    let certs = secrets_of(env, "userroot", "plant", "certs").await?;
+    for id in ["u-top", "u-low"] {
+        verify(
+            &first_cert,
+            id,
+            &data(certs.get(id).context("cert Secret")?, "tls.crt")?,
+        )?;
+    }
+    let status = env.status("userroot", "plant").await?;
+    ensure!(
+        status
+            .root_ca
+            .as_ref()
+            .is_some_and(|r| r.secret_name == "factory-root"),
+        "{:?}",
+        status.root_ca
+    );
+    ensure!(
+        secrets.get_opt("plant-root-ca").await?.is_none(),
+        "a root was generated beside the user's"
+    );
+
+    // A new root: the Secret watch reconciles at once, every edge CA is re-issued under it.
+    let (second_cert, second_key) = rcgen_ca("plant root 2", true, false)?;
+    put_root(second_cert.clone(), second_key).await?;
+    env.wait_status(
+        "userroot",
+        "plant",
+        "edge CAs re-issued under the new root",
+        |s| {
+            s.devices
+                .iter()
+                .all(|d| d.certificate.as_ref().is_some_and(|c| c.revision >= 2))
+        },
+    )
+    .await?;
+    let certs = secrets_of(env, "userroot", "plant", "certs").await?;
+    for id in ["u-top", "u-low"] {
+        verify(
+            &second_cert,
+            id,
+            &data(certs.get(id).context("cert Secret")?, "tls.crt")?,
+        )?;
+    }
+    let bundles = secrets_of(env, "userroot", "plant", "bundle").await?;
+    let trust = data(
+        bundles.get("u-low").context("bundle")?,
+        "iotedge_config_cli_root.pem",
+    )?;
+    ensure!(
+        trust.contains(second_cert.trim()),
+        "the bundle does not trust the new root"
+    );
+    env.wait_event("userroot", "plant", "CertificateRenewed", "u-top")
+        .await?;
+    Ok(())
+}
+
 async fn root_survives_restart_and_updates(env: &mut Env) -> anyhow::Result<()> {
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), "certs");
     let before = data(&secrets.get("plant-root-ca").await?, "tls.crt")?;
@@ -679,6 +793,12 @@ async fn operator_manages_certificates_and_bundles() -> anyhow::Result<()> {
         .run(
             "bad root CAs stall and nothing is issued",
             bad_root_cas_stall_and_nothing_is_issued(&env),
+        )
+        .await;
+    checks
+        .run(
+            "a user-supplied root is used and can be rotated",
+            user_root_is_used_and_rotated(&env),
         )
         .await;
     if issued {

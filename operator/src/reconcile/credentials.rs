@@ -66,9 +66,19 @@ pub enum CredentialError {
     Cleanup { detail: String },
 }
 
-/// Whether a hierarchy names `secret` as its connection string or CA Secret.
+/// Whether a hierarchy names `secret` as its connection string, hub CA or root CA Secret (a
+/// change to any of them must take effect at once).
 pub fn refers_to_secret(hierarchy: &EdgeHierarchy, secret: &str) -> bool {
     let hub = &hierarchy.spec.iot_hub;
+    if hierarchy
+        .spec
+        .certificates
+        .root_ca
+        .as_ref()
+        .is_some_and(|r| r.secret_ref.name == secret)
+    {
+        return true;
+    }
     hub.connection_string_secret_ref.name == secret
         || hub.ca_secret_ref.as_ref().is_some_and(|r| r.name == secret)
 }
