@@ -480,13 +480,7 @@ async fn bad_root_cas_stall_and_nothing_is_issued(env: &Env) -> anyhow::Result<(
         let h = env
             .wait_condition("badroot", name, "Stalled", "True")
             .await?;
-        let stalled = h
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Stalled")
-            .unwrap();
+        let stalled = common::condition(&h, "Stalled")?;
         ensure!(stalled.reason == "InvalidRootCA", "{name}: {stalled:?}");
         ensure!(
             stalled.message.contains(&format!("root-{name}")) && stalled.message.contains(needle),

@@ -359,13 +359,7 @@ async fn schema_errors_stall_with_path(env: &Env) -> anyhow::Result<()> {
     let h = env
         .wait_condition("schema", "broken", "Stalled", "True")
         .await?;
-    let stalled = h
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
+    let stalled = common::condition(&h, "Stalled")?;
     ensure!(stalled.reason == "InvalidSpec", "{stalled:?}");
     ensure!(
         stalled.message.contains("deployment \"lower-layer\"")
@@ -388,25 +382,11 @@ async fn gateway_check_warns_without_api_proxy(env: &Env) -> anyhow::Result<()> 
         .replace("id: top-layer", "id: g-top")
         .replace("parent: top-layer", "parent: g-top")
         .replace("id: lower-layer", "id: g-low");
-    let start = yaml
-        .find("                IoTEdgeAPIProxy:")
-        .context("proxy in the example")?;
-    let end = yaml[start..]
-        .find("          $edgeHub:")
-        .context("end of the proxy")?
-        + start;
-    let without_proxy = format!("{}{}", &yaml[..start], &yaml[end..]);
-    env.apply("gw", &without_proxy).await?;
+    env.apply("gw", &common::without_api_proxy(&yaml)?).await?;
     let h = env
         .wait_condition("gw", "noproxy", "DeploymentsReady", "False")
         .await?;
-    let c = h
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "DeploymentsReady")
-        .unwrap();
+    let c = common::condition(&h, "DeploymentsReady")?;
     ensure!(
         c.message.contains("g-top") && c.message.contains("API proxy"),
         "{}",

@@ -312,12 +312,8 @@ async fn unowned_device_conflicts_then_is_adopted(env: &Env) -> anyhow::Result<(
     let h = env
         .wait_condition("adopt", "plant", "Stalled", "True")
         .await?;
+    let stalled = common::condition(&h, "Stalled")?;
     let status = h.status.unwrap();
-    let stalled = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
     ensure!(
         stalled.reason == "OwnershipConflict"
             && stalled.message.contains("legacy-gw")
@@ -382,13 +378,7 @@ async fn two_hierarchies_claiming_one_id(env: &Env) -> anyhow::Result<()> {
     let h = env
         .wait_condition("claim-b", "second", "Stalled", "True")
         .await?;
-    let stalled = h
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
+    let stalled = common::condition(&h, "Stalled")?;
     ensure!(stalled.message.contains("claim-a/first"), "{stalled:?}");
     env.resync("claim-a", "first").await?;
     env.wait_condition("claim-a", "first", "Ready", "True")
@@ -518,13 +508,7 @@ async fn invalid_specs_stall_and_write_nothing(env: &Env) -> anyhow::Result<()> 
         let h = env
             .wait_condition("invalid", name, "Stalled", "True")
             .await?;
-        let stalled = h
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Stalled")
-            .unwrap();
+        let stalled = common::condition(&h, "Stalled")?;
         ensure!(
             stalled.reason == "InvalidSpec" && stalled.message.contains(needle),
             "{name}: {stalled:?}"
@@ -598,13 +582,7 @@ async fn bad_credentials_stall_and_recover(env: &Env) -> anyhow::Result<()> {
             .wait_condition("creds", "plant", "Stalled", "True")
             .await
             .with_context(|| case.to_string())?;
-        let stalled = h
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Stalled")
-            .unwrap();
+        let stalled = common::condition(&h, "Stalled")?;
         ensure!(
             stalled.reason == "BadCredentials" && stalled.message.contains(needle),
             "{case}: {stalled:?}"

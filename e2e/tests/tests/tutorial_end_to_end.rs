@@ -127,25 +127,13 @@ async fn tutorial_runs_through_the_parent(env: &Env) -> anyhow::Result<()> {
 
 async fn no_proxy_backs_off_and_recovers(env: &Env) -> anyhow::Result<()> {
     let yaml = fast("tutorial.yaml");
-    let start = yaml
-        .find("                IoTEdgeAPIProxy:")
-        .context("proxy in the example")?;
-    let end = yaml[start..]
-        .find("          $edgeHub:")
-        .context("end of the proxy")?
-        + start;
-    env.apply("iot", &format!("{}{}", &yaml[..start], &yaml[end..]))
-        .await?;
+    env.apply("iot", &common::without_api_proxy(&yaml)?).await?;
     let h = env
         .wait_condition("iot", "tutorial", "ModulesHealthy", "False")
         .await
         .with_context(|| sim_log(env, "iot"))?;
+    let unhealthy = common::condition(&h, "ModulesHealthy")?;
     let status = h.status.unwrap();
-    let unhealthy = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ModulesHealthy")
-        .unwrap();
     ensure!(
         unhealthy.message.contains("lower-layer")
             && unhealthy.message.contains("SimulatedTemperatureSensor"),
@@ -169,13 +157,7 @@ async fn no_proxy_backs_off_and_recovers(env: &Env) -> anyhow::Result<()> {
     let gateway = env
         .wait_condition("iot", "tutorial", "DeploymentsReady", "False")
         .await?;
-    let warning = gateway
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "DeploymentsReady")
-        .unwrap();
+    let warning = common::condition(&gateway, "DeploymentsReady")?;
     ensure!(
         warning.message.contains("top-layer") && warning.message.contains("API proxy"),
         "{}",

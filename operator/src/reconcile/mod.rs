@@ -117,6 +117,27 @@ impl Context {
     }
 }
 
+impl Context {
+    /// A Normal Event saying what was done to which objects (`<done> <n> <what>: <ids>`), when
+    /// anything was.
+    async fn announce(
+        &self,
+        hierarchy: &EdgeHierarchy,
+        reason: &str,
+        action: &str,
+        done: &str,
+        what: &str,
+        ids: &[String],
+    ) {
+        if ids.is_empty() {
+            return;
+        }
+        let note = format!("{done} {} {what}: {}", ids.len(), list(ids));
+        self.event(hierarchy, EventType::Normal, reason, action, note)
+            .await;
+    }
+}
+
 /// Runs the controller until SIGTERM or Ctrl-C.
 pub async fn run(
     client: Client,
@@ -483,46 +504,34 @@ async fn publish_deployment_events(
     deployed: &deployments::DeploymentOutcome,
     policy: ReconcilePolicy,
 ) {
-    if !deployed.created.is_empty() {
-        let note = format!("created configurations {}", list(&deployed.created));
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "DeploymentCreated",
-            "Deploy",
-            note,
-        )
-        .await;
-    }
-    if !deployed.deleted.is_empty() {
-        let note = format!("deleted configurations {}", list(&deployed.deleted));
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "DeploymentDeleted",
-            "Deploy",
-            note,
-        )
-        .await;
-    }
-    if !deployed.applied.is_empty() {
-        let note = format!(
-            "applied deployment manifests to {}",
-            list(&deployed.applied)
-        );
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "DeploymentApplied",
-            "Deploy",
-            note,
-        )
-        .await;
-    }
-    let (type_, reason) = match policy {
-        ReconcilePolicy::Manage => (EventType::Normal, "DriftCorrected"),
-        ReconcilePolicy::Observe => (EventType::Warning, "DriftDetected"),
-    };
+    ctx.announce(
+        hierarchy,
+        "DeploymentCreated",
+        "Deploy",
+        "created",
+        "configurations",
+        &deployed.created,
+    )
+    .await;
+    ctx.announce(
+        hierarchy,
+        "DeploymentDeleted",
+        "Deploy",
+        "deleted",
+        "configurations",
+        &deployed.deleted,
+    )
+    .await;
+    ctx.announce(
+        hierarchy,
+        "DeploymentApplied",
+        "Deploy",
+        "applied deployment manifests to",
+        "devices",
+        &deployed.applied,
+    )
+    .await;
+    let (type_, reason) = drift_event(policy);
     for drift in &deployed.drift {
         ctx.event(hierarchy, type_, reason, "Deploy", drift.clone())
             .await;
@@ -535,21 +544,15 @@ async fn publish_certificate_events(
     certificates: &certs::Certificates,
     bundles: &bundles::Bundles,
 ) {
-    if !certificates.issued.is_empty() {
-        let note = format!(
-            "issued certificates for {} devices: {}",
-            certificates.issued.len(),
-            list(&certificates.issued)
-        );
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "CertificatesIssued",
-            "IssueCertificates",
-            note,
-        )
-        .await;
-    }
+    ctx.announce(
+        hierarchy,
+        "CertificatesIssued",
+        "IssueCertificates",
+        "issued certificates for",
+        "devices",
+        &certificates.issued,
+    )
+    .await;
     for id in &certificates.renewed {
         let revision = certificates.devices.get(id).map_or(0, |d| d.revision);
         let note = format!("device {id:?}: certificates re-issued (revision {revision})");
@@ -562,21 +565,15 @@ async fn publish_certificate_events(
         )
         .await;
     }
-    if !bundles.updated.is_empty() {
-        let note = format!(
-            "wrote config bundles of {} devices: {}",
-            bundles.updated.len(),
-            list(&bundles.updated)
-        );
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "BundlesUpdated",
-            "WriteBundles",
-            note,
-        )
-        .await;
-    }
+    ctx.announce(
+        hierarchy,
+        "BundlesUpdated",
+        "WriteBundles",
+        "wrote config bundles of",
+        "devices",
+        &bundles.updated,
+    )
+    .await;
     for (id, failure) in &bundles.failures {
         ctx.event(
             hierarchy,
@@ -623,6 +620,14 @@ fn merge_applied(totals: &mut hub::Applied, applied: hub::Applied) {
     totals.failures.extend(applied.failures);
 }
 
+/// Drift is news under Manage (it was corrected) and a warning under Observe (it stays).
+fn drift_event(policy: ReconcilePolicy) -> (EventType, &'static str) {
+    match policy {
+        ReconcilePolicy::Manage => (EventType::Normal, "DriftCorrected"),
+        ReconcilePolicy::Observe => (EventType::Warning, "DriftDetected"),
+    }
+}
+
 async fn publish_sync_events(
     hierarchy: &EdgeHierarchy,
     ctx: &Context,
@@ -631,26 +636,17 @@ async fn publish_sync_events(
     drift: &BTreeMap<String, Vec<String>>,
     policy: ReconcilePolicy,
 ) {
-    if !applied.created.is_empty() {
-        let note = format!(
-            "created {} devices in the hub: {}",
-            applied.created.len(),
-            list(&applied.created)
-        );
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "Created",
-            "CreateDevices",
-            note,
-        )
-        .await;
-    }
+    ctx.announce(
+        hierarchy,
+        "Created",
+        "CreateDevices",
+        "created",
+        "devices in the hub",
+        &applied.created,
+    )
+    .await;
     for (id, items) in drift {
-        let (type_, reason) = match policy {
-            ReconcilePolicy::Manage => (EventType::Normal, "DriftCorrected"),
-            ReconcilePolicy::Observe => (EventType::Warning, "DriftDetected"),
-        };
+        let (type_, reason) = drift_event(policy);
         ctx.event(
             hierarchy,
             type_,
@@ -666,36 +662,24 @@ async fn publish_sync_events(
         .chain(&applied.tagged)
         .cloned()
         .collect();
-    if !linked.is_empty() {
-        let note = format!(
-            "updated {} devices in the hub: {}",
-            linked.len(),
-            list(&linked)
-        );
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "Updated",
-            "UpdateDevices",
-            note,
-        )
-        .await;
-    }
-    if !applied.deleted.is_empty() {
-        let note = format!(
-            "deleted {} devices from the hub: {}",
-            applied.deleted.len(),
-            list(&applied.deleted)
-        );
-        ctx.event(
-            hierarchy,
-            EventType::Normal,
-            "Deleted",
-            "DeleteDevices",
-            note,
-        )
-        .await;
-    }
+    ctx.announce(
+        hierarchy,
+        "Updated",
+        "UpdateDevices",
+        "updated",
+        "devices in the hub",
+        &linked,
+    )
+    .await;
+    ctx.announce(
+        hierarchy,
+        "Deleted",
+        "DeleteDevices",
+        "deleted",
+        "devices from the hub",
+        &applied.deleted,
+    )
+    .await;
     for conflict in &last.conflicts {
         ctx.event(
             hierarchy,
@@ -870,15 +854,15 @@ async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Er
         }
         deleted.extend(applied.deleted);
     }
-    if !deleted.is_empty() {
-        let note = format!(
-            "deleted {} devices from the hub: {}",
-            deleted.len(),
-            list(&deleted)
-        );
-        ctx.event(hierarchy, EventType::Normal, "Deleted", "Delete", note)
-            .await;
-    }
+    ctx.announce(
+        hierarchy,
+        "Deleted",
+        "Delete",
+        "deleted",
+        "devices from the hub",
+        &deleted,
+    )
+    .await;
     Ok(Requeue::await_change())
 }
 

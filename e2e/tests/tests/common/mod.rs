@@ -516,3 +516,27 @@ pub async fn assert_hub_matches(
     }
     Ok(twins)
 }
+
+/// The condition `type_` of a hierarchy's status (fails when it is missing).
+pub fn condition(
+    h: &EdgeHierarchy,
+    type_: &str,
+) -> anyhow::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    h.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .cloned()
+        .with_context(|| format!("no {type_} condition"))
+}
+
+/// The tutorial's YAML without the top layer's API proxy module (its children then cannot pull).
+pub fn without_api_proxy(yaml: &str) -> anyhow::Result<String> {
+    let start = yaml
+        .find("                IoTEdgeAPIProxy:")
+        .context("no API proxy in the YAML")?;
+    let end = yaml[start..]
+        .find("          $edgeHub:")
+        .context("no end of the API proxy")?
+        + start;
+    Ok(format!("{}{}", &yaml[..start], &yaml[end..]))
+}
