@@ -443,6 +443,25 @@ async fn per_device_mode_applies_manifests(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn deleting_the_hierarchy_removes_its_configurations(env: &Env) -> anyhow::Result<()> {
+    let uid = uid(env, "fac", "factory").await?;
+    ensure!(
+        !configurations(env, &uid).await?.is_empty(),
+        "the factory has no configurations to remove"
+    );
+    env.hierarchies("fac")
+        .delete("factory", &Default::default())
+        .await?;
+    common::wait_until_gone(env, "fac", "factory").await?;
+    let left = configurations(env, &uid).await?;
+    ensure!(
+        left.is_empty(),
+        "configurations left after deletion: {:?}",
+        left.keys()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_manages_deployments() -> anyhow::Result<()> {
     let env = Env::start(&["--strict"]).await?;
@@ -467,12 +486,20 @@ async fn operator_manages_deployments() -> anyhow::Result<()> {
             )
             .await;
     }
-    checks
+    if checks
         .run(
             "layered modules reach targeted devices only, priorities hold",
             layered_modules_reach_targeted_devices_only(&env),
         )
-        .await;
+        .await
+    {
+        checks
+            .run(
+                "deleting the hierarchy removes its configurations",
+                deleting_the_hierarchy_removes_its_configurations(&env),
+            )
+            .await;
+    }
     checks
         .run(
             "a manifest failing the schema stalls with the JSON path",

@@ -399,6 +399,29 @@ pub async fn sync_deployments(
     Ok(out)
 }
 
+/// Deletes every configuration this hierarchy owns (the hierarchy is being deleted); returns
+/// their ids.
+pub async fn delete_owned_configurations(
+    hub: &HubClient,
+    uid: &str,
+) -> Result<Vec<String>, HubError> {
+    let mut deleted = Vec::new();
+    for configuration in hub.list_configurations(None).await? {
+        let labels = serde_json::to_value(&configuration.labels).unwrap_or(Value::Null);
+        let Some(id) = configuration
+            .id
+            .filter(|_| deploy::is_owned_configuration(&labels, uid))
+        else {
+            continue;
+        };
+        hub.delete_configuration(&id, None)
+            .await
+            .or_else(ignore_not_found)?;
+        deleted.push(id);
+    }
+    Ok(deleted)
+}
+
 fn ignore_not_found(e: HubError) -> Result<(), HubError> {
     if e.is_not_found() { Ok(()) } else { Err(e) }
 }

@@ -863,6 +863,16 @@ async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Er
         &deleted,
     )
     .await;
+    let configurations = deployments::delete_owned_configurations(&client, &identity.uid).await?;
+    ctx.announce(
+        hierarchy,
+        "DeploymentDeleted",
+        "Delete",
+        "deleted",
+        "configurations",
+        &configurations,
+    )
+    .await;
     Ok(Requeue::await_change())
 }
 
