@@ -72,14 +72,15 @@ pub fn render(hierarchy: &EdgeHierarchy) -> String {
             expiry,
             s.and_then(|s| s.device_scope.as_deref()).unwrap_or("-"),
         );
+        // Problems and children are indented below this device's own branch.
+        let child_prefix = if device.parent.is_none() {
+            String::new()
+        } else if last {
+            format!("{prefix}   ")
+        } else {
+            format!("{prefix}│  ")
+        };
         if let Some(s) = s {
-            let child_prefix = if device.parent.is_none() {
-                String::new()
-            } else if last {
-                format!("{prefix}   ")
-            } else {
-                format!("{prefix}│  ")
-            };
             for item in s
                 .drift
                 .iter()
@@ -97,13 +98,6 @@ pub fn render(hierarchy: &EdgeHierarchy) -> String {
             .get(&Some(device.id.as_str()))
             .cloned()
             .unwrap_or_default();
-        let child_prefix = if device.parent.is_none() {
-            String::new()
-        } else if last {
-            format!("{prefix}   ")
-        } else {
-            format!("{prefix}│  ")
-        };
         for (i, kid) in kids.iter().enumerate().rev() {
             stack.push((kid, child_prefix.clone(), i + 1 == kids.len()));
         }

@@ -37,7 +37,7 @@ pub fn render(server: &str, ca_cert_pem: &str, user: &str, identity: &CertAndKey
     serde_yaml::to_string(&config).expect("a JSON value always renders as YAML")
 }
 
-/// Writes a kubeconfig readable by the owner only (it holds a private key).
+/// Writes a file readable by the owner only: a kubeconfig or a key (both hold a private key).
 pub fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -127,9 +127,9 @@ impl Pki {
         };
         write(&files.ca_cert, &ca_pem)?;
         write(&files.serving_cert, &serving.cert_pem)?;
-        write_private(&files.serving_key, &serving.key_pem)?;
+        crate::kubeconfig::write(&files.serving_key, &serving.key_pem)?;
         write(&files.sa_public_key, &sa_key.public_key_pem())?;
-        write_private(&files.sa_private_key, &sa_key.serialize_pem())?;
+        crate::kubeconfig::write(&files.sa_private_key, &sa_key.serialize_pem())?;
 
         Ok(Pki {
             files,
@@ -177,21 +177,6 @@ fn issue(
 
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Writes a key readable by the owner only.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

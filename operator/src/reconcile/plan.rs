@@ -181,15 +181,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         match ownership(have, input.identity) {
             Ownership::Ours => {}
             Ownership::Other { namespace, name } => {
-                let message = format!(
-                    "device {:?} already exists in the hub and belongs to hierarchy {namespace}/{name}; \
-                     remove it from one of the two hierarchies",
-                    want.id
+                conflict(
+                    &mut out,
+                    report,
+                    &want.id,
+                    format!(
+                        "device {:?} already exists in the hub and belongs to hierarchy {namespace}/{name}; \
+                         remove it from one of the two hierarchies",
+                        want.id
+                    ),
                 );
-                report.state = DeviceState::Conflict;
-                report.message = Some(message.clone());
-                out.conflicts.push(message);
-                out.devices.insert(want.id.clone(), report);
                 continue;
             }
             Ownership::Unowned if input.policy.adopt_existing || taken_back => {
@@ -205,15 +206,16 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 });
             }
             Ownership::Unowned => {
-                let message = format!(
-                    "device {:?} already exists in the hub and no hierarchy owns it; set \
-                     spec.policy.adoptExisting: true to take it over, or rename the device in the spec",
-                    want.id
+                conflict(
+                    &mut out,
+                    report,
+                    &want.id,
+                    format!(
+                        "device {:?} already exists in the hub and no hierarchy owns it; set \
+                         spec.policy.adoptExisting: true to take it over, or rename the device in the spec",
+                        want.id
+                    ),
                 );
-                report.state = DeviceState::Conflict;
-                report.message = Some(message.clone());
-                out.conflicts.push(message);
-                out.devices.insert(want.id.clone(), report);
                 continue;
             }
         }
@@ -352,6 +354,14 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         out.actions.push(Action::Delete(deletes));
     }
     out
+}
+
+/// Records a device another owner holds: reported, never written.
+fn conflict(out: &mut Plan, mut report: DeviceReport, id: &str, message: String) {
+    report.state = DeviceState::Conflict;
+    report.message = Some(message.clone());
+    out.conflicts.push(message);
+    out.devices.insert(id.to_string(), report);
 }
 
 fn plan_missing(
