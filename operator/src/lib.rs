@@ -8,6 +8,7 @@ pub mod deploy;
 pub mod iothub;
 pub mod metrics;
 pub mod names;
+pub mod ownership;
 pub mod pki;
 pub mod reconcile;
 pub mod tree;

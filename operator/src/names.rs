@@ -1,4 +1,6 @@
-//! Names and labels of the Kubernetes objects the operator makes.
+//! Names, labels and annotations of the Kubernetes objects the operator makes: every one is
+//! defined here, nowhere else. (The marks it leaves in IoT Hub, twin tags and configuration
+//! labels, live with the ownership rules in `crate::ownership`.)
 //!
 //! Device ids allow characters Kubernetes names do not (`:`, `#`, `@`, upper case ...), so object
 //! names use a DNS-1123 slug of the id plus a short hash of the exact id: two ids that slug alike
@@ -16,6 +18,26 @@ pub const DEVICE_LABEL: &str = "edgehierarchy.dev/device";
 pub const DEVICE_ID_ANNOTATION: &str = "edgehierarchy.dev/device-id";
 /// Finalizer that holds a hierarchy until its hub objects are handled.
 pub const FINALIZER: &str = "edgehierarchy.dev/cleanup";
+/// The standard label naming the tool that manages an object; its value is [`MANAGER`].
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Label telling the operator's Secrets apart: one of the `*_COMPONENT` values.
+pub const COMPONENT_LABEL: &str = "edgehierarchy.dev/component";
+/// [`COMPONENT_LABEL`] of a device's certificate Secret.
+pub const CERTS_COMPONENT: &str = "certs";
+/// [`COMPONENT_LABEL`] of a device's bundle Secret.
+pub const BUNDLE_COMPONENT: &str = "bundle";
+/// [`COMPONENT_LABEL`] of the generated root CA Secret.
+pub const ROOT_CA_COMPONENT: &str = "root-ca";
+/// Annotation counting how often a Secret's content was issued or rewritten.
+pub const REVISION_ANNOTATION: &str = "edgehierarchy.dev/revision";
+/// Annotation on a certificate Secret: SHA-256 thumbprint of the root that signed it.
+pub const ROOT_ANNOTATION: &str = "edgehierarchy.dev/root-thumbprint";
+/// Annotation on a certificate Secret: the identity thumbprint before the last renewal.
+pub const PREVIOUS_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/previous-identity-thumbprint";
+/// Annotation on a bundle Secret: fingerprint of its files.
+pub const FINGERPRINT_ANNOTATION: &str = "edgehierarchy.dev/fingerprint";
+/// Annotation on a bundle Secret: the device scope the bundle was written for.
+pub const SCOPE_ANNOTATION: &str = "edgehierarchy.dev/device-scope";
 
 /// Most characters of a Kubernetes object name (DNS-1123 subdomain).
 const MAX_NAME: usize = 253;

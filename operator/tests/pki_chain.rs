@@ -123,7 +123,7 @@ fn assert_key_algorithm(cert: &X509Certificate<'_>, algorithm: KeyAlgorithm) {
     }
 }
 
-/// Every extension of an edge CA as DESIGN.md section 5 specifies it.
+/// Every extension of an edge CA as docs/architecture.md ("Certificates and bundles") specifies it.
 fn assert_edge_ca(edge_ca: &IssuedCertificate, root: &RootCa, device_id: &str, now: Timestamp) {
     let der = der_of(&edge_ca.cert_pem);
     let cert = parse(&der);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use e2e_harness::{ControlPlane, ControlPlaneOptions, wait_until, workspace_bin, workspace_root};
-use edge_hierarchy_operator::api::HubSku;
+use edge_hierarchy_operator::iothub::HubTier;
 use edge_hierarchy_operator::iothub::{OperationClass, RateLimits};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
@@ -85,11 +85,11 @@ struct Args {
     work_dir: Option<PathBuf>,
 }
 
-fn parse_sku(sku: &str) -> anyhow::Result<HubSku> {
+fn parse_sku(sku: &str) -> anyhow::Result<HubTier> {
     match sku.to_ascii_uppercase().as_str() {
-        "S1" => Ok(HubSku::S1),
-        "S2" => Ok(HubSku::S2),
-        "S3" => Ok(HubSku::S3),
+        "S1" => Ok(HubTier::S1),
+        "S2" => Ok(HubTier::S2),
+        "S3" => Ok(HubTier::S3),
         other => bail!("--sku {other}: use S1, S2 or S3"),
     }
 }
@@ -155,7 +155,7 @@ struct Bench {
 
 async fn run(
     args: &Args,
-    sku: HubSku,
+    sku: HubTier,
     operator_bin: &Path,
     emulator_bin: &Path,
     python: &Path,
@@ -496,7 +496,7 @@ async fn run_operator(
 }
 
 /// Prints the operator run: time to Ready, hub calls, memory, Secrets and the quota bound.
-fn report_operator(operator: &OperatorRun, n: u64, limits: &RateLimits, sku: HubSku, args: &Args) {
+fn report_operator(operator: &OperatorRun, n: u64, limits: &RateLimits, sku: HubTier, args: &Args) {
     let ready_secs = operator.elapsed.as_secs_f64();
     println!(
         "operator: {n} devices Ready in {ready_secs:.1} s (apply to Ready=True for the applied generation; {})",

@@ -94,13 +94,13 @@ pub fn fixed_window_floor(operations: u64, per_window: u32, window: Duration) ->
 
 #[cfg(test)]
 mod tests {
-    use edge_hierarchy_operator::api::HubSku;
+    use edge_hierarchy_operator::iothub::HubTier;
 
     use super::*;
 
     #[test]
     fn registry_creations_dominate_an_s3_hierarchy() {
-        let s3 = RateLimits::for_sku(HubSku::S3, 1);
+        let s3 = RateLimits::for_sku(HubTier::S3, 1);
         let units = BTreeMap::from([
             (OperationClass::Registry, 1000),
             (OperationClass::Query, 40),
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn configurations_dominate_per_device_deployments() {
-        let s3 = RateLimits::for_sku(HubSku::S3, 1);
+        let s3 = RateLimits::for_sku(HubTier::S3, 1);
         let units = BTreeMap::from([
             (OperationClass::Registry, 4000),
             (OperationClass::Configuration, 700),

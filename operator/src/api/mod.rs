@@ -1,6 +1,7 @@
 //! The `EdgeHierarchy` API (v1alpha1): CRD types, status types and whole-tree validation.
 
 pub mod duration;
+mod hub_limits;
 pub mod schema;
 pub mod spec;
 pub mod status;

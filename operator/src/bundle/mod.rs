@@ -1,10 +1,10 @@
-//! Per-device config bundles (DESIGN.md section 5): everything an IoT Edge device needs to join
-//! its hierarchy, as files.
+//! Per-device config bundles (docs/architecture.md, "Certificates and bundles"): everything an
+//! IoT Edge device needs to join its hierarchy, as files.
 //!
 //! [`bundle_files`] renders them from a [`BundleInput`]: `config.toml` (aziot-edge 1.4/1.5),
 //! `install.sh`, `README.md`, the trust bundle, the edge CA chain and key, and in X509 mode the
 //! identity certificate and key. The file names are those of the tutorial's `iotedge_config_cli`
-//! zips (notes section d.1), so instructions written for the tool still apply. [`write_zip`] and
+//! zips (docs/architecture.md, "Certificates and bundles"), so instructions written for the tool still apply. [`write_zip`] and
 //! [`write_tar_gz`] pack them with their modes (keys 0600); [`bundle_fingerprint`] tells whether
 //! anything changed, for the bundle Secret's revision.
 //!

@@ -5,10 +5,19 @@ use super::{BundleInput, CERT_DIR, DeviceAuth, SECRET_DIR, TRUST_BUNDLE_FILE};
 
 /// Renders the device's README.
 pub fn render_readme(input: &BundleInput) -> String {
-    let names = input.files();
+    let mut out = String::new();
+    overview(input, &mut out);
+    install(&mut out);
+    files(input, &mut out);
+    network(input, &mut out);
+    renewal(input, &mut out);
+    out
+}
+
+/// The title and the table of what the device is.
+fn overview(input: &BundleInput, out: &mut String) {
     let id = comment_text(&input.device_id);
     let hierarchy = comment_text(&input.hierarchy);
-    let mut out = String::new();
 
     out.push_str(&format!("# IoT Edge device `{id}`\n\n"));
     out.push_str(&format!(
@@ -47,7 +56,9 @@ pub fn render_readme(input: &BundleInput) -> String {
         "| Edge CA valid until | {} |\n\n",
         input.edge_ca.not_after
     ));
+}
 
+fn install(out: &mut String) {
     out.push_str("## Install\n\n");
     out.push_str(
         "Prerequisites: IoT Edge 1.4 or later (`aziot-edge`) and a container engine on \
@@ -74,7 +85,10 @@ pub fn render_readme(input: &BundleInput) -> String {
          keys, and recreates edgeAgent and edgeHub so that they use the new ones;\n\
          5. runs `iotedge config apply`.\n\n",
     );
+}
 
+fn files(input: &BundleInput, out: &mut String) {
+    let names = input.files();
     out.push_str("## Files\n\n| File | Purpose |\n|---|---|\n");
     out.push_str("| `config.toml` | IoT Edge configuration; holds the IoT Hub credentials |\n");
     out.push_str("| `install.sh` | installs this bundle |\n");
@@ -104,7 +118,9 @@ pub fn render_readme(input: &BundleInput) -> String {
         ));
     }
     out.push('\n');
+}
 
+fn network(input: &BundleInput, out: &mut String) {
     out.push_str("## Network\n\n");
     if input.is_top_layer() {
         out.push_str(
@@ -120,7 +136,12 @@ pub fn render_readme(input: &BundleInput) -> String {
             port = input.upstream_port
         ));
     }
+}
 
+fn renewal(input: &BundleInput, out: &mut String) {
+    let names = input.files();
+    let id = comment_text(&input.device_id);
+    let hierarchy = comment_text(&input.hierarchy);
     out.push_str("## Renewal\n\n");
     out.push_str(&format!(
         "The operator renews the certificates before they expire. Download the new bundle and \
@@ -130,7 +151,6 @@ pub fn render_readme(input: &BundleInput) -> String {
         shell_word(&comment_text(&input.namespace)),
         names.edge_ca_key.trim_end_matches(".key.pem")
     ));
-    out
 }
 
 fn known_or_asked(value: Option<&str>) -> String {

@@ -1,4 +1,5 @@
-//! The gateway check (DESIGN.md section 7): can every Edge device pull its images?
+//! The gateway check (docs/architecture.md, "Deployments and health"): can every Edge device pull
+//! its images?
 //!
 //! A device below the top layer pulls `$upstream:<port>/...` from its parent. The parent serves
 //! that when it runs an API proxy module (image `azureiotedge-api-proxy`) listening on the

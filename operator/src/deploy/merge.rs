@@ -80,6 +80,60 @@ pub fn merged_manifest(
         priority: base.priority,
         base: true,
     };
+    let mut owners = base_owners(modules, base_owner);
+
+    let mut layers = Vec::new();
+    for (index, name) in device.layered_deployments.iter().enumerate() {
+        let manifest = manifests.get(name).ok_or_else(|| {
+            missing(
+                name,
+                format!("device {:?} lists it but it is not resolved", device.id),
+            )
+        })?;
+        layers.push((manifest.priority, index, manifest));
+    }
+    layers.sort_by_key(|(priority, index, _)| (*priority, *index));
+
+    for (priority, _, manifest) in layers {
+        let rendered = render_content(&manifest.content, variant, edge);
+        let Some(entries) = rendered.get("modulesContent").and_then(Value::as_object) else {
+            continue;
+        };
+        for (twin, twin_entries) in entries {
+            let Some(twin_entries) = twin_entries.as_object() else {
+                continue;
+            };
+            for (key, value) in twin_entries {
+                let Some((owner_key, target)) = layered_target(twin, key) else {
+                    continue;
+                };
+                // A section also yields to whoever replaced the whole module twin.
+                let whole_twin = (twin != EDGE_AGENT && twin != EDGE_HUB && key != DESIRED)
+                    .then(|| owners.get(&format!("twin/{twin}")).copied())
+                    .flatten();
+                let wins = [owners.get(&owner_key).copied(), whole_twin]
+                    .into_iter()
+                    .flatten()
+                    .all(|owner| owner.yields_to(priority));
+                if wins {
+                    set_path(modules, &target, value.clone());
+                    owners.insert(
+                        owner_key,
+                        Owner {
+                            priority,
+                            base: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Who owns each entry of the base manifest: every module, system module, registry credential,
+/// route and module twin it sets.
+fn base_owners(modules: &Map<String, Value>, base_owner: Owner) -> BTreeMap<String, Owner> {
     let mut owners: BTreeMap<String, Owner> = BTreeMap::new();
     for (twin, entries) in modules.iter() {
         match twin.as_str() {
@@ -105,88 +159,46 @@ pub fn merged_manifest(
             }
         }
     }
+    owners
+}
 
-    let mut layers = Vec::new();
-    for (index, name) in device.layered_deployments.iter().enumerate() {
-        let manifest = manifests.get(name).ok_or_else(|| {
-            missing(
-                name,
-                format!("device {:?} lists it but it is not resolved", device.id),
-            )
-        })?;
-        layers.push((manifest.priority, index, manifest));
-    }
-    layers.sort_by_key(|(priority, index, _)| (*priority, *index));
-
-    for (priority, _, manifest) in layers {
-        let rendered = render_content(&manifest.content, variant, edge);
-        let Some(entries) = rendered.get("modulesContent").and_then(Value::as_object) else {
-            continue;
-        };
-        for (twin, twin_entries) in entries {
-            let Some(twin_entries) = twin_entries.as_object() else {
-                continue;
-            };
-            for (key, value) in twin_entries {
-                let (owner_key, target): (String, Vec<&str>) = match twin.as_str() {
-                    EDGE_AGENT => {
-                        if let Some(m) = key.strip_prefix(LAYERED_MODULE_PREFIX) {
-                            (
-                                format!("module/{m}"),
-                                vec![EDGE_AGENT, DESIRED, "modules", m],
-                            )
-                        } else if let Some(n) = key.strip_prefix(LAYERED_CREDENTIAL_PREFIX) {
-                            (
-                                format!("credential/{n}"),
-                                vec![
-                                    EDGE_AGENT,
-                                    DESIRED,
-                                    "runtime",
-                                    "settings",
-                                    "registryCredentials",
-                                    n,
-                                ],
-                            )
-                        } else {
-                            continue;
-                        }
-                    }
-                    EDGE_HUB => match key.strip_prefix(LAYERED_ROUTE_PREFIX) {
-                        Some(r) => (format!("route/{r}"), vec![EDGE_HUB, DESIRED, "routes", r]),
-                        None => continue,
-                    },
-                    module if key == DESIRED => (format!("twin/{module}"), vec![module, DESIRED]),
-                    module => match key.strip_prefix(DESIRED_SECTION_PREFIX) {
-                        Some(section) => {
-                            let mut path = vec![module, DESIRED];
-                            path.extend(section.split('.'));
-                            (format!("twin/{module}/{section}"), path)
-                        }
-                        None => continue,
-                    },
-                };
-                // A section also yields to whoever replaced the whole module twin.
-                let whole_twin = (twin != EDGE_AGENT && twin != EDGE_HUB && key != DESIRED)
-                    .then(|| owners.get(&format!("twin/{twin}")).copied())
-                    .flatten();
-                let wins = [owners.get(&owner_key).copied(), whole_twin]
-                    .into_iter()
-                    .flatten()
-                    .all(|owner| owner.yields_to(priority));
-                if wins {
-                    set_path(modules, &target, value.clone());
-                    owners.insert(
-                        owner_key,
-                        Owner {
-                            priority,
-                            base: false,
-                        },
-                    );
-                }
+/// The owner key and the full path a layered entry `key` of twin `twin` sets, or `None` for an
+/// entry layering does not use.
+fn layered_target<'a>(twin: &'a str, key: &'a str) -> Option<(String, Vec<&'a str>)> {
+    Some(match twin {
+        EDGE_AGENT => {
+            if let Some(m) = key.strip_prefix(LAYERED_MODULE_PREFIX) {
+                (
+                    format!("module/{m}"),
+                    vec![EDGE_AGENT, DESIRED, "modules", m],
+                )
+            } else {
+                let n = key.strip_prefix(LAYERED_CREDENTIAL_PREFIX)?;
+                (
+                    format!("credential/{n}"),
+                    vec![
+                        EDGE_AGENT,
+                        DESIRED,
+                        "runtime",
+                        "settings",
+                        "registryCredentials",
+                        n,
+                    ],
+                )
             }
         }
-    }
-    Ok(merged)
+        EDGE_HUB => {
+            let r = key.strip_prefix(LAYERED_ROUTE_PREFIX)?;
+            (format!("route/{r}"), vec![EDGE_HUB, DESIRED, "routes", r])
+        }
+        module if key == DESIRED => (format!("twin/{module}"), vec![module, DESIRED]),
+        module => {
+            let section = key.strip_prefix(DESIRED_SECTION_PREFIX)?;
+            let mut path = vec![module, DESIRED];
+            path.extend(section.split('.'));
+            (format!("twin/{module}/{section}"), path)
+        }
+    })
 }
 
 fn object_keys(value: Option<&Value>) -> Vec<String> {

@@ -10,9 +10,10 @@ use std::fmt;
 use serde_json::{Value, json};
 
 use super::manifest::{ManifestError, Manifests, redacted};
-use super::ownership::{HierarchyRef, configuration_id, configuration_labels, target_condition};
 use super::render::{Variant, render_content};
 use crate::api::{DeviceType, EdgeHierarchySpec, Topology};
+use crate::names::short_hash;
+use crate::ownership::{HierarchyIdentity, configuration_labels, target_condition};
 
 /// An IoT Hub configuration the hierarchy needs, ready to be created as is.
 #[derive(Clone, PartialEq)]
@@ -54,6 +55,42 @@ impl fmt::Debug for DesiredConfiguration {
     }
 }
 
+/// Longest IoT Hub configuration id.
+pub const MAX_CONFIGURATION_ID: usize = 128;
+
+/// Characters IoT Hub accepts in a configuration id besides lower-case letters and digits.
+const ID_PUNCTUATION: &str = "-:+%_#*?!(),=@;$'";
+
+/// `<hierarchy>-<deployment>-<hash8>`: a valid IoT Hub configuration id for any names (lower
+/// case; characters it does not accept become `-`; at most 128 characters, the names shortened
+/// and the hash kept).
+///
+/// `hash_input` is everything that makes the configuration what it is (see
+/// [`automatic_configurations`]): configuration content is immutable in IoT Hub, so a
+/// change of any of it must yield a new id.
+pub fn configuration_id(hierarchy: &str, deployment: &str, hash_input: &str) -> String {
+    let hash = short_hash(hash_input);
+    let clean = |text: &str| -> String {
+        text.chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() || ID_PUNCTUATION.contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    let mut stem = format!("{}-{}", clean(hierarchy), clean(deployment));
+    let room = MAX_CONFIGURATION_ID - hash.len() - 1;
+    if stem.len() > room {
+        // Only ASCII is left after cleaning, so byte truncation is a character boundary.
+        stem.truncate(room);
+    }
+    format!("{stem}-{hash}")
+}
+
 /// JSON with object keys sorted at every level and no whitespace, so equal values hash equally
 /// whatever order they were built in.
 pub fn canonical_json(value: &Value) -> String {
@@ -90,7 +127,7 @@ pub fn canonical_json(value: &Value) -> String {
 /// [`super::resolve_manifests`]. A device whose layer or deployment is missing from them is
 /// reported as an error naming it, not skipped.
 pub fn automatic_configurations(
-    owner: &HierarchyRef<'_>,
+    owner: &HierarchyIdentity,
     spec: &EdgeHierarchySpec,
     topology: &Topology,
     manifests: &Manifests,
@@ -139,7 +176,7 @@ pub fn automatic_configurations(
             });
         };
         let content = render_content(&manifest.content, variant, &spec.edge);
-        let target = target_condition(owner.uid, &name, manifest.layered, variant);
+        let target = target_condition(&owner.uid, &name, manifest.layered, variant);
         let hash_input = canonical_json(&json!([
             owner.uid,
             variant.as_str(),
@@ -148,7 +185,7 @@ pub fn automatic_configurations(
             target
         ]));
         out.push(DesiredConfiguration {
-            id: configuration_id(owner.name, &name, &hash_input),
+            id: configuration_id(&owner.name, &name, &hash_input),
             labels: configuration_labels(owner, &name, variant),
             deployment: name,
             variant,

@@ -739,43 +739,7 @@ impl HubClient {
             let waited = inner.limiter.acquire(class, call.cost).await;
             inner.counters.record_rate_limit_wait(waited);
 
-            let token = inner.tokens.token();
-            let mut authorization = HeaderValue::from_str(token.header_value()).map_err(|_| {
-                HubError::Setup {
-                    host: self.host_name().to_string(),
-                    message: "the SAS token is not a valid header value; check the policy name in the connection string".into(),
-                }
-            })?;
-            authorization.set_sensitive(true);
-            let mut request = inner
-                .http
-                .request(call.method.clone(), &url)
-                .header(AUTHORIZATION, authorization)
-                .header(ACCEPT, "application/json");
-            for (name, value) in &call.headers {
-                request = request.header(*name, value);
-            }
-            if let Some(body) = &call.body {
-                request = request
-                    .header(CONTENT_TYPE, "application/json; charset=utf-8")
-                    .body(body.clone());
-            }
-
-            let outcome = match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let headers = response.headers().clone();
-                    match response.bytes().await {
-                        Ok(body) => Ok(Reply {
-                            status,
-                            headers,
-                            body: body.to_vec(),
-                        }),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            };
+            let outcome = self.send_once(&call, &url).await?;
 
             match outcome {
                 Err(error) => {
@@ -849,6 +813,54 @@ impl HubClient {
                 }
             }
         }
+    }
+
+    /// One attempt of `call` at `url`: the reply, or why none came. Fails only when no request
+    /// can be built.
+    async fn send_once(
+        &self,
+        call: &Call,
+        url: &str,
+    ) -> Result<Result<Reply, reqwest::Error>, HubError> {
+        let inner = &self.inner;
+        let token = inner.tokens.token();
+        let mut authorization = HeaderValue::from_str(token.header_value()).map_err(|_| {
+            HubError::Setup {
+                host: self.host_name().to_string(),
+                message: "the SAS token is not a valid header value; check the policy name in the connection string".into(),
+            }
+        })?;
+        authorization.set_sensitive(true);
+        let mut request = inner
+            .http
+            .request(call.method.clone(), url)
+            .header(AUTHORIZATION, authorization)
+            .header(ACCEPT, "application/json");
+        for (name, value) in &call.headers {
+            request = request.header(*name, value);
+        }
+        if let Some(body) = &call.body {
+            request = request
+                .header(CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(body.clone());
+        }
+
+        let sent = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                match response.bytes().await {
+                    Ok(body) => Ok(Reply {
+                        status,
+                        headers,
+                        body: body.to_vec(),
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        Ok(sent)
     }
 }
 

@@ -204,7 +204,7 @@ async fn handle(State(state): State<ServerState>, request: Request) -> Response 
 /// Limits high enough that the limiter never delays these tests.
 fn generous_limits() -> RateLimits {
     RateLimits {
-        sku: HubSku::S3,
+        sku: HubSku::S3.into(),
         units: 1,
         registry_operations_per_minute: Some(10_000_000),
         queries_per_minute: Some(10_000_000),

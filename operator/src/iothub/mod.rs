@@ -7,6 +7,7 @@
 //!   sized from IoT Hub's documented quotas, shared by every hierarchy on a hub.
 //! - [`HubCallCounters`]: calls by operation and status, for benchmarks, tests and metrics.
 //! - [`models`]: the swagger's request and response bodies.
+//! - [`query`]: query literals and `IN` lists within the hub's grammar and length limit.
 //!
 //! Secrets (policy keys, SAS tokens, device keys, deployment content) never reach `Debug`,
 //! `Display`, errors or logs.
@@ -17,6 +18,7 @@ mod error;
 mod metrics;
 pub mod models;
 mod operation;
+pub mod query;
 mod rate_limit;
 mod retry;
 mod sas;
@@ -35,6 +37,6 @@ pub use error::{
 pub use metrics::{CallCount, CallResult, HubCallCounters};
 pub use models::*;
 pub use operation::{HubOperation, OperationClass};
-pub use rate_limit::{HubLimiters, HubRateLimiter, RateLimits};
+pub use rate_limit::{HubLimiters, HubRateLimiter, HubTier, RateLimits};
 pub use retry::{AttemptOutcome, RetryDecision, RetryPolicy, parse_retry_after};
 pub use sas::{SasToken, needs_refresh, sign_token};

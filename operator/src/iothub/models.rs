@@ -717,9 +717,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_model_field_has_the_swagger_name_and_no_other_is_sent() {
-        let twin = Twin {
+    /// A twin with every field set.
+    fn full_twin() -> Twin {
+        Twin {
             device_id: Some("d".into()),
             module_id: Some("m".into()),
             tags: Some(JsonObject::new()),
@@ -741,7 +741,34 @@ mod tests {
             capabilities: Some(DeviceCapabilities::default()),
             device_scope: Some("s".into()),
             parent_scopes: Some(vec![]),
-        };
+        }
+    }
+
+    /// An import entry with every field set.
+    fn full_entry() -> ExportImportDevice {
+        ExportImportDevice {
+            id: Some("d".into()),
+            module_id: Some("m".into()),
+            e_tag: Some("e".into()),
+            import_mode: Some(ImportMode::Create),
+            status: Some(DeviceStatus::Enabled),
+            status_reason: Some("r".into()),
+            authentication: Some(AuthenticationMechanism::sas_generated()),
+            twin_e_tag: Some("e".into()),
+            tags: Some(JsonObject::new()),
+            properties: Some(PropertyContainer {
+                desired: Some(JsonObject::new()),
+                reported: Some(JsonObject::new()),
+            }),
+            capabilities: Some(DeviceCapabilities::default()),
+            device_scope: Some("s".into()),
+            parent_scopes: Some(vec![]),
+        }
+    }
+
+    #[test]
+    fn every_model_field_has_the_swagger_name_and_no_other_is_sent() {
+        let twin = full_twin();
         let module = Module {
             module_id: Some("m".into()),
             managed_by: Some("IotEdge".into()),
@@ -776,24 +803,7 @@ mod tests {
             metrics: Some(metrics.clone()),
             etag: Some("MQ==".into()),
         };
-        let entry = ExportImportDevice {
-            id: Some("d".into()),
-            module_id: Some("m".into()),
-            e_tag: Some("e".into()),
-            import_mode: Some(ImportMode::Create),
-            status: Some(DeviceStatus::Enabled),
-            status_reason: Some("r".into()),
-            authentication: Some(AuthenticationMechanism::sas_generated()),
-            twin_e_tag: Some("e".into()),
-            tags: Some(JsonObject::new()),
-            properties: Some(PropertyContainer {
-                desired: Some(JsonObject::new()),
-                reported: Some(JsonObject::new()),
-            }),
-            capabilities: Some(DeviceCapabilities::default()),
-            device_scope: Some("s".into()),
-            parent_scopes: Some(vec![]),
-        };
+        let entry = full_entry();
         let auth = AuthenticationMechanism {
             symmetric_key: Some(SymmetricKey {
                 primary_key: Some("a".into()),
@@ -927,7 +937,7 @@ mod tests {
         );
     }
 
-    /// A device as Azure returns it (shape of the AZ-220 lab output quoted in the notes), nulls
+    /// A device as Azure returns it (the shape Microsoft's AZ-220 lab prints), nulls
     /// included; reading and writing it back must keep every set value.
     #[test]
     fn reads_a_hub_device_and_writes_back_what_it_read() {

@@ -23,7 +23,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::operation::OperationClass;
-use crate::api::spec::{HubSku, RateLimitsSpec};
+
+/// A hub's pricing tier, as far as its quotas go (F1 and the basic tiers have no IoT Edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HubTier {
+    #[default]
+    S1,
+    S2,
+    S3,
+}
 
 /// Fraction of a minute's quota a bucket may spend at once.
 const BURST_FRACTION: f64 = 1.0 / 20.0;
@@ -32,7 +40,7 @@ const BURST_FRACTION: f64 = 1.0 / 20.0;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     /// Hub tier.
-    pub sku: HubSku,
+    pub sku: HubTier,
     /// Scale units (at least 1).
     pub units: u32,
     /// Identity registry operations per minute (bulk calls count per device).
@@ -49,7 +57,7 @@ impl Default for RateLimits {
     /// S1 with one unit, no overrides: the smallest hub that supports IoT Edge.
     fn default() -> Self {
         RateLimits {
-            sku: HubSku::S1,
+            sku: HubTier::S1,
             units: 1,
             registry_operations_per_minute: None,
             queries_per_minute: None,
@@ -59,22 +67,9 @@ impl Default for RateLimits {
     }
 }
 
-impl From<&RateLimitsSpec> for RateLimits {
-    fn from(spec: &RateLimitsSpec) -> Self {
-        RateLimits {
-            sku: spec.sku.unwrap_or_default(),
-            units: spec.units.unwrap_or(1).max(1),
-            registry_operations_per_minute: spec.registry_operations_per_minute,
-            queries_per_minute: spec.queries_per_minute,
-            configurations_per_minute: spec.configurations_per_minute,
-            twin_operations_per_minute: spec.twin_operations_per_minute,
-        }
-    }
-}
-
 impl RateLimits {
     /// Documented defaults for a tier, without overrides.
-    pub fn for_sku(sku: HubSku, units: u32) -> Self {
+    pub fn for_sku(sku: HubTier, units: u32) -> Self {
         RateLimits {
             sku,
             units: units.max(1),
@@ -102,16 +97,16 @@ impl RateLimits {
         }
         let per_second = |s1: u32, s2_per_unit: u32, s3_per_unit: u32| -> u32 {
             let per_second = match self.sku {
-                HubSku::S1 => s1,
-                HubSku::S2 => s1.max(s2_per_unit.saturating_mul(units)),
-                HubSku::S3 => s3_per_unit.saturating_mul(units),
+                HubTier::S1 => s1,
+                HubTier::S2 => s1.max(s2_per_unit.saturating_mul(units)),
+                HubTier::S3 => s3_per_unit.saturating_mul(units),
             };
             per_second.saturating_mul(60)
         };
         match (class, self.sku) {
-            (OperationClass::Registry, HubSku::S3) => 5_000u32.saturating_mul(units),
+            (OperationClass::Registry, HubTier::S3) => 5_000u32.saturating_mul(units),
             (OperationClass::Registry, _) => 100u32.saturating_mul(units),
-            (OperationClass::Query, HubSku::S3) => 1_000u32.saturating_mul(units),
+            (OperationClass::Query, HubTier::S3) => 1_000u32.saturating_mul(units),
             (OperationClass::Query, _) => 20u32.saturating_mul(units),
             (OperationClass::Configuration, _) => 20u32.saturating_mul(units),
             (OperationClass::TwinRead, _) => per_second(100, 10, 500),
@@ -365,56 +360,33 @@ mod tests {
     #[test]
     fn documented_quotas_by_tier_and_units() {
         use OperationClass::*;
-        let s1 = RateLimits::for_sku(HubSku::S1, 1);
+        let s1 = RateLimits::for_sku(HubTier::S1, 1);
         assert_eq!(s1.per_minute(Registry), 100);
         assert_eq!(s1.per_minute(Query), 20);
         assert_eq!(s1.per_minute(Configuration), 20);
         assert_eq!(s1.per_minute(TwinRead), 6_000);
         assert_eq!(s1.per_minute(TwinUpdate), 3_000);
-        let s1x3 = RateLimits::for_sku(HubSku::S1, 3);
+        let s1x3 = RateLimits::for_sku(HubTier::S1, 3);
         assert_eq!(s1x3.per_minute(Registry), 300);
         assert_eq!(
             s1x3.per_minute(TwinRead),
             6_000,
             "S1 twin reads are not per unit"
         );
-        let s2x20 = RateLimits::for_sku(HubSku::S2, 20);
+        let s2x20 = RateLimits::for_sku(HubTier::S2, 20);
         assert_eq!(s2x20.per_minute(Registry), 2_000);
         assert_eq!(s2x20.per_minute(TwinRead), 200 * 60);
         assert_eq!(s2x20.per_minute(TwinUpdate), 100 * 60);
         assert_eq!(
-            RateLimits::for_sku(HubSku::S2, 2).per_minute(TwinRead),
+            RateLimits::for_sku(HubTier::S2, 2).per_minute(TwinRead),
             6_000
         );
-        let s3x2 = RateLimits::for_sku(HubSku::S3, 2);
+        let s3x2 = RateLimits::for_sku(HubTier::S3, 2);
         assert_eq!(s3x2.per_minute(Registry), 10_000);
         assert_eq!(s3x2.per_minute(Query), 2_000);
         assert_eq!(s3x2.per_minute(Configuration), 40);
         assert_eq!(s3x2.per_minute(TwinRead), 60_000);
         assert_eq!(s3x2.per_minute(TwinUpdate), 30_000);
-    }
-
-    #[test]
-    fn spec_overrides_win_and_defaults_fill_in() {
-        let spec = RateLimitsSpec {
-            sku: Some(HubSku::S3),
-            units: Some(0),
-            registry_operations_per_minute: Some(600),
-            queries_per_minute: None,
-            configurations_per_minute: Some(5),
-            twin_operations_per_minute: Some(120),
-        };
-        let limits = RateLimits::from(&spec);
-        assert_eq!(limits.units, 1, "zero units is treated as one");
-        assert_eq!(limits.per_minute(OperationClass::Registry), 600);
-        assert_eq!(limits.per_minute(OperationClass::Query), 1_000);
-        assert_eq!(limits.per_minute(OperationClass::Configuration), 5);
-        assert_eq!(limits.per_minute(OperationClass::TwinRead), 120);
-        assert_eq!(limits.per_minute(OperationClass::TwinUpdate), 120);
-        assert_eq!(
-            RateLimits::from(&RateLimitsSpec::default()),
-            RateLimits::default()
-        );
     }
 
     #[test]
@@ -432,7 +404,7 @@ mod tests {
         assert_eq!(s1.bucket_shape(OperationClass::Query), (1.0, 20.0 / 60.0));
         // S1 twin reads: burst 5 of the 100 per second.
         assert_eq!(s1.bucket_shape(OperationClass::TwinRead), (5.0, 100.0));
-        for sku in [HubSku::S1, HubSku::S2, HubSku::S3] {
+        for sku in [HubTier::S1, HubTier::S2, HubTier::S3] {
             for units in [1, 2, 10, 200] {
                 let limits = RateLimits::for_sku(sku, units);
                 for class in OperationClass::ALL {
@@ -556,11 +528,11 @@ mod tests {
         let limiters = HubLimiters::new();
         let first = limiters.for_hub(
             "MyHub.azure-devices.net",
-            &RateLimits::for_sku(HubSku::S3, 1),
+            &RateLimits::for_sku(HubTier::S3, 1),
         );
         let second = limiters.for_hub("myhub.azure-devices.net", &RateLimits::default());
         assert!(Arc::ptr_eq(&first, &second));
-        assert_eq!(second.limits().sku, HubSku::S3);
+        assert_eq!(second.limits().sku, HubTier::S3);
         let other = limiters.for_hub("other.azure-devices.net", &RateLimits::default());
         assert!(!Arc::ptr_eq(&first, &other));
         assert!(Arc::ptr_eq(

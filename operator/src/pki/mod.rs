@@ -1,4 +1,4 @@
-//! The certificate chain of a hierarchy (DESIGN.md section 5).
+//! The certificate chain of a hierarchy (docs/architecture.md, "Certificates and bundles").
 //!
 //! - a root CA, imported from a user's Secret ([`import_root_ca`]) or generated once
 //!   ([`generate_root_ca`]);

@@ -84,6 +84,20 @@ pub fn merge_conditions(
     out
 }
 
+/// The first `shown` items joined, then a count of the rest, so messages stay readable for big
+/// fleets.
+pub fn summarize(items: &[String], shown: usize) -> String {
+    if items.len() <= shown {
+        items.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            items[..shown].join(", "),
+            items.len() - shown
+        )
+    }
+}
+
 /// Cuts a message to at most `max` bytes on a character boundary (the apiserver caps messages).
 pub fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -173,6 +187,14 @@ mod tests {
         );
         let types: Vec<&str> = merged.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Ready", "Stalled", "Zeta"]);
+    }
+
+    #[test]
+    fn long_lists_show_the_first_items_and_a_count() {
+        let items: Vec<String> = (1..=7).map(|i| format!("d{i}")).collect();
+        assert_eq!(summarize(&items[..3], 5), "d1, d2, d3");
+        assert_eq!(summarize(&items, 5), "d1, d2, d3, d4, d5 and 2 more");
+        assert_eq!(summarize(&items, 10), "d1, d2, d3, d4, d5, d6, d7");
     }
 
     #[test]

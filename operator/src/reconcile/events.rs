@@ -1,4 +1,5 @@
-//! Kubernetes Events about hierarchies.
+//! Kubernetes Events about hierarchies: what each step's outcome says, as pure functions that
+//! return [`Note`]s, and one publisher that sends them.
 //!
 //! kube's `Recorder` folds every event with the same type, reason and action on one object into
 //! one series for six minutes and keeps the first note: a second device's drift would read as
@@ -9,8 +10,17 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use tracing::warn;
+
+use super::bundles::Bundles;
+use super::certs::Certificates;
+use super::conditions::{summarize, truncate};
+use super::deployments::DeploymentOutcome;
+use super::devices::Rounds;
+use super::status::reason;
+use crate::api::{EdgeHierarchy, ReconcilePolicy};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
@@ -70,4 +80,195 @@ impl EventPublisher {
         };
         recorder.publish(&event, regarding).await
     }
+
+    /// Publishes each note about `hierarchy`; a note that cannot be sent is logged, not fatal.
+    pub async fn publish_all(&self, hierarchy: &EdgeHierarchy, notes: Vec<Note>) {
+        let regarding = hierarchy.object_ref(&());
+        for n in notes {
+            let text = truncate(&n.note, 1000);
+            if let Err(e) = self
+                .publish(&regarding, n.type_, &n.reason, n.action, text)
+                .await
+            {
+                warn!(error = %e, "could not publish event");
+            }
+        }
+    }
+}
+
+/// One Event to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: String,
+    pub action: &'static str,
+    pub note: String,
+}
+
+impl Note {
+    pub fn normal(reason: &str, action: &'static str, note: impl Into<String>) -> Self {
+        Self::new(EventType::Normal, reason, action, note)
+    }
+
+    pub fn warning(reason: &str, action: &'static str, note: impl Into<String>) -> Self {
+        Self::new(EventType::Warning, reason, action, note)
+    }
+
+    fn new(type_: EventType, reason: &str, action: &'static str, note: impl Into<String>) -> Self {
+        Self {
+            type_,
+            reason: reason.to_string(),
+            action,
+            note: note.into(),
+        }
+    }
+}
+
+/// A Normal note saying what was done to which objects (`<done> <n> <what>: <ids>`), when
+/// anything was.
+pub fn announce(
+    reason: &str,
+    action: &'static str,
+    done: &str,
+    what: &str,
+    ids: &[String],
+) -> Option<Note> {
+    (!ids.is_empty()).then(|| {
+        Note::normal(
+            reason,
+            action,
+            format!("{done} {} {what}: {}", ids.len(), summarize(ids, 10)),
+        )
+    })
+}
+
+/// Drift is news under Manage (it was corrected) and a warning under Observe (it stays).
+fn drift_note(policy: ReconcilePolicy, action: &'static str, note: String) -> Note {
+    match policy {
+        ReconcilePolicy::Manage => Note::normal("DriftCorrected", action, note),
+        ReconcilePolicy::Observe => Note::warning("DriftDetected", action, note),
+    }
+}
+
+/// What the device rounds did: creates, drift, updates, deletes, conflicts, failed writes.
+pub fn device_notes(rounds: &Rounds, policy: ReconcilePolicy) -> Vec<Note> {
+    let applied = &rounds.applied;
+    let mut notes: Vec<Note> = announce(
+        "Created",
+        "CreateDevices",
+        "created",
+        "devices in the hub",
+        &applied.created,
+    )
+    .into_iter()
+    .collect();
+    for (id, items) in &rounds.drift {
+        notes.push(drift_note(
+            policy,
+            "Sync",
+            format!("device {id:?}: {}", items.join("; ")),
+        ));
+    }
+    let linked: Vec<String> = applied
+        .fixed
+        .iter()
+        .chain(&applied.tagged)
+        .cloned()
+        .collect();
+    notes.extend(announce(
+        "Updated",
+        "UpdateDevices",
+        "updated",
+        "devices in the hub",
+        &linked,
+    ));
+    notes.extend(announce(
+        "Deleted",
+        "DeleteDevices",
+        "deleted",
+        "devices from the hub",
+        &applied.deleted,
+    ));
+    for conflict in &rounds.last.conflicts {
+        notes.push(Note::warning(
+            reason::OWNERSHIP_CONFLICT,
+            "Sync",
+            conflict.clone(),
+        ));
+    }
+    for (id, failure) in &applied.failures {
+        notes.push(Note::warning(
+            "DeviceWriteFailed",
+            "Sync",
+            format!("device {id:?}: {failure}"),
+        ));
+    }
+    notes
+}
+
+/// Certificates issued and renewed, bundles written and failed.
+pub fn certificate_notes(certificates: &Certificates, bundles: &Bundles) -> Vec<Note> {
+    let mut notes: Vec<Note> = announce(
+        "CertificatesIssued",
+        "IssueCertificates",
+        "issued certificates for",
+        "devices",
+        &certificates.issued,
+    )
+    .into_iter()
+    .collect();
+    for id in &certificates.renewed {
+        let revision = certificates.devices.get(id).map_or(0, |d| d.revision);
+        notes.push(Note::normal(
+            "CertificateRenewed",
+            "RenewCertificates",
+            format!("device {id:?}: certificates re-issued (revision {revision})"),
+        ));
+    }
+    notes.extend(announce(
+        "BundlesUpdated",
+        "WriteBundles",
+        "wrote config bundles of",
+        "devices",
+        &bundles.updated,
+    ));
+    for (id, failure) in &bundles.failures {
+        notes.push(Note::warning(
+            "BundleFailed",
+            "WriteBundles",
+            format!("device {id:?}: {failure}"),
+        ));
+    }
+    notes
+}
+
+/// Configurations created and deleted, manifests applied, deployment drift.
+pub fn deployment_notes(deployed: &DeploymentOutcome, policy: ReconcilePolicy) -> Vec<Note> {
+    let mut notes: Vec<Note> = [
+        (
+            "DeploymentCreated",
+            "created",
+            "configurations",
+            &deployed.created,
+        ),
+        (
+            "DeploymentDeleted",
+            "deleted",
+            "configurations",
+            &deployed.deleted,
+        ),
+        (
+            "DeploymentApplied",
+            "applied deployment manifests to",
+            "devices",
+            &deployed.applied,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(reason, done, what, ids)| announce(reason, "Deploy", done, what, ids))
+    .collect();
+    for drift in &deployed.drift {
+        notes.push(drift_note(policy, "Deploy", drift.clone()));
+    }
+    notes
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{ConditionUpdate, Status, merge_conditions};
-use super::plan::{DeviceReport, Plan};
+use super::devices::{DeviceReport, Plan};
 use crate::api::{
     DeviceState, DeviceStatus, EdgeHierarchyStatus, ReconcilePolicy, StatusSummary,
     condition_type as ct,
@@ -48,6 +48,23 @@ pub fn synced_status(
     generation: Option<i64>,
     now: &Time,
 ) -> EdgeHierarchyStatus {
+    let (devices, summary) = device_entries(previous, outcome);
+    let updates = sync_conditions(outcome, &devices, &summary);
+    EdgeHierarchyStatus {
+        observed_generation: generation,
+        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
+        summary: Some(summary),
+        root_ca: previous.root_ca.clone(),
+        last_sync_time: Some(now.clone()),
+        devices,
+    }
+}
+
+/// One entry per device, spec order first, with the counts of the summary.
+fn device_entries(
+    previous: &EdgeHierarchyStatus,
+    outcome: &SyncOutcome<'_>,
+) -> (Vec<DeviceStatus>, StatusSummary) {
     let mut devices = Vec::new();
     let mut summary = StatusSummary::default();
     let ids = outcome.order.iter().chain(
@@ -77,7 +94,15 @@ pub fn synced_status(
         }
         devices.push(status);
     }
+    (devices, summary)
+}
 
+/// Ready, Stalled, Reconciling and DriftDetected after a sync.
+fn sync_conditions(
+    outcome: &SyncOutcome<'_>,
+    devices: &[DeviceStatus],
+    summary: &StatusSummary,
+) -> Vec<ConditionUpdate> {
     let manage = outcome.policy == ReconcilePolicy::Manage;
     let count = |state: DeviceState| devices.iter().filter(|d| d.state == state).count();
     let not_ready: Vec<String> = devices
@@ -160,15 +185,7 @@ pub fn synced_status(
     } else {
         ConditionUpdate::new(ct::DRIFT_DETECTED, Status::True, reason::DRIFT_REPORTED, format!("{drifted} devices differ from the spec; reconcile is Observe, so nothing was written"))
     });
-
-    EdgeHierarchyStatus {
-        observed_generation: generation,
-        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
-        summary: Some(summary),
-        root_ca: previous.root_ca.clone(),
-        last_sync_time: Some(now.clone()),
-        devices,
-    }
+    updates
 }
 
 /// Puts each device's certificate and bundle into the status, with `rootCA` and the
@@ -409,17 +426,13 @@ fn device_status(id: &str, report: &DeviceReport, previous: &EdgeHierarchyStatus
 
 /// At most five names, then a count, so condition messages stay readable for big fleets.
 fn summarize(items: &[String]) -> String {
-    if items.len() <= 5 {
-        items.join(", ")
-    } else {
-        format!("{} and {} more", items[..5].join(", "), items.len() - 5)
-    }
+    super::conditions::summarize(items, 5)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::plan::Action;
+    use crate::reconcile::devices::Action;
 
     fn now(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())

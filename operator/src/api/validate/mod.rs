@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::duration::parse_duration;
-use super::spec::{AuthenticationType, DeviceType, EdgeHierarchySpec, MAX_DEVICES};
+use super::spec::{AuthenticationType, DeviceSpec, DeviceType, EdgeHierarchySpec, MAX_DEVICES};
 
 /// Most children IoT Hub allows one parent.
 pub const MAX_CHILDREN: usize = 100;
@@ -248,7 +248,24 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
         check_device_fields(spec, d, &deployments, out);
     }
 
-    // Parent links.
+    let mut children = parent_links(&by_id, out);
+    let (layer, order) = layers(&by_id, &children, out);
+    report_cycles(&by_id, &layer, out);
+    for kids in children.values_mut() {
+        kids.sort();
+    }
+    Topology {
+        order,
+        layer,
+        children,
+    }
+}
+
+/// Each device's parent checked, and the children of every parent that can have them.
+fn parent_links(
+    by_id: &BTreeMap<&str, &DeviceSpec>,
+    out: &mut Vec<Violation>,
+) -> BTreeMap<String, Vec<String>> {
     let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for d in by_id.values() {
         let Some(parent) = d.parent.as_deref() else {
@@ -296,8 +313,16 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
         }
     }
 
-    // Layers, breadth first from the top devices; whatever is left unreached sits on a cycle or
-    // below one.
+    children
+}
+
+/// Layers, breadth first from the top devices, and the parents-first order; whatever is left
+/// unreached sits on a cycle or below one. Edge devices too deep are reported.
+fn layers(
+    by_id: &BTreeMap<&str, &DeviceSpec>,
+    children: &BTreeMap<String, Vec<String>>,
+    out: &mut Vec<Violation>,
+) -> (BTreeMap<String, u32>, Vec<String>) {
     let mut layer: BTreeMap<String, u32> = BTreeMap::new();
     let mut order = Vec::new();
     let mut current: Vec<String> = by_id
@@ -319,7 +344,7 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
         current = next;
         depth += 1;
     }
-    for (id, d) in &by_id {
+    for (id, d) in by_id {
         let l = layer.get(*id).copied().unwrap_or(0);
         if d.device_type == DeviceType::Edge && l > MAX_EDGE_LAYERS {
             out.push(violation(
@@ -330,15 +355,7 @@ fn check_tree(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) -> Topology {
             ));
         }
     }
-    report_cycles(&by_id, &layer, out);
-    for kids in children.values_mut() {
-        kids.sort();
-    }
-    Topology {
-        order,
-        layer,
-        children,
-    }
+    (layer, order)
 }
 
 fn check_device_fields(

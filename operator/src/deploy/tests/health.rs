@@ -11,7 +11,8 @@ fn lower_manifest() -> Value {
 }
 
 /// `$edgeAgent` reported properties of a device that runs `manifest` exactly, as edgeAgent
-/// reports them (schema in notes section 9).
+/// reports them (the `$edgeAgent` reported schema, docs/architecture.md "Deployments and
+/// health").
 fn healthy_report(manifest: &Value, version: i64) -> Value {
     let desired = &manifest["modulesContent"]["$edgeAgent"]["properties.desired"];
     let mut reported = json!({

@@ -2,16 +2,13 @@ use serde_json::json;
 
 use super::*;
 use crate::deploy::fixtures::*;
-use crate::deploy::ownership::ownership_tags;
+use crate::names::short_hash;
+use crate::ownership::{HierarchyIdentity, ownership_tags};
 
 const UID: &str = "0b5c1f7e-0000-4000-8000-000000000001";
 
-fn owner() -> HierarchyRef<'static> {
-    HierarchyRef {
-        namespace: "default",
-        name: "factory",
-        uid: UID,
-    }
+fn owner() -> HierarchyIdentity {
+    HierarchyIdentity::new("default", "factory", UID)
 }
 
 /// Evaluates the subset of the IoT Hub query language target conditions use (`A AND B ...`, each
@@ -55,11 +52,7 @@ fn matches(condition: &str, tags: &Value) -> bool {
 #[test]
 fn tutorial_needs_one_configuration_per_layer() {
     let ex = tutorial();
-    let owner = HierarchyRef {
-        namespace: "default",
-        name: "tutorial",
-        uid: UID,
-    };
+    let owner = HierarchyIdentity::new("default", "tutorial", UID);
     let plan = automatic_configurations(&owner, &ex.spec, &ex.topology, &ex.manifests).unwrap();
     let summary: Vec<(&str, Variant, i32, &[String])> = plan
         .iter()
@@ -145,13 +138,7 @@ fn factory_configurations_target_exactly_their_devices() {
     assert!(plan.windows(2).all(|w| w[0].id < w[1].id), "sorted by id");
     // The conditions over the tags the operator writes select exactly the planned devices.
     for device in &ex.spec.devices {
-        let tags = ownership_tags(
-            "default",
-            "factory",
-            UID,
-            device,
-            ex.topology.layer[&device.id],
-        );
+        let tags = ownership_tags(&owner(), device, ex.topology.layer[&device.id]);
         for c in &plan {
             assert_eq!(
                 matches(&c.target_condition, &tags),
@@ -174,7 +161,11 @@ fn factory_configurations_target_exactly_their_devices() {
         json!("$upstream:443/azureiotedge-metrics-collector:1.1")
     );
     // Another tags owner (a second hierarchy of the same name) matches nothing.
-    let foreign = ownership_tags("other", "factory", "another-uid", &ex.spec.devices[0], 1);
+    let foreign = ownership_tags(
+        &HierarchyIdentity::new("other", "factory", "another-uid"),
+        &ex.spec.devices[0],
+        1,
+    );
     assert!(plan.iter().all(|c| !matches(&c.target_condition, &foreign)));
 }
 
@@ -183,11 +174,7 @@ fn ids_change_with_content_priority_and_owner_but_not_with_key_order() {
     let ex = tutorial();
     let plan = |spec: &crate::api::EdgeHierarchySpec, uid: &str| {
         let manifests = crate::deploy::resolve_manifests(spec, |_| None).unwrap();
-        let owner = HierarchyRef {
-            namespace: "default",
-            name: "tutorial",
-            uid,
-        };
+        let owner = HierarchyIdentity::new("default", "tutorial", uid);
         automatic_configurations(&owner, spec, &ex.topology, &manifests)
             .unwrap()
             .into_iter()
@@ -277,5 +264,50 @@ fn debug_redacts_content() {
     assert!(
         !debug.contains("hunter2") && debug.contains("<redacted>"),
         "{debug}"
+    );
+}
+
+fn is_valid_configuration_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || "-:+%_#*?!(),=@;$'".contains(c)
+        })
+}
+
+#[test]
+fn configuration_ids_are_valid_for_any_names() {
+    let id = configuration_id("tutorial", "top-layer", "x");
+    assert!(
+        id.starts_with("tutorial-top-layer-") && id.len() == "tutorial-top-layer-".len() + 8,
+        "{id}"
+    );
+    for (hierarchy, deployment) in [
+        ("my.hierarchy", "top-layer"),
+        ("UPPER", "Case"),
+        ("ÄÖÜ", "a/b\\c\"d e{f}"),
+        (&"h".repeat(253) as &str, &"d".repeat(63) as &str),
+    ] {
+        let id = configuration_id(hierarchy, deployment, "input");
+        assert!(
+            is_valid_configuration_id(&id),
+            "{hierarchy}/{deployment} -> {id}"
+        );
+        assert!(
+            id.ends_with(&format!("-{}", short_hash("input"))),
+            "the hash survives shortening: {id}"
+        );
+    }
+    assert_eq!(
+        configuration_id("my.hierarchy", "a", "x"),
+        format!("my-hierarchy-a-{}", short_hash("x"))
+    );
+    assert_ne!(
+        configuration_id("h", "d", "one"),
+        configuration_id("h", "d", "two")
+    );
+    assert_eq!(
+        configuration_id("h", "d", "one"),
+        configuration_id("h", "d", "one")
     );
 }

@@ -5,21 +5,15 @@ use std::collections::BTreeMap;
 
 use tracing::{debug, info};
 
-use super::model::{HierarchyIdentity, HubDevice, OWNER_TAG};
+use super::model::HubDevice;
 use super::plan::{Action, IdentityFix, NewAuth, NewDevice};
+use crate::iothub::query::in_list_queries;
 use crate::iothub::{
     AuthenticationMechanism, AuthenticationType, BulkDeviceOutcome, DeviceCapabilities,
     DeviceStatus, ExportImportDevice, HubClient, HubError, ImportMode, SymmetricKey, Twin,
     X509Thumbprint,
 };
-
-/// Ids per `deviceId IN [...]` query: keeps each query well below the hub's query length limit.
-const IDS_PER_QUERY: usize = 100;
-
-/// Quotes a string literal for the IoT Hub query language.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "\\'"))
-}
+use crate::ownership::{HierarchyIdentity, TAG, owned_devices_condition};
 
 /// Reads the hub devices that are ours (one paged query on the ownership tag) and those with a
 /// spec'd id that the first query did not return (only then, in chunks): these are new, taken
@@ -30,9 +24,9 @@ pub async fn observe(
     spec_ids: impl IntoIterator<Item = &str>,
 ) -> Result<BTreeMap<String, HubDevice>, HubError> {
     let owned = client
-        .query(&format!(
-            "SELECT * FROM devices WHERE tags.{OWNER_TAG}.uid = {}",
-            literal(&identity.uid)
+        .query_twins(&format!(
+            "SELECT * FROM devices WHERE {}",
+            owned_devices_condition(&identity.uid)
         ))
         .await?;
     let mut devices: BTreeMap<String, HubDevice> = owned
@@ -44,14 +38,8 @@ pub async fn observe(
         .into_iter()
         .filter(|id| !devices.contains_key(*id))
         .collect();
-    for chunk in unseen.chunks(IDS_PER_QUERY) {
-        let ids: Vec<String> = chunk.iter().map(|id| literal(id)).collect();
-        let found = client
-            .query(&format!(
-                "SELECT * FROM devices WHERE deviceId IN [{}]",
-                ids.join(", ")
-            ))
-            .await?;
+    for query in in_list_queries("SELECT * FROM devices WHERE deviceId IN ", unseen, "") {
+        let found = client.query_twins(&query).await?;
         devices.extend(
             found
                 .iter()
@@ -83,6 +71,15 @@ impl Applied {
     pub fn writes(&self) -> usize {
         self.created.len() + self.fixed.len() + self.tagged.len() + self.deleted.len()
     }
+
+    /// Adds a later round's writes.
+    pub fn merge(&mut self, later: Applied) {
+        self.created.extend(later.created);
+        self.fixed.extend(later.fixed);
+        self.tagged.extend(later.tagged);
+        self.deleted.extend(later.deleted);
+        self.failures.extend(later.failures);
+    }
 }
 
 /// Carries out the actions in order. A failure of the whole hub (auth, network, throttling past
@@ -107,7 +104,7 @@ pub async fn apply(client: &HubClient, actions: &[Action]) -> Result<Applied, Hu
                 patch,
             } => {
                 let mut tags = serde_json::Map::new();
-                tags.insert(OWNER_TAG.to_string(), patch.clone());
+                tags.insert(TAG.to_string(), patch.clone());
                 let twin = Twin {
                     tags: Some(tags),
                     ..Twin::default()
@@ -168,7 +165,7 @@ fn authentication(auth: &NewAuth) -> AuthenticationMechanism {
 
 fn import_entry(device: &NewDevice) -> ExportImportDevice {
     let mut tags = serde_json::Map::new();
-    tags.insert(OWNER_TAG.to_string(), device.owner_tags.clone());
+    tags.insert(TAG.to_string(), device.owner_tags.clone());
     let (device_scope, parent_scopes) = match (&device.parent_scope, device.iot_edge) {
         (None, _) => (None, None),
         (Some(scope), true) => (None, Some(vec![scope.clone()])),
@@ -295,12 +292,6 @@ async fn fix_identity(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn query_literals_escape_quotes() {
-        assert_eq!(literal("a'b"), "'a\\'b'");
-        assert_eq!(literal("plain"), "'plain'");
-    }
 
     #[test]
     fn import_entries_carry_links_and_tags_in_the_create() {

@@ -1,17 +1,19 @@
-//! How the operator marks what it owns in the hub, and how its configurations find devices.
+//! Ownership: how the operator marks what it owns in IoT Hub, and how it judges a hub object.
 //!
-//! Every device twin gets `tags.edgeHierarchy = {namespace, name, uid, layer, deployment,
-//! layered: {<key>: true}}`. Configurations select devices with target conditions over exactly
-//! these tags, so [`ownership_tags`] and [`target_condition`] are the two halves of one contract.
-//! Configurations carry labels naming the hierarchy, so the operator can list its own.
+//! Every device twin the operator creates gets `tags.edgeHierarchy = {namespace, name, uid,
+//! layer, deployment, layered: {<key>: true}}`. Configurations select devices with target
+//! conditions over exactly these tags, so [`ownership_tags`] and [`target_condition`] are the
+//! two halves of one contract. Configurations carry labels naming the hierarchy, so the
+//! operator can list its own. The hierarchy's `metadata.uid` decides: a name can be reused.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::render::Variant;
-use crate::api::{DeviceSpec, DeviceType};
-use crate::names::{HIERARCHY_LABEL, MANAGER, short_hash};
+use crate::api::{DeviceSpec, DeviceType, EdgeHierarchy};
+use crate::deploy::Variant;
+use crate::iothub::query::literal;
+use crate::names::{HIERARCHY_LABEL, MANAGED_BY_LABEL, MANAGER};
 
 /// Name of the twin tag the operator owns.
 pub const TAG: &str = "edgeHierarchy";
@@ -23,20 +25,69 @@ pub const UID_LABEL: &str = "edgehierarchy.dev/uid";
 pub const DEPLOYMENT_LABEL: &str = "edgehierarchy.dev/deployment";
 /// Configuration label: `top` or `lower`.
 pub const VARIANT_LABEL: &str = "edgehierarchy.dev/variant";
-/// Configuration label: the operator that manages it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// Longest IoT Hub configuration id.
-pub const MAX_CONFIGURATION_ID: usize = 128;
 
-/// The hierarchy that owns hub objects: its namespace, name and uid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HierarchyRef<'a> {
-    /// Namespace of the `EdgeHierarchy`.
-    pub namespace: &'a str,
-    /// Name of the `EdgeHierarchy`.
-    pub name: &'a str,
-    /// `metadata.uid` of the `EdgeHierarchy`; ownership is decided on it, since a name can be reused.
-    pub uid: &'a str,
+/// Which hierarchy owns hub objects: its namespace, name and uid, as recorded in its marks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HierarchyIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl HierarchyIdentity {
+    pub fn new(namespace: &str, name: &str, uid: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+
+    /// The identity of a hierarchy object read from the apiserver.
+    pub fn of(hierarchy: &EdgeHierarchy) -> Self {
+        Self {
+            namespace: hierarchy.metadata.namespace.clone().unwrap_or_default(),
+            name: hierarchy.metadata.name.clone().unwrap_or_default(),
+            uid: hierarchy.metadata.uid.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for HierarchyIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Whom a hub device belongs to, judged from its ownership tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    Ours,
+    Unowned,
+    Other { namespace: String, name: String },
+}
+
+/// Judges `tags.edgeHierarchy` of a device (absent or null: nobody's).
+pub fn judge(owner_tags: Option<&Value>, identity: &HierarchyIdentity) -> Ownership {
+    let Some(tags) = owner_tags.filter(|t| !t.is_null()) else {
+        return Ownership::Unowned;
+    };
+    let field = |k: &str| {
+        tags.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if field("uid") == identity.uid {
+        Ownership::Ours
+    } else if field("uid").is_empty() && field("name").is_empty() {
+        Ownership::Unowned
+    } else {
+        Ownership::Other {
+            namespace: field("namespace"),
+            name: field("name"),
+        }
+    }
 }
 
 /// Key of a layered deployment under `tags.edgeHierarchy.layered`: the name with `-` mapped to
@@ -51,17 +102,11 @@ pub fn layered_tag_key(deployment: &str) -> String {
 /// `deployment` and `layered` are present only for an Edge device that has them, so a Leaf
 /// device carries only the ownership fields. Write it with [`ownership_tags_patch`] so keys the
 /// device no longer has are removed.
-pub fn ownership_tags(
-    namespace: &str,
-    name: &str,
-    uid: &str,
-    device: &DeviceSpec,
-    layer: u32,
-) -> Value {
+pub fn ownership_tags(identity: &HierarchyIdentity, device: &DeviceSpec, layer: u32) -> Value {
     let mut tag = Map::new();
-    tag.insert("namespace".into(), json!(namespace));
-    tag.insert("name".into(), json!(name));
-    tag.insert("uid".into(), json!(uid));
+    tag.insert("namespace".into(), json!(identity.namespace));
+    tag.insert("name".into(), json!(identity.name));
+    tag.insert("uid".into(), json!(identity.uid));
     tag.insert("layer".into(), json!(layer));
     if device.device_type == DeviceType::Edge {
         if let Some(deployment) = &device.deployment {
@@ -120,9 +165,9 @@ fn same_number_or_value(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// A string literal of the IoT Hub query language: single quotes, `'` doubled.
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// The query condition selecting the devices whose ownership tags name hierarchy `uid`.
+pub fn owned_devices_condition(uid: &str) -> String {
+    format!("tags.{TAG}.uid = {}", literal(uid))
 }
 
 /// The target condition of the configuration carrying `deployment` for `variant` devices of the
@@ -130,11 +175,11 @@ fn quote(value: &str) -> String {
 /// deployment (as base, or in `layered` when `layered` is true) and whose layer is 1 (Top) or
 /// greater than 1 (Lower).
 pub fn target_condition(uid: &str, deployment: &str, layered: bool, variant: Variant) -> String {
-    let owner = format!("tags.{TAG}.uid={}", quote(uid));
+    let owner = format!("tags.{TAG}.uid={}", literal(uid));
     let selects = if layered {
         format!("tags.{TAG}.layered.{}=true", layered_tag_key(deployment))
     } else {
-        format!("tags.{TAG}.deployment={}", quote(deployment))
+        format!("tags.{TAG}.deployment={}", literal(deployment))
     };
     let layer = match variant {
         Variant::Top => format!("tags.{TAG}.layer=1"),
@@ -143,61 +188,27 @@ pub fn target_condition(uid: &str, deployment: &str, layered: bool, variant: Var
     format!("{owner} AND {selects} AND {layer}")
 }
 
-/// Characters IoT Hub accepts in a configuration id besides lower-case letters and digits.
-const ID_PUNCTUATION: &str = "-:+%_#*?!(),=@;$'";
-
-/// `<hierarchy>-<deployment>-<hash8>`: a valid IoT Hub configuration id for any names (lower
-/// case; characters it does not accept become `-`; at most 128 characters, the names shortened
-/// and the hash kept).
-///
-/// `hash_input` is everything that makes the configuration what it is (see
-/// [`super::plan::automatic_configurations`]): configuration content is immutable in IoT Hub, so a
-/// change of any of it must yield a new id.
-pub fn configuration_id(hierarchy: &str, deployment: &str, hash_input: &str) -> String {
-    let hash = short_hash(hash_input);
-    let clean = |text: &str| -> String {
-        text.chars()
-            .map(|c| c.to_ascii_lowercase())
-            .map(|c| {
-                if c.is_ascii_lowercase() || c.is_ascii_digit() || ID_PUNCTUATION.contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    };
-    let mut stem = format!("{}-{}", clean(hierarchy), clean(deployment));
-    let room = MAX_CONFIGURATION_ID - hash.len() - 1;
-    if stem.len() > room {
-        // Only ASCII is left after cleaning, so byte truncation is a character boundary.
-        stem.truncate(room);
-    }
-    format!("{stem}-{hash}")
-}
-
 /// Labels of a configuration the operator creates for `deployment` / `variant`.
 pub fn configuration_labels(
-    owner: &HierarchyRef<'_>,
+    identity: &HierarchyIdentity,
     deployment: &str,
     variant: Variant,
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (HIERARCHY_LABEL.to_string(), owner.name.to_string()),
-        (NAMESPACE_LABEL.to_string(), owner.namespace.to_string()),
-        (UID_LABEL.to_string(), owner.uid.to_string()),
+        (HIERARCHY_LABEL.to_string(), identity.name.clone()),
+        (NAMESPACE_LABEL.to_string(), identity.namespace.clone()),
+        (UID_LABEL.to_string(), identity.uid.clone()),
         (DEPLOYMENT_LABEL.to_string(), deployment.to_string()),
         (VARIANT_LABEL.to_string(), variant.as_str().to_string()),
         (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
     ])
 }
 
-/// Whether a configuration's `labels` (the JSON object from the hub, or null) mark it as created
-/// for the hierarchy with `uid`. Configurations without the label are never the operator's.
-pub fn is_owned_configuration(labels: &Value, uid: &str) -> bool {
-    labels.get(UID_LABEL).and_then(Value::as_str) == Some(uid)
+/// Whether a configuration's `labels` mark it as created for the hierarchy with `uid`.
+/// Configurations without the label are never the operator's.
+pub fn is_owned_configuration(labels: Option<&BTreeMap<String, String>>, uid: &str) -> bool {
+    labels.and_then(|l| l.get(UID_LABEL)).map(String::as_str) == Some(uid)
 }
 
 #[cfg(test)]
-#[path = "tests/ownership.rs"]
 mod tests;

@@ -1,5 +1,5 @@
 //! Fixtures: a desired tree and a hub state built by hand, fed through `plan`, and the resulting
-//! actions and reports checked. Each test names the rule of DESIGN.md section 4 it covers.
+//! actions and reports checked. Each test names the rule (docs/architecture.md, "Devices") it covers.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::api::{DeviceType, PolicySpec};
-use crate::reconcile::model::{
-    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice,
-};
+use crate::iothub::AuthenticationType as HubAuthKind;
+use crate::ownership::HierarchyIdentity;
+use crate::reconcile::devices::model::{DesiredAuth, DesiredDevice, HubDevice};
 
 fn identity() -> HierarchyIdentity {
     HierarchyIdentity {
@@ -598,6 +598,7 @@ fn from_twin_reads_the_fields_plan_uses() {
         "deviceScope": scope("lower"), "parentScopes": [scope("top")],
         "tags": {"edgeHierarchy": tags(2), "other": 1}
     });
+    let twin: crate::iothub::Twin = serde_json::from_value(twin).unwrap();
     let d = HubDevice::from_twin(&twin).unwrap();
     assert_eq!(d.id, "lower");
     assert_eq!(d.twin_etag.as_deref(), Some("AAAA"));
@@ -608,5 +609,6 @@ fn from_twin_reads_the_fields_plan_uses() {
     assert_eq!(d.parent_scopes, [scope("top")]);
     assert_eq!(d.owner_tags, Some(tags(2)));
     assert_eq!(d.tagged_layer(), 2);
-    assert!(HubDevice::from_twin(&json!({"etag": "x"})).is_none());
+    let no_id: crate::iothub::Twin = serde_json::from_value(json!({"etag": "x"})).unwrap();
+    assert!(HubDevice::from_twin(&no_id).is_none());
 }

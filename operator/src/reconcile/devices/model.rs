@@ -6,35 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::api::{AuthenticationType, DeviceType, EdgeHierarchy, EdgeHierarchySpec, Topology};
-
-/// Twin tag under which the operator records ownership (see `deploy::ownership`).
-pub use crate::deploy::ownership::TAG as OWNER_TAG;
-
-/// Which hierarchy this is, as recorded in the ownership tags of its devices.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HierarchyIdentity {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-impl HierarchyIdentity {
-    /// The identity of a hierarchy object read from the apiserver.
-    pub fn of(hierarchy: &EdgeHierarchy) -> Self {
-        Self {
-            namespace: hierarchy.metadata.namespace.clone().unwrap_or_default(),
-            name: hierarchy.metadata.name.clone().unwrap_or_default(),
-            uid: hierarchy.metadata.uid.clone().unwrap_or_default(),
-        }
-    }
-}
-
-impl std::fmt::Display for HierarchyIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+use crate::api::{AuthenticationType, DeviceType, EdgeHierarchySpec, Topology};
+use crate::iothub::{AuthenticationType as HubAuth, DeviceStatus, Twin};
+use crate::ownership::{HierarchyIdentity, Ownership, TAG, judge, ownership_tags};
 
 /// SAS keys the operator chose for a device (so it knows them without reading them back).
 #[derive(Clone, PartialEq, Eq)]
@@ -87,7 +61,7 @@ pub struct DesiredDevice {
     pub layer: u32,
     pub device_type: DeviceType,
     pub auth: DesiredAuth,
-    /// The full `tags.edgeHierarchy` object, as `deploy::ownership_tags` makes it.
+    /// The full `tags.edgeHierarchy` object, as `ownership::ownership_tags` makes it.
     pub owner_tags: Value,
 }
 
@@ -126,38 +100,10 @@ pub fn desired_devices(
                         thumbprints: thumbprints.get(id).cloned(),
                     },
                 },
-                owner_tags: crate::deploy::ownership_tags(
-                    &identity.namespace,
-                    &identity.name,
-                    &identity.uid,
-                    d,
-                    layer,
-                )[OWNER_TAG]
-                    .take(),
+                owner_tags: ownership_tags(identity, d, layer)[TAG].take(),
             }
         })
         .collect()
-}
-
-/// Authentication type of a hub device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HubAuthKind {
-    Sas,
-    SelfSigned,
-    CertificateAuthority,
-    None,
-}
-
-impl HubAuthKind {
-    /// Parses the swagger's `authenticationType` / `authentication.type` values.
-    pub fn parse(text: &str) -> Self {
-        match text {
-            "sas" => Self::Sas,
-            "selfSigned" => Self::SelfSigned,
-            "certificateAuthority" => Self::CertificateAuthority,
-            _ => Self::None,
-        }
-    }
 }
 
 /// One device as the hub holds it (from a twin query).
@@ -170,7 +116,7 @@ pub struct HubDevice {
     pub twin_etag: Option<String>,
     pub enabled: bool,
     pub iot_edge: bool,
-    pub auth: HubAuthKind,
+    pub auth: HubAuth,
     pub thumbprints: (Option<String>, Option<String>),
     pub device_scope: Option<String>,
     pub parent_scopes: Vec<String>,
@@ -179,45 +125,39 @@ pub struct HubDevice {
 }
 
 impl HubDevice {
-    /// Builds a device from a twin document as `SELECT * FROM devices` returns it.
-    pub fn from_twin(twin: &Value) -> Option<Self> {
-        let text = |key: &str| twin.get(key).and_then(Value::as_str).map(str::to_string);
-        let thumbprint = |key: &str| {
-            twin.pointer(&format!("/x509Thumbprint/{key}"))
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-        };
+    /// The device as a twin query (`SELECT * FROM devices`) returns it.
+    pub fn from_twin(twin: &Twin) -> Option<Self> {
+        let thumbprints = twin.x509_thumbprint.as_ref();
+        let thumbprint = |t: Option<&String>| t.filter(|t| !t.is_empty()).cloned();
         Some(Self {
-            id: text("deviceId")?,
-            device_etag: text("deviceEtag"),
-            twin_etag: text("etag"),
-            enabled: text("status").as_deref() != Some("disabled"),
+            id: twin.device_id.clone()?,
+            device_etag: twin.device_etag.clone(),
+            twin_etag: twin.etag.clone(),
+            enabled: twin.status != Some(DeviceStatus::Disabled),
             iot_edge: twin
-                .pointer("/capabilities/iotEdge")
-                .and_then(Value::as_bool)
+                .capabilities
+                .as_ref()
+                .and_then(|c| c.iot_edge)
                 .unwrap_or(false),
-            auth: HubAuthKind::parse(text("authenticationType").as_deref().unwrap_or("sas")),
+            auth: twin.authentication_type.unwrap_or(HubAuth::Sas),
             thumbprints: (
-                thumbprint("primaryThumbprint"),
-                thumbprint("secondaryThumbprint"),
+                thumbprint(thumbprints.and_then(|t| t.primary_thumbprint.as_ref())),
+                thumbprint(thumbprints.and_then(|t| t.secondary_thumbprint.as_ref())),
             ),
-            device_scope: text("deviceScope").filter(|s| !s.is_empty()),
-            parent_scopes: twin
-                .get("parentScopes")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            device_scope: twin.device_scope.clone().filter(|s| !s.is_empty()),
+            parent_scopes: twin.parent_scopes.clone().unwrap_or_default(),
             owner_tags: twin
-                .pointer(&format!("/tags/{OWNER_TAG}"))
+                .tags
+                .as_ref()
+                .and_then(|t| t.get(TAG))
                 .cloned()
                 .filter(|t| !t.is_null()),
         })
+    }
+
+    /// Whom the device belongs to.
+    pub fn ownership(&self, identity: &HierarchyIdentity) -> Ownership {
+        judge(self.owner_tags.as_ref(), identity)
     }
 
     /// The `layer` recorded in the ownership tags, for ordering deletions.
@@ -227,35 +167,5 @@ impl HubDevice {
             .and_then(|t| t.get("layer"))
             .and_then(Value::as_u64)
             .unwrap_or(0) as u32
-    }
-}
-
-/// Whom a hub device belongs to, judged from its ownership tags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ownership {
-    Ours,
-    Unowned,
-    Other { namespace: String, name: String },
-}
-
-pub fn ownership(device: &HubDevice, identity: &HierarchyIdentity) -> Ownership {
-    let Some(tags) = &device.owner_tags else {
-        return Ownership::Unowned;
-    };
-    let field = |k: &str| {
-        tags.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    if field("uid") == identity.uid {
-        Ownership::Ours
-    } else if field("uid").is_empty() && field("name").is_empty() {
-        Ownership::Unowned
-    } else {
-        Ownership::Other {
-            namespace: field("namespace"),
-            name: field("name"),
-        }
     }
 }

@@ -3,6 +3,10 @@ use serde_json::json;
 use super::*;
 use crate::deploy::fixtures::*;
 
+fn identity() -> HierarchyIdentity {
+    HierarchyIdentity::new("plant", "factory", UID)
+}
+
 const UID: &str = "5f0c3a52-8c1e-4f0e-9c55-0f6a3f1d2b7e";
 
 fn device(ex: &Example, id: &str) -> DeviceSpec {
@@ -17,15 +21,7 @@ fn device(ex: &Example, id: &str) -> DeviceSpec {
 #[test]
 fn ownership_tags_for_each_kind_of_device() {
     let ex = factory();
-    let tags = |id: &str| {
-        ownership_tags(
-            "plant",
-            "factory",
-            UID,
-            &device(&ex, id),
-            ex.topology.layer[id],
-        )
-    };
+    let tags = |id: &str| ownership_tags(&identity(), &device(&ex, id), ex.topology.layer[id]);
     assert_eq!(
         tags("site1-area1-line1-cell1"),
         json!({"edgeHierarchy": {"namespace": "plant", "name": "factory", "uid": UID, "layer": 5,
@@ -45,7 +41,7 @@ fn ownership_tags_for_each_kind_of_device() {
 #[test]
 fn tag_patches_add_change_and_remove_only_our_keys() {
     let ex = factory();
-    let desired = ownership_tags("plant", "factory", UID, &device(&ex, "site1-gw"), 2);
+    let desired = ownership_tags(&identity(), &device(&ex, "site1-gw"), 2);
     // A fresh twin gets everything.
     assert_eq!(
         ownership_tags_patch(&Value::Null, &desired),
@@ -72,7 +68,7 @@ fn tag_patches_add_change_and_remove_only_our_keys() {
     // A device that lost all layered deployments and its deployment (became a Leaf).
     let mut leaf = device(&ex, "site1-gw");
     leaf.device_type = crate::api::DeviceType::Leaf;
-    let leaf_tags = ownership_tags("plant", "factory", UID, &leaf, 2);
+    let leaf_tags = ownership_tags(&identity(), &leaf, 2);
     assert_eq!(
         ownership_tags_patch(&desired, &leaf_tags),
         Some(json!({"edgeHierarchy": {"deployment": null, "layered": null}}))
@@ -110,58 +106,9 @@ fn target_conditions_quote_and_select_by_layer() {
     );
 }
 
-fn is_valid_configuration_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || "-:+%_#*?!(),=@;$'".contains(c)
-        })
-}
-
-#[test]
-fn configuration_ids_are_valid_for_any_names() {
-    let id = configuration_id("tutorial", "top-layer", "x");
-    assert!(
-        id.starts_with("tutorial-top-layer-") && id.len() == "tutorial-top-layer-".len() + 8,
-        "{id}"
-    );
-    for (hierarchy, deployment) in [
-        ("my.hierarchy", "top-layer"),
-        ("UPPER", "Case"),
-        ("ÄÖÜ", "a/b\\c\"d e{f}"),
-        (&"h".repeat(253) as &str, &"d".repeat(63) as &str),
-    ] {
-        let id = configuration_id(hierarchy, deployment, "input");
-        assert!(
-            is_valid_configuration_id(&id),
-            "{hierarchy}/{deployment} -> {id}"
-        );
-        assert!(
-            id.ends_with(&format!("-{}", short_hash("input"))),
-            "the hash survives shortening: {id}"
-        );
-    }
-    assert_eq!(
-        configuration_id("my.hierarchy", "a", "x"),
-        format!("my-hierarchy-a-{}", short_hash("x"))
-    );
-    assert_ne!(
-        configuration_id("h", "d", "one"),
-        configuration_id("h", "d", "two")
-    );
-    assert_eq!(
-        configuration_id("h", "d", "one"),
-        configuration_id("h", "d", "one")
-    );
-}
-
 #[test]
 fn labels_mark_ownership() {
-    let owner = HierarchyRef {
-        namespace: "plant",
-        name: "factory",
-        uid: UID,
-    };
+    let owner = identity();
     let labels = configuration_labels(&owner, "cell", Variant::Lower);
     assert_eq!(
         labels,
@@ -186,12 +133,14 @@ fn labels_mark_ownership() {
             ("edgehierarchy.dev/variant".to_string(), "lower".to_string()),
         ])
     );
-    let as_json = serde_json::to_value(&labels).unwrap();
-    assert!(is_owned_configuration(&as_json, UID));
-    assert!(!is_owned_configuration(&as_json, "another-uid"));
+    assert!(is_owned_configuration(Some(&labels), UID));
+    assert!(!is_owned_configuration(Some(&labels), "another-uid"));
     assert!(!is_owned_configuration(
-        &json!({"edgehierarchy.dev/hierarchy": "factory"}),
+        Some(&BTreeMap::from([(
+            "edgehierarchy.dev/hierarchy".to_string(),
+            "factory".to_string()
+        )])),
         UID
     ));
-    assert!(!is_owned_configuration(&Value::Null, UID));
+    assert!(!is_owned_configuration(None, UID));
 }

@@ -1,6 +1,6 @@
 //! `plan`: desired devices against hub devices, to ordered actions and a per-device report.
-//! Pure: every rule of DESIGN.md section 4 about identities lives here and is tested with
-//! fixtures in `plan/tests.rs`.
+//! Pure: every rule about identities (docs/architecture.md, "Devices") lives here and is tested
+//! with fixtures in `plan/tests.rs`.
 //!
 //! Planning runs in rounds: a child needs its parent's `deviceScope`, which the hub assigns on
 //! creation, so each round creates the devices whose parents already exist; the reconciler
@@ -10,11 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::model::{
-    DesiredAuth, DesiredDevice, HierarchyIdentity, HubAuthKind, HubDevice, OWNER_TAG, Ownership,
-    SasKeys, ownership,
-};
+use super::model::{DesiredAuth, DesiredDevice, HubDevice, SasKeys};
 use crate::api::{DeletionPolicy, DeviceState, PolicySpec, ReconcilePolicy};
+use crate::iothub::AuthenticationType as HubAuth;
+use crate::ownership::{HierarchyIdentity, Ownership, TAG, ownership_tags_patch};
 
 /// Everything `plan` looks at.
 pub struct PlanInput<'a> {
@@ -138,175 +137,74 @@ enum ParentScope {
 
 /// Plans one round. See the module docs.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let manage = input.policy.reconcile == ReconcilePolicy::Manage;
-    let mut out = Plan::default();
-    let mut creates = Vec::new();
-    let mut fixes = Vec::new();
-    let mut tag_writes = Vec::new();
-    // Devices treated as ours this round (owned, adopted or taken back): only their scopes can
-    // parent a child.
-    let mut ours: BTreeSet<&str> = BTreeSet::new();
-
+    let mut round = Round {
+        input,
+        manage: input.policy.reconcile == ReconcilePolicy::Manage,
+        out: Plan::default(),
+        creates: Vec::new(),
+        fixes: Vec::new(),
+        tag_writes: Vec::new(),
+        ours: BTreeSet::new(),
+    };
     for want in input.desired {
+        round.device(want);
+    }
+    round.finish()
+}
+
+/// One planning round in progress.
+struct Round<'a> {
+    input: &'a PlanInput<'a>,
+    manage: bool,
+    out: Plan,
+    creates: Vec<NewDevice>,
+    fixes: Vec<Action>,
+    tag_writes: Vec<Action>,
+    /// Devices treated as ours this round (owned, adopted or taken back): only their scopes can
+    /// parent a child.
+    ours: BTreeSet<&'a str>,
+}
+
+impl<'a> Round<'a> {
+    fn device(&mut self, want: &'a DesiredDevice) {
+        let input = self.input;
         let mut report = DeviceReport {
             layer: Some(want.layer),
             parent: want.parent.clone(),
             ..DeviceReport::default()
         };
-        let parent_scope = match &want.parent {
-            None => ParentScope::None,
-            Some(p) => match input.observed.get(p) {
-                Some(parent) if ours.contains(p.as_str()) && parent.device_scope.is_some() => {
-                    ParentScope::Known(parent.device_scope.clone().unwrap_or_default())
-                }
-                _ => ParentScope::Unknown(p.clone()),
-            },
-        };
-
+        let parent_scope = self.parent_scope(want);
         let Some(have) = input.observed.get(&want.id) else {
             plan_missing(
                 input,
                 want,
                 &parent_scope,
-                manage,
+                self.manage,
                 &mut report,
-                &mut creates,
+                &mut self.creates,
             );
-            out.devices.insert(want.id.clone(), report);
-            continue;
+            self.out.devices.insert(want.id.clone(), report);
+            return;
         };
-
         // Ownership first: nothing is compared, let alone written, on a device that is not ours.
-        let taken_back = input.previously_registered.contains(&want.id);
-        match ownership(have, input.identity) {
-            Ownership::Ours => {}
-            Ownership::Other { namespace, name } => {
-                conflict(
-                    &mut out,
-                    report,
-                    &want.id,
-                    format!(
-                        "device {:?} already exists in the hub and belongs to hierarchy {namespace}/{name}; \
-                         remove it from one of the two hierarchies",
-                        want.id
-                    ),
-                );
-                continue;
+        match judge_ownership(input, want, have, self.manage) {
+            Judgement::Conflict(message) => {
+                conflict(&mut self.out, report, &want.id, message);
+                return;
             }
-            Ownership::Unowned if input.policy.adopt_existing || taken_back => {
-                let why = if taken_back {
-                    "re-created outside the operator without ownership tags; taken back"
-                } else {
-                    "existed in the hub without an owner; adopted (policy.adoptExisting)"
-                };
-                report.drift.push(if manage {
-                    why.to_string()
-                } else {
-                    format!("{why} once reconcile is Manage (Observe: not written)")
-                });
-            }
-            Ownership::Unowned => {
-                conflict(
-                    &mut out,
-                    report,
-                    &want.id,
-                    format!(
-                        "device {:?} already exists in the hub and no hierarchy owns it; set \
-                         spec.policy.adoptExisting: true to take it over, or rename the device in the spec",
-                        want.id
-                    ),
-                );
-                continue;
-            }
+            Judgement::Ours { adopted } => report.drift.extend(adopted),
         }
-        ours.insert(want.id.as_str());
+        self.ours.insert(want.id.as_str());
         report.registered = true;
         report.device_scope = have.device_scope.clone();
 
-        let mut fix = IdentityFix::default();
-        let mut drift = Vec::new();
-        if have.iot_edge != want.is_edge() {
-            drift.push(format!(
-                "edge capability is {} in the hub, the spec says {}",
-                on_off(have.iot_edge),
-                on_off(want.is_edge())
-            ));
-            fix.iot_edge = Some(want.is_edge());
-        }
-        if !have.enabled {
-            drift.push("device is disabled in the hub".to_string());
-            fix.enable = true;
-        }
-        match (&want.auth, have.auth) {
-            (DesiredAuth::SymmetricKey { .. }, HubAuthKind::Sas) => {}
-            (DesiredAuth::SymmetricKey { keys }, other) => {
-                drift.push(format!(
-                    "authentication is {other:?} in the hub, the spec says SymmetricKey"
-                ));
-                fix.auth = Some(NewAuth::Sas { keys: keys.clone() });
-            }
-            (DesiredAuth::X509 { thumbprints }, kind) => {
-                if let Some((primary, secondary)) = thumbprints {
-                    let registered = (&have.thumbprints.0, &have.thumbprints.1);
-                    let wanted = (Some(primary), secondary.as_ref());
-                    if kind != HubAuthKind::SelfSigned
-                        || (registered.0.as_ref(), registered.1.as_ref()) != wanted
-                    {
-                        drift.push("X.509 thumbprints in the hub differ from the issued identity certificates".into());
-                        fix.auth = Some(NewAuth::SelfSigned {
-                            primary: primary.clone(),
-                            secondary: secondary.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        match &parent_scope {
-            ParentScope::None => {
-                report.parented = true;
-                if want.is_edge() && !have.parent_scopes.is_empty() {
-                    drift.push(format!(
-                        "has parent link {:?} in the hub but is a top-layer device in the spec",
-                        have.parent_scopes
-                    ));
-                    fix.parent_scopes = Some(Vec::new());
-                }
-            }
-            ParentScope::Known(scope) => {
-                let linked = if want.is_edge() {
-                    have.parent_scopes == [scope.clone()]
-                } else {
-                    have.device_scope.as_deref() == Some(scope)
-                };
-                if linked {
-                    report.parented = true;
-                } else {
-                    let now = if want.is_edge() {
-                        format!("{:?}", have.parent_scopes)
-                    } else {
-                        format!("{:?}", have.device_scope)
-                    };
-                    drift.push(format!(
-                        "parent link is {now} in the hub, the spec's parent {:?} has scope {scope:?}",
-                        want.parent.as_deref().unwrap_or_default()
-                    ));
-                    if want.is_edge() {
-                        fix.parent_scopes = Some(vec![scope.clone()]);
-                    } else {
-                        fix.device_scope = Some(scope.clone());
-                    }
-                }
-            }
-            ParentScope::Unknown(parent) => {
-                report.message = Some(format!("waiting for parent {parent:?} to be registered"));
-            }
-        }
+        let (fix, mut drift) = identity_drift(want, have, &parent_scope, &mut report);
         let owner_patch = owner_tags_patch(have.owner_tags.as_ref(), &want.owner_tags);
-        if owner_patch.is_some() && ownership(have, input.identity) == Ownership::Ours {
+        // An adopted device gets its tags as part of the adoption, reported above.
+        if owner_patch.is_some() && have.ownership(input.identity) == Ownership::Ours {
             drift.push("ownership tags differ from the spec".to_string());
         }
-
-        let corrected = if manage {
+        let corrected = if self.manage {
             "; corrected"
         } else {
             "; not corrected (reconcile: Observe)"
@@ -314,46 +212,220 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         report
             .drift
             .extend(drift.iter().map(|d| format!("{d}{corrected}")));
-        if manage {
+        if self.manage {
             if fix != IdentityFix::default() {
-                fixes.push(Action::FixIdentity {
+                self.fixes.push(Action::FixIdentity {
                     id: want.id.clone(),
                     etag: have.device_etag.clone(),
                     fix,
                 });
             }
             if let Some(patch) = owner_patch {
-                tag_writes.push(Action::WriteOwnerTags {
+                self.tag_writes.push(Action::WriteOwnerTags {
                     id: want.id.clone(),
                     twin_etag: have.twin_etag.clone(),
                     patch,
                 });
             }
         }
-        report.state = if !report.drift.is_empty() {
-            if manage {
-                DeviceState::Pending
-            } else {
-                DeviceState::Drifted
-            }
-        } else if matches!(parent_scope, ParentScope::Unknown(_)) {
-            DeviceState::Pending
-        } else {
-            DeviceState::Ready
-        };
-        out.devices.insert(want.id.clone(), report);
+        report.state = device_state(&report, self.manage, &parent_scope);
+        self.out.devices.insert(want.id.clone(), report);
     }
 
-    let deletes = plan_removals(input, manage, &mut out);
-    if !creates.is_empty() {
-        out.actions.push(Action::Create(creates));
+    /// The parent link `want` should have, as far as this round knows its parent.
+    fn parent_scope(&self, want: &DesiredDevice) -> ParentScope {
+        match &want.parent {
+            None => ParentScope::None,
+            Some(p) => match self.input.observed.get(p) {
+                Some(parent) if self.ours.contains(p.as_str()) && parent.device_scope.is_some() => {
+                    ParentScope::Known(parent.device_scope.clone().unwrap_or_default())
+                }
+                _ => ParentScope::Unknown(p.clone()),
+            },
+        }
     }
-    out.actions.extend(fixes);
-    out.actions.extend(tag_writes);
-    if !deletes.is_empty() {
-        out.actions.push(Action::Delete(deletes));
+
+    /// The actions in their order: creates, identity fixes, tag writes, deletes.
+    fn finish(mut self) -> Plan {
+        let deletes = plan_removals(self.input, self.manage, &mut self.out);
+        if !self.creates.is_empty() {
+            self.out.actions.push(Action::Create(self.creates));
+        }
+        self.out.actions.extend(self.fixes);
+        self.out.actions.extend(self.tag_writes);
+        if !deletes.is_empty() {
+            self.out.actions.push(Action::Delete(deletes));
+        }
+        self.out
     }
-    out
+}
+
+/// Whether an existing hub device may be managed as this hierarchy's.
+enum Judgement {
+    /// Ours; `adopted` says so when it was taken over (adoptExisting, or re-created untagged).
+    Ours { adopted: Option<String> },
+    /// Another owner's, or nobody's without adoption: reported, never written.
+    Conflict(String),
+}
+
+fn judge_ownership(
+    input: &PlanInput<'_>,
+    want: &DesiredDevice,
+    have: &HubDevice,
+    manage: bool,
+) -> Judgement {
+    let taken_back = input.previously_registered.contains(&want.id);
+    match have.ownership(input.identity) {
+        Ownership::Ours => Judgement::Ours { adopted: None },
+        Ownership::Other { namespace, name } => Judgement::Conflict(format!(
+            "device {:?} already exists in the hub and belongs to hierarchy {namespace}/{name}; \
+             remove it from one of the two hierarchies",
+            want.id
+        )),
+        Ownership::Unowned if input.policy.adopt_existing || taken_back => {
+            let why = if taken_back {
+                "re-created outside the operator without ownership tags; taken back"
+            } else {
+                "existed in the hub without an owner; adopted (policy.adoptExisting)"
+            };
+            Judgement::Ours {
+                adopted: Some(if manage {
+                    why.to_string()
+                } else {
+                    format!("{why} once reconcile is Manage (Observe: not written)")
+                }),
+            }
+        }
+        Ownership::Unowned => Judgement::Conflict(format!(
+            "device {:?} already exists in the hub and no hierarchy owns it; set \
+             spec.policy.adoptExisting: true to take it over, or rename the device in the spec",
+            want.id
+        )),
+    }
+}
+
+/// How an owned device's identity differs from the spec: the correction, and a sentence per
+/// difference. Sets `report.parented`, or the waiting message when the parent is unknown.
+fn identity_drift(
+    want: &DesiredDevice,
+    have: &HubDevice,
+    parent_scope: &ParentScope,
+    report: &mut DeviceReport,
+) -> (IdentityFix, Vec<String>) {
+    let mut fix = IdentityFix::default();
+    let mut drift = Vec::new();
+    if have.iot_edge != want.is_edge() {
+        drift.push(format!(
+            "edge capability is {} in the hub, the spec says {}",
+            on_off(have.iot_edge),
+            on_off(want.is_edge())
+        ));
+        fix.iot_edge = Some(want.is_edge());
+    }
+    if !have.enabled {
+        drift.push("device is disabled in the hub".to_string());
+        fix.enable = true;
+    }
+    if let Some((auth, what)) = auth_drift(want, have) {
+        drift.push(what);
+        fix.auth = Some(auth);
+    }
+    match parent_scope {
+        ParentScope::None => {
+            report.parented = true;
+            if want.is_edge() && !have.parent_scopes.is_empty() {
+                drift.push(format!(
+                    "has parent link {:?} in the hub but is a top-layer device in the spec",
+                    have.parent_scopes
+                ));
+                fix.parent_scopes = Some(Vec::new());
+            }
+        }
+        ParentScope::Known(scope) => {
+            if let Some(what) = link_drift(want, have, scope, &mut fix) {
+                drift.push(what);
+            } else {
+                report.parented = true;
+            }
+        }
+        ParentScope::Unknown(parent) => {
+            report.message = Some(format!("waiting for parent {parent:?} to be registered"));
+        }
+    }
+    (fix, drift)
+}
+
+/// The authentication to restore, with the sentence saying why, when the hub's differs.
+fn auth_drift(want: &DesiredDevice, have: &HubDevice) -> Option<(NewAuth, String)> {
+    match (&want.auth, have.auth) {
+        (DesiredAuth::SymmetricKey { .. }, HubAuth::Sas) => None,
+        (DesiredAuth::SymmetricKey { keys }, other) => Some((
+            NewAuth::Sas { keys: keys.clone() },
+            format!("authentication is {other:?} in the hub, the spec says SymmetricKey"),
+        )),
+        (DesiredAuth::X509 { thumbprints }, kind) => {
+            let (primary, secondary) = thumbprints.as_ref()?;
+            let registered = (have.thumbprints.0.as_ref(), have.thumbprints.1.as_ref());
+            let wanted = (Some(primary), secondary.as_ref());
+            (kind != HubAuth::SelfSigned || registered != wanted).then(|| {
+                (
+                    NewAuth::SelfSigned {
+                        primary: primary.clone(),
+                        secondary: secondary.clone(),
+                    },
+                    "X.509 thumbprints in the hub differ from the issued identity certificates"
+                        .into(),
+                )
+            })
+        }
+    }
+}
+
+/// The sentence and the correction when a device's link to its known parent is wrong.
+fn link_drift(
+    want: &DesiredDevice,
+    have: &HubDevice,
+    scope: &str,
+    fix: &mut IdentityFix,
+) -> Option<String> {
+    let linked = if want.is_edge() {
+        have.parent_scopes == [scope.to_string()]
+    } else {
+        have.device_scope.as_deref() == Some(scope)
+    };
+    if linked {
+        return None;
+    }
+    let now = if want.is_edge() {
+        format!("{:?}", have.parent_scopes)
+    } else {
+        format!("{:?}", have.device_scope)
+    };
+    if want.is_edge() {
+        fix.parent_scopes = Some(vec![scope.to_string()]);
+    } else {
+        fix.device_scope = Some(scope.to_string());
+    }
+    Some(format!(
+        "parent link is {now} in the hub, the spec's parent {:?} has scope {scope:?}",
+        want.parent.as_deref().unwrap_or_default()
+    ))
+}
+
+/// An owned device's state after comparison: Pending while a correction or a parent is still
+/// to come, Drifted when a difference stays (Observe), else Ready.
+fn device_state(report: &DeviceReport, manage: bool, parent_scope: &ParentScope) -> DeviceState {
+    if !report.drift.is_empty() {
+        if manage {
+            DeviceState::Pending
+        } else {
+            DeviceState::Drifted
+        }
+    } else if matches!(parent_scope, ParentScope::Unknown(_)) {
+        DeviceState::Pending
+    } else {
+        DeviceState::Ready
+    }
 }
 
 /// Records a device another owner holds: reported, never written.
@@ -431,7 +503,7 @@ fn plan_removals(
         .observed
         .values()
         .filter(|d| !wanted.contains(d.id.as_str()))
-        .filter(|d| ownership(d, input.identity) == Ownership::Ours)
+        .filter(|d| d.ownership(input.identity) == Ownership::Ours)
         .collect();
     if removed.is_empty() || !manage || input.policy.deletion == DeletionPolicy::Detach {
         return Vec::new();
@@ -466,12 +538,12 @@ fn plan_removals(
 /// The merge patch of `tags.edgeHierarchy` from what the hub has to what the spec wants, or
 /// `None` when they agree (tags outside it are the user's and never part of the patch).
 fn owner_tags_patch(have: Option<&Value>, want: &Value) -> Option<Value> {
-    let wrap = |inner: Value| serde_json::json!({ OWNER_TAG: inner });
-    crate::deploy::ownership_tags_patch(
+    let wrap = |inner: Value| serde_json::json!({ TAG: inner });
+    ownership_tags_patch(
         &wrap(have.cloned().unwrap_or(Value::Null)),
         &wrap(want.clone()),
     )
-    .map(|mut patch| patch[OWNER_TAG].take())
+    .map(|mut patch| patch[TAG].take())
 }
 
 fn on_off(on: bool) -> &'static str {

@@ -1,0 +1,81 @@
+//! The bundle step (docs/architecture.md, "Certificates and bundles"): one Secret per registered
+//! Edge device holding the files of its bundle (config.toml, install.sh, README, trust bundle,
+//! edge CA chain and key, identity), rewritten when any of them changes, with a revision that
+//! counts changes.
+//!
+//! Observe (bundle Secrets; device keys only the hub knows), plan ([`plan`], pure), apply.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+
+use super::certs::Certificates;
+use super::devices::HubDevice;
+use super::error::Error;
+use super::scope::Scope;
+use crate::api::{BundleStatus, Topology};
+use crate::iothub::{HubClient, HubError};
+use crate::names::BUNDLE_COMPONENT;
+use plan::BundlePlanInput;
+
+/// Outcome per device, plus the devices whose bundle changed.
+#[derive(Debug, Default)]
+pub struct Bundles {
+    pub status: BTreeMap<String, BundleStatus>,
+    pub updated: Vec<String>,
+    /// Devices whose bundle could not be rendered, with the reason (names the field).
+    pub failures: BTreeMap<String, String>,
+}
+
+/// Writes the bundle Secret of every Edge device that is registered in the hub.
+pub async fn reconcile(
+    scope: &Scope<'_>,
+    topology: &Topology,
+    registered: &BTreeMap<String, HubDevice>,
+    certs: &Certificates,
+    created_now: &[String],
+) -> Result<Bundles, Error> {
+    let existing = scope.secrets.list_component(BUNDLE_COMPONENT).await?;
+    let created_now: BTreeSet<String> = created_now.iter().cloned().collect();
+    let namespace = scope.hierarchy.namespace().unwrap_or_default();
+    let input = BundlePlanInput {
+        hierarchy: &scope.identity.name,
+        namespace: &namespace,
+        spec: &scope.hierarchy.spec,
+        hub_hostname: scope.hub.host_name(),
+        layers: &topology.layer,
+        registered,
+        certs,
+        created_now: &created_now,
+        existing: &existing,
+    };
+    let mut read_keys = BTreeMap::new();
+    for id in plan::keys_to_read(&input) {
+        read_keys.insert(id.clone(), primary_key(&scope.hub, &id).await?);
+    }
+    let plan = plan::plan_bundles(&input, &read_keys);
+    let mut updated = Vec::new();
+    for (id, write) in &plan.writes {
+        scope.secrets.apply(write).await?;
+        updated.push(id.clone());
+    }
+    for name in &plan.delete {
+        scope.secrets.delete(name).await?;
+    }
+    Ok(Bundles {
+        status: plan.status,
+        updated,
+        failures: plan.failures,
+    })
+}
+
+async fn primary_key(hub: &HubClient, id: &str) -> Result<String, HubError> {
+    let device = hub.get_device(id).await?;
+    Ok(device
+        .authentication
+        .and_then(|a| a.symmetric_key)
+        .and_then(|k| k.primary_key)
+        .unwrap_or_default())
+}

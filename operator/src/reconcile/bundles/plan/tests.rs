@@ -1,0 +1,196 @@
+//! Fixtures: registered devices, their certificates and the bundle Secrets already written, fed
+//! through `keys_to_read` and `plan_bundles`. Each test names the rule it covers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::*;
+use crate::api::EdgeHierarchy;
+use crate::reconcile::certs::DeviceCertificates;
+use crate::reconcile::devices::SasKeys;
+use crate::reconcile::fixtures::{edge_ca, hub_device, now, root, stored};
+
+const TUTORIAL: &str = include_str!("../../../../../examples/tutorial.yaml");
+
+struct World {
+    spec: EdgeHierarchySpec,
+    layers: BTreeMap<String, u32>,
+    registered: BTreeMap<String, HubDevice>,
+    certs: Certificates,
+}
+
+fn keys(seed: &str) -> SasKeys {
+    SasKeys {
+        primary: format!("{seed}-primary"),
+        secondary: format!("{seed}-secondary"),
+    }
+}
+
+/// The tutorial's two devices, registered, with edge CAs and operator-chosen SAS keys.
+fn world() -> World {
+    let resource: EdgeHierarchy = serde_yaml::from_str(TUTORIAL).unwrap();
+    let root = root("tutorial");
+    let devices: BTreeMap<String, DeviceCertificates> = ["top-layer", "lower-layer"]
+        .into_iter()
+        .map(|id| {
+            let ca = edge_ca(&root, id, 90, now());
+            let certs = DeviceCertificates {
+                secret_name: format!("{id}-certs"),
+                not_after: ca.not_after,
+                edge_ca: Some(ca),
+                identity: None,
+                previous_identity_thumbprint: None,
+                revision: 1,
+                sas_keys: Some(keys(id)),
+            };
+            (id.to_string(), certs)
+        })
+        .collect();
+    World {
+        layers: BTreeMap::from([("top-layer".into(), 1), ("lower-layer".into(), 2)]),
+        registered: ["top-layer", "lower-layer"]
+            .into_iter()
+            .map(|id| (id.to_string(), hub_device(id, &format!("scope-{id}"))))
+            .collect(),
+        certs: Certificates {
+            trust_bundle: vec![root.cert_pem.clone()],
+            root_secret: "tutorial-root-ca".into(),
+            root,
+            devices,
+            issued: Vec::new(),
+            renewed: Vec::new(),
+            renew_before: Duration::from_secs(30 * 24 * 3600),
+        },
+        spec: resource.spec,
+    }
+}
+
+fn input<'a>(
+    w: &'a World,
+    created_now: &'a BTreeSet<String>,
+    existing: &'a BTreeMap<String, Secret>,
+) -> BundlePlanInput<'a> {
+    BundlePlanInput {
+        hierarchy: "tutorial",
+        namespace: "iot",
+        spec: &w.spec,
+        hub_hostname: "hub.azure-devices.net",
+        layers: &w.layers,
+        registered: &w.registered,
+        certs: &w.certs,
+        created_now,
+        existing,
+    }
+}
+
+/// The Secrets a first plan writes, as the apiserver returns them.
+fn written(plan: &BundlePlan) -> BTreeMap<String, Secret> {
+    plan.writes
+        .iter()
+        .map(|(id, w)| (id.clone(), stored(w)))
+        .collect()
+}
+
+#[test]
+fn devices_created_now_get_bundles_with_the_operators_keys_and_no_hub_read() {
+    let w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let input = input(&w, &created, &none);
+    assert!(keys_to_read(&input).is_empty());
+    let plan = plan_bundles(&input, &BTreeMap::new());
+    assert_eq!(plan.writes.len(), 2);
+    assert!(plan.failures.is_empty() && plan.delete.is_empty());
+    assert_eq!(plan.status["lower-layer"].revision, 1);
+    let config = &plan
+        .writes
+        .iter()
+        .find(|(id, _)| id == "lower-layer")
+        .unwrap()
+        .1
+        .data["config.toml"];
+    let config = String::from_utf8_lossy(config);
+    assert!(
+        config.contains("SharedAccessKey=lower-layer-primary"),
+        "{config}"
+    );
+}
+
+#[test]
+fn an_unchanged_bundle_is_not_rewritten_and_needs_no_hub_read() {
+    let w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
+    // A later resync: nothing was created now, the keys come from the bundles.
+    let nothing_new = BTreeSet::new();
+    let resync = input(&w, &nothing_new, &existing);
+    assert!(keys_to_read(&resync).is_empty());
+    let plan = plan_bundles(&resync, &BTreeMap::new());
+    assert!(plan.writes.is_empty());
+    assert_eq!(plan.status["top-layer"].revision, 1);
+}
+
+#[test]
+fn a_device_someone_else_created_has_its_key_read_from_the_hub() {
+    let w = world();
+    let none = BTreeMap::new();
+    let nothing_new = BTreeSet::new();
+    let input = input(&w, &nothing_new, &none);
+    assert_eq!(keys_to_read(&input), ["top-layer", "lower-layer"]);
+    let read = BTreeMap::from([
+        ("top-layer".to_string(), "hub-top".to_string()),
+        ("lower-layer".to_string(), "hub-lower".to_string()),
+    ]);
+    let plan = plan_bundles(&input, &read);
+    let config = String::from_utf8_lossy(&plan.writes[0].1.data["config.toml"]).to_string();
+    assert!(config.contains("SharedAccessKey=hub-"), "{config}");
+}
+
+#[test]
+fn a_new_device_scope_rewrites_the_bundle_with_a_new_revision() {
+    let mut w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
+    w.registered.insert(
+        "top-layer".into(),
+        hub_device("top-layer", "scope-recreated"),
+    );
+    let nothing_new = BTreeSet::new();
+    let again = input(&w, &nothing_new, &existing);
+    // The old bundle's key belongs to the old scope: it is asked for again.
+    assert_eq!(keys_to_read(&again), ["top-layer"]);
+    let read = BTreeMap::from([("top-layer".to_string(), "new-key".to_string())]);
+    let plan = plan_bundles(&again, &read);
+    assert_eq!(plan.writes.len(), 1);
+    assert_eq!(plan.status["top-layer"].revision, 2);
+}
+
+#[test]
+fn unregistered_devices_get_no_bundle_and_removed_devices_lose_theirs() {
+    let mut w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
+    w.registered.remove("lower-layer");
+    w.spec.devices.retain(|d| d.id != "lower-layer");
+    let nothing_new = BTreeSet::new();
+    let plan = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
+    assert!(!plan.status.contains_key("lower-layer"));
+    assert_eq!(
+        plan.delete,
+        [existing["lower-layer"].metadata.name.clone().unwrap()]
+    );
+}
+
+#[test]
+fn key_is_read_back_from_a_bundle_config() {
+    let config = "hostname = \"h\"\n[provisioning]\nsource = \"manual\"\nconnection_string = \"HostName=hub;DeviceId=d;SharedAccessKey=abc=\"\n";
+    assert_eq!(key_from_config(config).as_deref(), Some("abc="));
+    assert_eq!(
+        key_from_config("[provisioning]\nsource = \"manual\"\n"),
+        None
+    );
+    assert_eq!(key_from_config("not toml ["), None);
+}

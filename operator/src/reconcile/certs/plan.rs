@@ -1,0 +1,285 @@
+//! The certificate plan: from the Secrets that exist, the root and the clock, which device
+//! certificates are kept, which are (re-)issued, which Secrets go, and what devices must trust.
+//! Pure; the step's I/O is in `super`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use super::{CertError, DeviceCertificates, SAS_PRIMARY, SAS_SECONDARY};
+use crate::api::{DeviceType, RootCaSpec};
+use crate::names::{
+    PREVIOUS_IDENTITY_ANNOTATION, REVISION_ANNOTATION, ROOT_ANNOTATION, certificate_secret_name,
+};
+use crate::pki::{
+    IssuedCertificate, PrivateKey, RootCa, RootCaError, import_root_ca, inspect_certificate_pem,
+    renewal_time,
+};
+use crate::reconcile::devices::SasKeys;
+use crate::reconcile::secrets::text;
+
+/// Where the root CA comes from this reconcile.
+#[derive(Debug)]
+pub enum RootPlan {
+    /// The user's root, or the one generated earlier: use it as it is.
+    Use { root: Box<RootCa>, secret: String },
+    /// No root yet: generate one into this Secret (created, never replaced).
+    Generate { secret: String },
+}
+
+/// Decides the root from the user's Secret (when `user` names one) or the generated one.
+/// `secret` is what was read under that name.
+pub fn plan_root(
+    user: Option<&RootCaSpec>,
+    generated_name: &str,
+    secret: Option<&Secret>,
+    now: Timestamp,
+) -> Result<RootPlan, CertError> {
+    if let Some(user) = user {
+        let name = user.secret_ref.name.clone();
+        let secret = secret.ok_or_else(|| CertError::UserRootMissing {
+            secret: name.clone(),
+        })?;
+        let key_missing = |key| CertError::RootKeyMissing {
+            secret: name.clone(),
+            key,
+        };
+        let cert = text(secret, "tls.crt").ok_or_else(|| key_missing("tls.crt"))?;
+        let key = text(secret, "tls.key").ok_or_else(|| key_missing("tls.key"))?;
+        let root = import_root_ca(&cert, &key, now).map_err(|source| CertError::UserRoot {
+            secret: name.clone(),
+            source,
+        })?;
+        return Ok(RootPlan::Use {
+            root: Box::new(root),
+            secret: name,
+        });
+    }
+    let name = generated_name.to_string();
+    let Some(secret) = secret else {
+        return Ok(RootPlan::Generate { secret: name });
+    };
+    let damaged = |source| CertError::GeneratedRootDamaged {
+        secret: name.clone(),
+        source,
+    };
+    let cert = text(secret, "tls.crt")
+        .ok_or(RootCaError::MissingCertificate)
+        .map_err(damaged)?;
+    let key = text(secret, "tls.key")
+        .ok_or(RootCaError::MissingKey)
+        .map_err(damaged)?;
+    let root = import_root_ca(&cert, &key, now).map_err(damaged)?;
+    Ok(RootPlan::Use {
+        root: Box::new(root),
+        secret: name,
+    })
+}
+
+/// A device that needs certificates (every Edge device; Leaf devices too under X509).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedDevice {
+    pub id: String,
+    pub device_type: DeviceType,
+}
+
+/// Everything the certificate plan looks at.
+pub struct CertPlanInput<'a> {
+    pub hierarchy: &'a str,
+    pub wanted: &'a [WantedDevice],
+    pub x509: bool,
+    pub root: &'a RootCa,
+    /// The hierarchy's certificate Secrets, by device id.
+    pub existing: &'a BTreeMap<String, Secret>,
+    pub renew_before: Duration,
+    pub now: Timestamp,
+}
+
+/// The SAS keys a re-issued Edge device keeps (SymmetricKey only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SasKeyPlan {
+    /// The device authenticates otherwise.
+    None,
+    /// The keys it is registered with: unchanged by a renewal.
+    Keep(SasKeys),
+    /// A device without keys yet.
+    Generate,
+}
+
+/// One device whose certificates are issued in this reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueJob {
+    pub id: String,
+    pub device_type: DeviceType,
+    pub secret_name: String,
+    pub revision: u32,
+    /// The identity thumbprint the device held until now, kept registered as secondary.
+    pub previous_identity: Option<String>,
+    pub sas_keys: SasKeyPlan,
+    /// It had certificates before (a renewal or re-issue, not a first issue).
+    pub renewal: bool,
+}
+
+/// What the certificate step does.
+#[derive(Debug, Default)]
+pub struct CertPlan {
+    pub reuse: BTreeMap<String, DeviceCertificates>,
+    pub issue: Vec<IssueJob>,
+    /// Certificate Secrets of devices that left the spec.
+    pub delete: Vec<String>,
+    /// Every root a device must trust now: the current one first, then each other root a kept
+    /// device certificate still names.
+    pub trust_bundle: Vec<String>,
+}
+
+/// Plans the device certificates. See the module docs.
+pub fn plan_certificates(input: &CertPlanInput<'_>) -> CertPlan {
+    let mut plan = CertPlan::default();
+    for device in input.wanted {
+        let secret_name = certificate_secret_name(input.hierarchy, &device.id);
+        let existing = input.existing.get(&device.id);
+        if let Some(certs) = existing.and_then(|s| reusable(s, &secret_name, device, input)) {
+            plan.reuse.insert(device.id.clone(), certs);
+        } else {
+            plan.issue
+                .push(issue_job(device, secret_name, existing, input.x509));
+        }
+    }
+    let wanted: BTreeSet<&str> = input.wanted.iter().map(|d| d.id.as_str()).collect();
+    plan.delete = input
+        .existing
+        .iter()
+        .filter(|(id, _)| !wanted.contains(id.as_str()))
+        .map(|(_, s)| s.name_any())
+        .collect();
+    plan.trust_bundle = trust_bundle(input.root, plan.reuse.keys(), input.existing);
+    plan
+}
+
+fn issue_job(
+    device: &WantedDevice,
+    secret_name: String,
+    previous: Option<&Secret>,
+    x509: bool,
+) -> IssueJob {
+    let sas_keys = if !x509 && device.device_type == DeviceType::Edge {
+        previous
+            .and_then(read_sas_keys)
+            .map_or(SasKeyPlan::Generate, SasKeyPlan::Keep)
+    } else {
+        SasKeyPlan::None
+    };
+    IssueJob {
+        id: device.id.clone(),
+        device_type: device.device_type,
+        secret_name,
+        revision: previous.and_then(revision).unwrap_or(0) + 1,
+        previous_identity: previous
+            .and_then(|s| text(s, "identity.crt"))
+            .and_then(|pem| inspect_certificate_pem(&pem).ok())
+            .map(|i| i.sha256_thumbprint),
+        sas_keys,
+        renewal: previous.is_some(),
+    }
+}
+
+/// The current root, plus every other root a kept device certificate's Secret carries, so
+/// children trust parents not yet re-issued after a root change.
+fn trust_bundle<'a>(
+    root: &RootCa,
+    kept: impl Iterator<Item = &'a String>,
+    existing: &BTreeMap<String, Secret>,
+) -> Vec<String> {
+    let mut bundle = vec![root.cert_pem.clone()];
+    let mut seen = BTreeSet::from([root.info.sha256_thumbprint.clone()]);
+    for id in kept {
+        if let Some(ca) = existing.get(id).and_then(|s| text(s, "ca.crt"))
+            && let Ok(info) = inspect_certificate_pem(&ca)
+            && seen.insert(info.sha256_thumbprint)
+        {
+            bundle.push(ca);
+        }
+    }
+    bundle
+}
+
+fn revision(secret: &Secret) -> Option<u32> {
+    secret.annotations().get(REVISION_ANNOTATION)?.parse().ok()
+}
+
+/// The device's certificates from its Secret, or `None` when they must be (re-)issued: missing,
+/// unreadable, due for renewal, or signed by another root.
+fn reusable(
+    secret: &Secret,
+    secret_name: &str,
+    device: &WantedDevice,
+    input: &CertPlanInput<'_>,
+) -> Option<DeviceCertificates> {
+    if secret.annotations().get(ROOT_ANNOTATION) != Some(&input.root.info.sha256_thumbprint) {
+        return None;
+    }
+    let load = |cert_key: &str, key_key: &str| -> Option<IssuedCertificate> {
+        let chain_pem = text(secret, cert_key)?;
+        let key = PrivateKey::from_pem(&text(secret, key_key)?).ok()?;
+        let info = inspect_certificate_pem(&chain_pem).ok()?;
+        let cert_pem = first_pem_block(&chain_pem)?;
+        let current = input.now < renewal_time(info.not_after, input.renew_before)
+            && input.now >= info.not_before;
+        current.then(|| IssuedCertificate {
+            cert_pem,
+            chain_pem: chain_pem.clone(),
+            key,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            sha256_thumbprint: info.sha256_thumbprint,
+        })
+    };
+    let edge = device.device_type == DeviceType::Edge;
+    let edge_ca = if edge {
+        Some(load("tls.crt", "tls.key")?)
+    } else {
+        None
+    };
+    let identity = if input.x509 {
+        Some(load("identity.crt", "identity.key")?)
+    } else {
+        None
+    };
+    let revision = revision(secret)?;
+    let sas_keys = if !input.x509 && edge {
+        Some(read_sas_keys(secret)?)
+    } else {
+        None
+    };
+    Some(DeviceCertificates {
+        sas_keys,
+        secret_name: secret_name.to_string(),
+        not_after: super::earliest(&edge_ca, &identity)?,
+        edge_ca,
+        identity,
+        previous_identity_thumbprint: secret
+            .annotations()
+            .get(PREVIOUS_IDENTITY_ANNOTATION)
+            .cloned(),
+        revision,
+    })
+}
+
+fn read_sas_keys(secret: &Secret) -> Option<SasKeys> {
+    Some(SasKeys {
+        primary: text(secret, SAS_PRIMARY)?,
+        secondary: text(secret, SAS_SECONDARY)?,
+    })
+}
+
+fn first_pem_block(chain: &str) -> Option<String> {
+    let end = "-----END CERTIFICATE-----";
+    let at = chain.find(end)?;
+    Some(format!("{}\n", &chain[..at + end.len()]))
+}
+
+#[cfg(test)]
+mod tests;

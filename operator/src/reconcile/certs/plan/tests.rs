@@ -1,0 +1,258 @@
+//! Fixtures: Secrets as the certificate step writes them, a root and a clock, fed through
+//! `plan_certificates` and `plan_root`. Each test names the rule it covers.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::api::{LocalObjectRef, RootCaSpec};
+use crate::reconcile::certs::certificate_secret;
+use crate::reconcile::fixtures::{DAY, edge_ca, identity, now, root, secret_with, stored};
+
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn edge(id: &str) -> WantedDevice {
+    WantedDevice {
+        id: id.into(),
+        device_type: DeviceType::Edge,
+    }
+}
+
+fn leaf(id: &str) -> WantedDevice {
+    WantedDevice {
+        id: id.into(),
+        device_type: DeviceType::Leaf,
+    }
+}
+
+fn keys() -> SasKeys {
+    SasKeys {
+        primary: "cHJpbWFyeQ==".into(),
+        secondary: "c2Vjb25kYXJ5".into(),
+    }
+}
+
+/// The Secret of an Edge device whose edge CA was issued `age_days` ago for 90 days, under `root`.
+fn edge_secret(root: &RootCa, id: &str, age_days: u64, revision: u32) -> Secret {
+    let issued = now().checked_sub(DAY * age_days as u32).unwrap();
+    let ca = edge_ca(root, id, 90, issued);
+    let certs = DeviceCertificates {
+        secret_name: certificate_secret_name("h", id),
+        not_after: ca.not_after,
+        edge_ca: Some(ca),
+        identity: None,
+        previous_identity_thumbprint: None,
+        revision,
+        sas_keys: Some(keys()),
+    };
+    stored(&certificate_secret("h", id, &certs, root))
+}
+
+/// The Secret of an X509 Leaf whose identity was issued `age_days` ago for 90 days.
+fn identity_secret(root: &RootCa, id: &str, age_days: u64) -> (Secret, String) {
+    let issued = now().checked_sub(DAY * age_days as u32).unwrap();
+    let cert = identity(root, id, 90, issued);
+    let thumbprint = cert.sha256_thumbprint.clone();
+    let certs = DeviceCertificates {
+        secret_name: certificate_secret_name("h", id),
+        not_after: cert.not_after,
+        edge_ca: None,
+        identity: Some(cert),
+        previous_identity_thumbprint: None,
+        revision: 1,
+        sas_keys: None,
+    };
+    (
+        stored(&certificate_secret("h", id, &certs, root)),
+        thumbprint,
+    )
+}
+
+fn plan_with(
+    root: &RootCa,
+    wanted: &[WantedDevice],
+    existing: &BTreeMap<String, Secret>,
+    x509: bool,
+) -> CertPlan {
+    plan_certificates(&CertPlanInput {
+        hierarchy: "h",
+        wanted,
+        x509,
+        root,
+        existing,
+        renew_before: RENEW_BEFORE,
+        now: now(),
+    })
+}
+
+#[test]
+fn new_devices_are_issued_for_the_first_time_with_new_sas_keys() {
+    let root = root("h");
+    let plan = plan_with(&root, &[edge("top")], &BTreeMap::new(), false);
+    assert!(plan.reuse.is_empty() && plan.delete.is_empty());
+    assert_eq!(
+        plan.issue,
+        [IssueJob {
+            id: "top".into(),
+            device_type: DeviceType::Edge,
+            secret_name: certificate_secret_name("h", "top"),
+            revision: 1,
+            previous_identity: None,
+            sas_keys: SasKeyPlan::Generate,
+            renewal: false,
+        }]
+    );
+    assert_eq!(plan.trust_bundle, std::slice::from_ref(&root.cert_pem));
+}
+
+#[test]
+fn current_certificates_are_kept_as_they_are() {
+    let root = root("h");
+    let existing = BTreeMap::from([("top".to_string(), edge_secret(&root, "top", 10, 3))]);
+    let plan = plan_with(&root, &[edge("top")], &existing, false);
+    assert!(plan.issue.is_empty());
+    let kept = &plan.reuse["top"];
+    assert_eq!(kept.revision, 3);
+    assert_eq!(kept.sas_keys, Some(keys()));
+    assert!(kept.edge_ca.is_some() && kept.identity.is_none());
+}
+
+#[test]
+fn certificates_due_for_renewal_are_reissued_with_the_same_sas_keys() {
+    let root = root("h");
+    // Issued 70 days ago for 90: 20 days left, inside the 30-day renewal window.
+    let existing = BTreeMap::from([("top".to_string(), edge_secret(&root, "top", 70, 3))]);
+    let plan = plan_with(&root, &[edge("top")], &existing, false);
+    assert!(plan.reuse.is_empty());
+    let job = &plan.issue[0];
+    assert_eq!((job.revision, job.renewal), (4, true));
+    assert_eq!(job.sas_keys, SasKeyPlan::Keep(keys()));
+}
+
+#[test]
+fn a_new_root_reissues_every_device_and_trusts_only_itself() {
+    let (old, new) = (root("old"), root("new"));
+    let existing = BTreeMap::from([("top".to_string(), edge_secret(&old, "top", 1, 1))]);
+    let plan = plan_with(&new, &[edge("top")], &existing, false);
+    assert_eq!(plan.issue.len(), 1);
+    assert!(plan.issue[0].renewal);
+    assert_eq!(plan.trust_bundle, std::slice::from_ref(&new.cert_pem));
+}
+
+#[test]
+fn unreadable_certificates_are_reissued() {
+    let root = root("h");
+    let mut damaged = edge_secret(&root, "top", 1, 2);
+    damaged.data.as_mut().unwrap().insert(
+        "tls.crt".into(),
+        k8s_openapi::ByteString(b"not a certificate".to_vec()),
+    );
+    let existing = BTreeMap::from([("top".to_string(), damaged)]);
+    let plan = plan_with(&root, &[edge("top")], &existing, false);
+    assert_eq!(plan.issue[0].revision, 3);
+}
+
+#[test]
+fn devices_that_left_the_spec_lose_their_certificate_secrets() {
+    let root = root("h");
+    let existing = BTreeMap::from([
+        ("top".to_string(), edge_secret(&root, "top", 1, 1)),
+        ("gone".to_string(), edge_secret(&root, "gone", 1, 1)),
+    ]);
+    let plan = plan_with(&root, &[edge("top")], &existing, false);
+    assert_eq!(plan.delete, [certificate_secret_name("h", "gone")]);
+    assert!(plan.reuse.contains_key("top"));
+}
+
+#[test]
+fn a_renewed_x509_identity_keeps_the_old_thumbprint_as_previous() {
+    let root = root("h");
+    let (secret, thumbprint) = identity_secret(&root, "sensor", 80);
+    let existing = BTreeMap::from([("sensor".to_string(), secret)]);
+    let plan = plan_with(&root, &[leaf("sensor")], &existing, true);
+    let job = &plan.issue[0];
+    assert_eq!(job.previous_identity.as_deref(), Some(thumbprint.as_str()));
+    assert_eq!(
+        job.sas_keys,
+        SasKeyPlan::None,
+        "X509 devices have no SAS keys"
+    );
+    // A current identity is kept.
+    let (secret, _) = identity_secret(&root, "sensor", 1);
+    let existing = BTreeMap::from([("sensor".to_string(), secret)]);
+    assert!(
+        plan_with(&root, &[leaf("sensor")], &existing, true)
+            .reuse
+            .contains_key("sensor")
+    );
+}
+
+#[test]
+fn the_trust_bundle_keeps_another_root_that_a_kept_secret_carries() {
+    let (current, other) = (root("current"), root("other"));
+    let mut secret = edge_secret(&current, "top", 1, 1);
+    secret.data.as_mut().unwrap().insert(
+        "ca.crt".into(),
+        k8s_openapi::ByteString(other.cert_pem.clone().into_bytes()),
+    );
+    let existing = BTreeMap::from([("top".to_string(), secret)]);
+    let plan = plan_with(&current, &[edge("top")], &existing, false);
+    assert_eq!(
+        plan.trust_bundle,
+        [current.cert_pem.clone(), other.cert_pem.clone()]
+    );
+}
+
+fn user_root(name: &str) -> RootCaSpec {
+    RootCaSpec {
+        secret_ref: LocalObjectRef { name: name.into() },
+    }
+}
+
+#[test]
+fn a_user_root_is_used_as_given_and_every_problem_with_it_needs_a_person() {
+    let root = root("user");
+    let spec = user_root("my-root");
+    let good = secret_with(
+        "my-root",
+        &[("tls.crt", &root.cert_pem), ("tls.key", root.key.pem())],
+    );
+    match plan_root(Some(&spec), "my-root", Some(&good), now()).unwrap() {
+        RootPlan::Use { root: used, secret } => {
+            assert_eq!(
+                (used.cert_pem, secret),
+                (root.cert_pem.clone(), "my-root".into())
+            )
+        }
+        other => panic!("expected the user's root, got {other:?}"),
+    }
+    let missing = plan_root(Some(&spec), "my-root", None, now()).unwrap_err();
+    assert!(matches!(missing, CertError::UserRootMissing { .. }) && missing.needs_person());
+    let no_key = secret_with("my-root", &[("tls.crt", &root.cert_pem)]);
+    let error = plan_root(Some(&spec), "my-root", Some(&no_key), now()).unwrap_err();
+    assert!(matches!(
+        error,
+        CertError::RootKeyMissing { key: "tls.key", .. }
+    ));
+    let garbage = secret_with("my-root", &[("tls.crt", "x"), ("tls.key", "y")]);
+    let error = plan_root(Some(&spec), "my-root", Some(&garbage), now()).unwrap_err();
+    assert!(matches!(error, CertError::UserRoot { .. }) && error.needs_person());
+    assert!(!error.to_string().contains("PRIVATE KEY"));
+}
+
+#[test]
+fn a_generated_root_is_made_once_and_never_replaced_silently() {
+    let plan = plan_root(None, "h-root-ca", None, now()).unwrap();
+    assert!(matches!(plan, RootPlan::Generate { secret } if secret == "h-root-ca"));
+    let root = root("h");
+    let good = secret_with(
+        "h-root-ca",
+        &[("tls.crt", &root.cert_pem), ("tls.key", root.key.pem())],
+    );
+    assert!(matches!(
+        plan_root(None, "h-root-ca", Some(&good), now()).unwrap(),
+        RootPlan::Use { .. }
+    ));
+    let damaged = secret_with("h-root-ca", &[("tls.crt", &root.cert_pem)]);
+    let error = plan_root(None, "h-root-ca", Some(&damaged), now()).unwrap_err();
+    assert!(matches!(error, CertError::GeneratedRootDamaged { .. }) && error.needs_person());
+}

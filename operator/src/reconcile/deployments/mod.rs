@@ -1,0 +1,262 @@
+//! The deployment step (docs/architecture.md, "Deployments and health").
+//!
+//! Automatic mode: one IoT Hub configuration per (deployment, top/lower rendering), ids derived
+//! from content, so a change creates the new configuration before the old one is deleted.
+//! PerDevice mode: the merged manifest applied to each device whose `$edgeAgent` desired
+//! properties differ from it. Either way, `$edgeAgent` module twins are read with paged queries
+//! and summarised per device.
+//!
+//! Two rounds of observe, plan ([`plan`], pure) and apply: first the configurations, then the
+//! devices, whose twins are read after the configurations changed so they show the result.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::Api;
+
+use super::error::Error;
+use super::scope::Scope;
+use crate::api::{
+    DeploymentMode, DeviceType, EdgeHierarchy, ModulesStatus, ReconcilePolicy, Topology,
+};
+use crate::deploy::{self, DesiredConfiguration, ManifestError, Manifests};
+use crate::iothub::query::in_list_queries;
+use crate::iothub::{Configuration, HubClient, HubError};
+use crate::ownership::is_owned_configuration;
+use plan::{AgentTwin, ConfigurationPlan, DevicePlanInput};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ManifestError>),
+    #[error("Kubernetes API error while reading deployment ConfigMaps: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("{0}")]
+    Render(String),
+}
+
+/// Reads ConfigMap-backed manifests and validates every deployment against the schemas.
+pub async fn resolve(client: &kube::Client, hierarchy: &EdgeHierarchy) -> Result<Manifests, Error> {
+    let namespace = hierarchy.namespace().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let mut texts: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for d in &hierarchy.spec.deployments {
+        let Some(r) = &d.config_map_ref else { continue };
+        match config_maps
+            .get_opt(&r.name)
+            .await
+            .map_err(DeploymentError::Kube)?
+        {
+            Some(cm) => match cm.data.as_ref().and_then(|data| data.get(&r.key)) {
+                Some(text) => {
+                    texts.insert((r.name.clone(), r.key.clone()), text.clone());
+                }
+                None => missing.push(ManifestError {
+                    deployment: d.name.clone(),
+                    path: format!("spec.deployments[{}].configMapRef.key", d.name),
+                    problem: format!("ConfigMap {:?} has no key {:?}", r.name, r.key),
+                    fix: "add the key to the ConfigMap or correct configMapRef.key".into(),
+                }),
+            },
+            None => missing.push(ManifestError {
+                deployment: d.name.clone(),
+                path: format!("spec.deployments[{}].configMapRef.name", d.name),
+                problem: format!(
+                    "ConfigMap {:?} does not exist in namespace {namespace:?}",
+                    r.name
+                ),
+                fix: "create the ConfigMap or correct configMapRef.name".into(),
+            }),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::InvalidManifests(missing));
+    }
+    deploy::resolve_manifests(&hierarchy.spec, |r| {
+        texts
+            .get(&(r.name.clone(), r.key.clone()))
+            .map(String::as_str)
+    })
+    .map_err(Error::InvalidManifests)
+}
+
+/// Per-device deployment and module state, and what was done.
+#[derive(Debug, Default)]
+pub struct DeploymentOutcome {
+    pub modules: BTreeMap<String, ModulesStatus>,
+    /// Base configuration id per device (Automatic) and whether the device reports it applied.
+    pub deployments: BTreeMap<String, (String, Option<String>, bool)>,
+    pub drift: Vec<String>,
+    pub created: Vec<String>,
+    pub deleted: Vec<String>,
+    pub applied: Vec<String>,
+    /// Messages for DeploymentsReady=False (gateway warnings, metrics not yet applied).
+    pub not_ready: Vec<String>,
+}
+
+/// Brings the hub's deployments to the spec and reads module health.
+pub async fn reconcile(
+    scope: &Scope<'_>,
+    topology: &Topology,
+    manifests: &Manifests,
+    registered: &BTreeSet<String>,
+    known_configurations: &BTreeSet<String>,
+) -> Result<DeploymentOutcome, Error> {
+    let spec = &scope.hierarchy.spec;
+    let manage = spec.policy.reconcile == ReconcilePolicy::Manage;
+    let mut out = DeploymentOutcome::default();
+    let mut desired = Vec::new();
+    // Configuration calls share a small hub-wide quota (20 a minute per unit), so a hierarchy
+    // that has no deployments, and never had configurations, does not list them.
+    if spec.deployment_mode == DeploymentMode::Automatic
+        && (!spec.deployments.is_empty() || !known_configurations.is_empty())
+    {
+        desired = deploy::automatic_configurations(&scope.identity, spec, topology, manifests)
+            .map_err(|e| DeploymentError::Invalid(vec![e]))?;
+        let owned = owned_configurations(&scope.hub, &scope.identity.uid).await?;
+        let plan = plan::plan_configurations(&desired, &owned, known_configurations, manage);
+        out.drift.extend(plan.drift.clone());
+        apply_configurations(&scope.hub, &plan, &desired, &owned, &mut out).await?;
+        out.not_ready
+            .extend(plan::readiness(&desired, &owned, &plan));
+    }
+    // Without deployments in the spec the operator does not manage modules, so whether parents
+    // can serve images is not its to judge.
+    if !spec.deployments.is_empty() {
+        for warning in deploy::gateway_warnings(spec, topology, manifests) {
+            out.not_ready.push(warning.message);
+        }
+    }
+
+    let devices: Vec<&crate::api::DeviceSpec> = spec
+        .devices
+        .iter()
+        .filter(|d| {
+            d.device_type == DeviceType::Edge
+                && registered.contains(&d.id)
+                && topology.layer.contains_key(&d.id)
+        })
+        .collect();
+    let with_deployment = devices
+        .iter()
+        .filter(|d| d.deployment.is_some())
+        .map(|d| d.id.as_str());
+    let agents = agent_twins(&scope.hub, with_deployment).await?;
+    let plan = plan::plan_devices(&DevicePlanInput {
+        spec,
+        topology,
+        manifests,
+        devices: &devices,
+        agents: &agents,
+        configurations: &desired,
+        manage,
+    })?;
+    for (id, content) in &plan.apply {
+        scope.hub.apply_configuration_content(id, content).await?;
+        out.applied.push(id.clone());
+    }
+    out.modules = plan.modules;
+    out.deployments = plan.deployments;
+    out.drift.extend(plan.drift);
+    Ok(out)
+}
+
+/// The hub's configurations that this hierarchy owns, by id.
+async fn owned_configurations(
+    hub: &HubClient,
+    uid: &str,
+) -> Result<BTreeMap<String, Configuration>, HubError> {
+    Ok(hub
+        .list_configurations(None)
+        .await?
+        .into_iter()
+        .filter(|c| is_owned_configuration(c.labels.as_ref(), uid))
+        .filter_map(|c| Some((c.id.clone()?, c)))
+        .collect())
+}
+
+/// Carries out a configuration plan. A replaced configuration is deleted first (same id);
+/// otherwise new ones come first so devices always have a deployment.
+async fn apply_configurations(
+    hub: &HubClient,
+    plan: &ConfigurationPlan,
+    desired: &[DesiredConfiguration],
+    owned: &BTreeMap<String, Configuration>,
+    out: &mut DeploymentOutcome,
+) -> Result<(), Error> {
+    let by_id: BTreeMap<&str, &DesiredConfiguration> =
+        desired.iter().map(|c| (c.id.as_str(), c)).collect();
+    for id in plan.delete.iter().filter(|id| plan.create.contains(id)) {
+        hub.delete_configuration(id, None)
+            .await
+            .or_else(ignore_not_found)?;
+    }
+    for id in &plan.create {
+        hub.create_or_update_configuration(&plan::to_configuration(by_id[id.as_str()])?, None)
+            .await?;
+        out.created.push(id.clone());
+    }
+    for id in &plan.restore {
+        let etag = owned
+            .get(id)
+            .and_then(|c| c.etag.clone())
+            .unwrap_or_else(|| "*".into());
+        hub.create_or_update_configuration(
+            &plan::to_configuration(by_id[id.as_str()])?,
+            Some(&etag),
+        )
+        .await?;
+    }
+    for id in plan.delete.iter().filter(|id| !plan.create.contains(id)) {
+        hub.delete_configuration(id, None)
+            .await
+            .or_else(ignore_not_found)?;
+        out.deleted.push(id.clone());
+    }
+    Ok(())
+}
+
+/// `$edgeAgent` module twins of these devices, by device id, in as few queries as the hub's
+/// limits allow.
+async fn agent_twins<'a>(
+    hub: &HubClient,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<BTreeMap<String, AgentTwin>, Error> {
+    let mut agents = BTreeMap::new();
+    let head = "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND deviceId IN ";
+    for query in in_list_queries(head, ids, "") {
+        for item in hub.query(&query).await? {
+            // An item that is not an agent twin is not this step's to judge.
+            if let Ok(twin) = serde_json::from_value::<AgentTwin>(item) {
+                agents.insert(twin.device_id.clone(), twin);
+            }
+        }
+    }
+    Ok(agents)
+}
+
+/// Deletes every configuration this hierarchy owns (the hierarchy is being deleted); returns
+/// their ids.
+pub async fn delete_owned_configurations(
+    hub: &HubClient,
+    uid: &str,
+) -> Result<Vec<String>, HubError> {
+    let mut deleted = Vec::new();
+    for id in owned_configurations(hub, uid).await?.into_keys() {
+        hub.delete_configuration(&id, None)
+            .await
+            .or_else(ignore_not_found)?;
+        deleted.push(id);
+    }
+    Ok(deleted)
+}
+
+fn ignore_not_found(e: HubError) -> Result<(), HubError> {
+    if e.is_not_found() { Ok(()) } else { Err(e) }
+}

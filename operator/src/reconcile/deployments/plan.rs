@@ -1,0 +1,383 @@
+//! The deployment plan, pure: which IoT Hub configurations to create, restore and delete
+//! (Automatic mode), which devices get their manifest applied (PerDevice mode), and each
+//! device's module health and deployment state from its `$edgeAgent` twin.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::DeploymentError;
+use crate::api::{DeploymentMode, DeviceSpec, EdgeHierarchySpec, ModulesStatus, Topology};
+use crate::deploy::{self, DesiredConfiguration, Manifests};
+use crate::iothub::{Configuration, ConfigurationContent};
+
+/// The configurations to write, as decided from desired and observed ones. Pure.
+#[derive(Debug, Default, PartialEq)]
+pub struct ConfigurationPlan {
+    pub create: Vec<String>,
+    /// Ids whose priority, target condition or labels were edited in the hub: restored in place.
+    pub restore: Vec<String>,
+    /// Owned configurations no longer desired; deleted after the new ones exist.
+    pub delete: Vec<String>,
+    /// What differed, per configuration id.
+    pub drift: Vec<String>,
+}
+
+/// Compares desired configurations with the hierarchy's configurations in the hub.
+pub fn plan_configurations(
+    desired: &[DesiredConfiguration],
+    owned: &BTreeMap<String, Configuration>,
+    known: &BTreeSet<String>,
+    manage: bool,
+) -> ConfigurationPlan {
+    let mut plan = ConfigurationPlan::default();
+    let suffix = if manage {
+        ""
+    } else {
+        " (reconcile: Observe, not corrected)"
+    };
+    for want in desired {
+        match owned.get(&want.id) {
+            None => {
+                if known.contains(&want.id) {
+                    plan.drift.push(format!(
+                        "configuration {} was deleted outside the operator; re-created{suffix}",
+                        want.id
+                    ));
+                }
+                plan.create.push(want.id.clone());
+            }
+            Some(have) => {
+                let content_differs = have
+                    .content
+                    .as_ref()
+                    .and_then(|c| serde_json::to_value(c).ok())
+                    .map(|c| strip_empty(&c))
+                    != Some(strip_empty(&want.content));
+                let settings_differ = have.priority != Some(want.priority)
+                    || have.target_condition.as_deref() != Some(want.target_condition.as_str());
+                if content_differs {
+                    plan.drift.push(format!(
+                        "configuration {} has other content in the hub; replaced{suffix}",
+                        want.id
+                    ));
+                    plan.delete.push(want.id.clone());
+                    plan.create.push(want.id.clone());
+                } else if settings_differ {
+                    plan.drift.push(format!("configuration {} had its priority or target condition edited in the hub; restored{suffix}", want.id));
+                    plan.restore.push(want.id.clone());
+                }
+            }
+        }
+    }
+    let wanted: BTreeSet<&str> = desired.iter().map(|d| d.id.as_str()).collect();
+    plan.delete.extend(
+        owned
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned(),
+    );
+    if !manage {
+        return ConfigurationPlan {
+            drift: plan.drift,
+            ..Default::default()
+        };
+    }
+    plan
+}
+
+/// Drops null-valued and empty-object members, so a hub echo with extra empty sections compares
+/// equal to what was sent.
+fn strip_empty(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_empty(v)))
+                .filter(|(_, v)| !matches!(v, Value::Object(m) if m.is_empty()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Messages for the desired configurations whose system metrics say they are not applied yet
+/// (configurations just created have no metrics, and are not judged).
+pub fn readiness(
+    desired: &[DesiredConfiguration],
+    owned: &BTreeMap<String, Configuration>,
+    plan: &ConfigurationPlan,
+) -> Vec<String> {
+    desired
+        .iter()
+        .filter(|c| !plan.create.contains(&c.id))
+        .filter_map(|want| {
+            let metrics = owned
+                .get(&want.id)
+                .and_then(|c| c.system_metrics.as_ref())
+                .and_then(|m| serde_json::to_value(m).ok())
+                .unwrap_or(Value::Null);
+            let readiness =
+                deploy::deployment_status(&want.id, want.devices.len() as u32, &metrics);
+            (!readiness.ready).then_some(readiness.message)
+        })
+        .collect()
+}
+
+/// The configuration IoT Hub should hold for a desired one.
+pub fn to_configuration(want: &DesiredConfiguration) -> Result<Configuration, DeploymentError> {
+    let content: ConfigurationContent =
+        serde_json::from_value(want.content.clone()).map_err(|e| {
+            DeploymentError::Render(format!(
+                "configuration {}: content does not fit the IoT Hub model: {e}",
+                want.id
+            ))
+        })?;
+    Ok(Configuration {
+        id: Some(want.id.clone()),
+        schema_version: Some("1.0".into()),
+        labels: Some(want.labels.clone()),
+        content: Some(content),
+        target_condition: Some(want.target_condition.clone()),
+        priority: Some(want.priority),
+        ..Configuration::default()
+    })
+}
+
+/// A device's `$edgeAgent` module twin, as a twin query returns it: the desired and reported
+/// properties, and the state of each configuration applied to the device.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTwin {
+    pub device_id: String,
+    #[serde(default)]
+    pub properties: AgentProperties,
+    #[serde(default)]
+    pub configurations: BTreeMap<String, AppliedConfiguration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct AgentProperties {
+    #[serde(default)]
+    pub desired: Value,
+    #[serde(default)]
+    pub reported: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct AppliedConfiguration {
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// Everything the per-device plan looks at.
+pub struct DevicePlanInput<'a> {
+    pub spec: &'a EdgeHierarchySpec,
+    pub topology: &'a Topology,
+    pub manifests: &'a Manifests,
+    /// The registered Edge devices of the spec.
+    pub devices: &'a [&'a DeviceSpec],
+    pub agents: &'a BTreeMap<String, AgentTwin>,
+    /// The configurations of Automatic mode (empty in PerDevice mode).
+    pub configurations: &'a [DesiredConfiguration],
+    pub manage: bool,
+}
+
+/// Per device: what to apply (PerDevice mode) and what it reports.
+#[derive(Debug, Default)]
+pub struct DevicePlan {
+    /// Manifests to apply with `applyConfigurationContent`, by device.
+    pub apply: Vec<(String, ConfigurationContent)>,
+    pub modules: BTreeMap<String, ModulesStatus>,
+    /// Base deployment, its configuration id (Automatic) and whether the device reports it
+    /// applied.
+    pub deployments: BTreeMap<String, (String, Option<String>, bool)>,
+    pub drift: Vec<String>,
+}
+
+/// Plans each device's manifest and reads its health.
+pub fn plan_devices(input: &DevicePlanInput<'_>) -> Result<DevicePlan, DeploymentError> {
+    let mut plan = DevicePlan::default();
+    let per_device = input.spec.deployment_mode == DeploymentMode::PerDevice;
+    for device in input.devices {
+        let layer = input.topology.layer[&device.id];
+        let Ok(manifest) =
+            deploy::merged_manifest(device, layer, &input.spec.edge, input.manifests)
+        else {
+            continue;
+        };
+        let twin = input.agents.get(&device.id).cloned().unwrap_or_default();
+        let desired_version = twin
+            .properties
+            .desired
+            .get("$version")
+            .and_then(Value::as_i64);
+        let mut applied_now = false;
+        if per_device && device.deployment.is_some() {
+            let want = manifest
+                .pointer("/modulesContent/$edgeAgent/properties.desired")
+                .cloned()
+                .unwrap_or(Value::Null);
+            if without_metadata(&twin.properties.desired) != strip_empty(&want) {
+                if desired_version.is_some_and(|v| v > 1) {
+                    plan.drift.push(format!(
+                        "device {:?}: its deployment manifest was replaced outside the operator; {}",
+                        device.id,
+                        if input.manage { "re-applied" } else { "not corrected (reconcile: Observe)" }
+                    ));
+                }
+                if input.manage {
+                    let content: ConfigurationContent = serde_json::from_value(manifest.clone())
+                        .map_err(|e| {
+                            DeploymentError::Render(format!(
+                                "device {:?}: manifest does not fit the IoT Hub model: {e}",
+                                device.id
+                            ))
+                        })?;
+                    plan.apply.push((device.id.clone(), content));
+                    applied_now = true;
+                }
+            }
+        }
+        plan.modules.insert(
+            device.id.clone(),
+            deploy::modules_status(&manifest, desired_version, &twin.properties.reported),
+        );
+        if let Some(base) = &device.deployment {
+            let config_id = input
+                .configurations
+                .iter()
+                .find(|c| !c.layered && c.deployment == *base && c.devices.contains(&device.id))
+                .map(|c| c.id.clone());
+            let applied = match &config_id {
+                Some(id) => {
+                    twin.configurations
+                        .get(id)
+                        .and_then(|c| c.status.as_deref())
+                        == Some("Applied")
+                }
+                None => per_device && desired_version.is_some() && !applied_now,
+            };
+            plan.deployments
+                .insert(device.id.clone(), (base.clone(), config_id, applied));
+        }
+    }
+    Ok(plan)
+}
+
+/// Desired properties as the user wrote them: without `$metadata` and `$version`.
+fn without_metadata(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => strip_empty(&Value::Object(
+            map.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), without_metadata(v)))
+                .collect(),
+        )),
+        other => other.clone(),
+    }
+}
+
+/// Configuration ids recorded in the status (so a deleted one is recognised as drift).
+pub fn known_configurations(status: &crate::api::EdgeHierarchyStatus) -> BTreeSet<String> {
+    status
+        .devices
+        .iter()
+        .filter_map(|d| d.deployment.as_ref()?.configuration_id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::Variant;
+    use serde_json::json;
+
+    fn desired(id: &str) -> DesiredConfiguration {
+        DesiredConfiguration {
+            id: id.into(),
+            deployment: "base".into(),
+            variant: Variant::Top,
+            layered: false,
+            priority: 10,
+            target_condition: "tags.edgeHierarchy.uid='u'".into(),
+            content: json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"schemaVersion": "1.1"}}}}),
+            labels: BTreeMap::new(),
+            devices: vec!["top".into()],
+        }
+    }
+
+    fn in_hub(want: &DesiredConfiguration) -> Configuration {
+        let mut c = to_configuration(want).unwrap();
+        c.etag = Some("e1".into());
+        c
+    }
+
+    #[test]
+    fn missing_configurations_are_created_and_stale_ones_deleted() {
+        let stale = desired("h-base-old");
+        let owned = BTreeMap::from([("h-base-old".to_string(), in_hub(&stale))]);
+        let plan = plan_configurations(&[desired("h-base-new")], &owned, &BTreeSet::new(), true);
+        assert_eq!(plan.create, ["h-base-new"]);
+        assert_eq!(plan.delete, ["h-base-old"]);
+        assert!(plan.drift.is_empty());
+    }
+
+    #[test]
+    fn matching_configurations_need_nothing() {
+        let want = desired("h-base-1");
+        let owned = BTreeMap::from([(want.id.clone(), in_hub(&want))]);
+        assert_eq!(
+            plan_configurations(&[want], &owned, &BTreeSet::new(), true),
+            ConfigurationPlan::default()
+        );
+    }
+
+    #[test]
+    fn deleted_edited_and_replaced_configurations_are_drift() {
+        let want = desired("h-base-1");
+        let known = BTreeSet::from(["h-base-1".to_string()]);
+        let plan = plan_configurations(std::slice::from_ref(&want), &BTreeMap::new(), &known, true);
+        assert_eq!(plan.create, ["h-base-1"]);
+        assert!(plan.drift[0].contains("deleted outside the operator"));
+
+        let mut edited = in_hub(&want);
+        edited.priority = Some(99);
+        let plan = plan_configurations(
+            std::slice::from_ref(&want),
+            &BTreeMap::from([(want.id.clone(), edited)]),
+            &known,
+            true,
+        );
+        assert_eq!(plan.restore, ["h-base-1"]);
+        assert!(plan.drift[0].contains("priority or target condition"));
+
+        let mut replaced = in_hub(&want);
+        replaced.content = Some(serde_json::from_value(json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"schemaVersion": "9"}}}})).unwrap());
+        let plan = plan_configurations(
+            std::slice::from_ref(&want),
+            &BTreeMap::from([(want.id.clone(), replaced)]),
+            &known,
+            true,
+        );
+        assert_eq!(
+            (plan.delete.clone(), plan.create.clone()),
+            (vec!["h-base-1".to_string()], vec!["h-base-1".to_string()])
+        );
+
+        // Observe: reported, nothing planned.
+        let plan = plan_configurations(&[want], &BTreeMap::new(), &known, false);
+        assert!(plan.create.is_empty() && plan.delete.is_empty());
+        assert!(plan.drift[0].contains("Observe"));
+    }
+
+    #[test]
+    fn metadata_is_ignored_when_comparing_desired_properties() {
+        let twin = json!({"schemaVersion": "1.1", "$version": 4, "$metadata": {"x": 1}, "modules": {"a": {"$metadata": {}, "type": "docker"}}});
+        assert_eq!(
+            without_metadata(&twin),
+            json!({"schemaVersion": "1.1", "modules": {"a": {"type": "docker"}}})
+        );
+    }
+}

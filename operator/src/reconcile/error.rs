@@ -1,0 +1,125 @@
+//! Why a reconcile ended early, and what follows from each reason: its [`Disposition`]. One
+//! table, so every step's failure is routed the same way (see `sync::settle`).
+
+use std::time::Duration;
+
+use super::certs::CertError;
+use super::credentials::CredentialError;
+use super::deployments::DeploymentError;
+use super::status::reason;
+use crate::api::{EdgeHierarchySpec, Violations};
+use crate::deploy::ManifestError;
+use crate::iothub::HubError;
+
+/// Errors that end a reconcile early.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidSpec(Violations),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidManifests(Vec<ManifestError>),
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("IoT Hub error: {0}")]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error(transparent)]
+    Certificates(#[from] CertError),
+    #[error(transparent)]
+    Deployments(DeploymentError),
+    #[error("could not delete every device from the hub: {0}; retrying")]
+    CleanupIncomplete(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl From<DeploymentError> for Error {
+    fn from(error: DeploymentError) -> Self {
+        match error {
+            DeploymentError::Hub(e) => Error::Hub(e),
+            other => Error::Deployments(other),
+        }
+    }
+}
+
+/// What a failed reconcile leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Only a person can fix it: `Stalled=True` with this reason and one Warning Event; look
+    /// again after `recheck`, or only when the hierarchy or one of its Secrets changes (`None`).
+    Stall {
+        reason: &'static str,
+        action: &'static str,
+        message: String,
+        recheck: Option<Duration>,
+    },
+    /// The hub failed or could not be reached: `Ready=False` without stalling, a Warning Event,
+    /// and another try after `retry`.
+    Unreachable { message: String, retry: Duration },
+    /// Anything else: the controller retries with its backoff.
+    Retry,
+}
+
+/// How often a stalled hierarchy whose cause has no watch (a ConfigMap, the root CA's content)
+/// is looked at again.
+const STALL_RECHECK: Duration = Duration::from_secs(300);
+/// How soon a hub that failed is tried again.
+const HUB_RETRY: Duration = Duration::from_secs(30);
+
+impl Error {
+    /// The disposition of this error for a hierarchy with `spec`.
+    pub fn disposition(&self, spec: &EdgeHierarchySpec) -> Disposition {
+        let stall = |reason, action, message: String, recheck| Disposition::Stall {
+            reason,
+            action,
+            message,
+            recheck,
+        };
+        match self {
+            Error::InvalidSpec(v) => stall(reason::INVALID_SPEC, "Validate", v.to_string(), None),
+            Error::InvalidManifests(_) => stall(
+                reason::INVALID_SPEC,
+                "Validate",
+                self.to_string(),
+                Some(STALL_RECHECK),
+            ),
+            // A fix to the Secret triggers a reconcile through the Secret watch; the recheck is
+            // a fallback.
+            Error::Credentials(e) => stall(
+                reason::BAD_CREDENTIALS,
+                "ReadCredentials",
+                e.to_string(),
+                Some(STALL_RECHECK),
+            ),
+            Error::Certificates(e) if e.needs_person() => stall(
+                reason::INVALID_ROOT_CA,
+                "IssueCertificates",
+                e.to_string(),
+                Some(STALL_RECHECK),
+            ),
+            Error::Hub(e) if e.is_unauthorized() => {
+                let secret = &spec.iot_hub.connection_string_secret_ref;
+                let rejected = CredentialError::Rejected {
+                    secret: secret.name.clone(),
+                    key: secret.key.clone(),
+                    detail: e.to_string(),
+                };
+                stall(
+                    reason::BAD_CREDENTIALS,
+                    "ReadCredentials",
+                    rejected.to_string(),
+                    Some(STALL_RECHECK),
+                )
+            }
+            Error::Hub(e) => Disposition::Unreachable {
+                message: format!("the hub could not be reached or failed: {e}"),
+                retry: HUB_RETRY,
+            },
+            _ => Disposition::Retry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,66 @@
+//! What one reconcile of one hierarchy works with, derived once: the hierarchy, its identity, its
+//! Secrets, its hub client and the controller's shared state.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::controller::Context;
+use super::secrets::SecretStore;
+use crate::api::{EdgeHierarchy, EdgeHierarchyStatus};
+use crate::iothub::HubClient;
+use crate::names::MANAGER;
+use crate::ownership::HierarchyIdentity;
+
+/// The per-reconcile scope of the steps that talk to the hub.
+pub struct Scope<'a> {
+    pub hierarchy: &'a EdgeHierarchy,
+    pub identity: HierarchyIdentity,
+    pub ctx: &'a Context,
+    pub secrets: SecretStore,
+    pub hub: HubClient,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(hierarchy: &'a EdgeHierarchy, ctx: &'a Context, hub: HubClient) -> Self {
+        Self {
+            identity: HierarchyIdentity::of(hierarchy),
+            secrets: SecretStore::new(ctx.client.clone(), hierarchy),
+            hierarchy,
+            ctx,
+            hub,
+        }
+    }
+
+    pub fn generation(&self) -> Option<i64> {
+        self.hierarchy.metadata.generation
+    }
+}
+
+/// The current time as Kubernetes writes it.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Writes the whole status by server-side apply (the operator owns every status field).
+pub async fn patch_status(
+    client: &kube::Client,
+    hierarchy: &EdgeHierarchy,
+    status: &EdgeHierarchyStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<EdgeHierarchy> =
+        Api::namespaced(client.clone(), &hierarchy.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": EdgeHierarchy::api_version(&()),
+        "kind": EdgeHierarchy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &hierarchy.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! One reconcile of a hierarchy that exists, top to bottom: validate, resolve manifests, open the
+//! hub, then the steps (certificates, devices, bundles, deployments), each observe, plan, apply;
+//! then one status. A step that fails ends the reconcile, and its error's disposition says
+//! what follows ([`settle`]).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::runtime::controller::Action as Requeue;
+
+use super::controller::Context;
+use super::error::{Disposition, Error};
+use super::events::{Note, certificate_notes, deployment_notes, device_notes};
+use super::scope::{Scope, now, patch_status};
+use super::status::{
+    SyncOutcome, add_certificates, add_deployments, blocked_status, initial_status, reason,
+    synced_status,
+};
+use super::{bundles, certs, deployments, devices};
+use crate::api::validate;
+use crate::api::{EdgeHierarchy, EdgeHierarchyStatus, condition_type, duration::parse_duration};
+
+/// How soon a reconcile that left work undone (a device waiting, a write that failed) runs again.
+const UNFINISHED_REQUEUE: Duration = Duration::from_secs(10);
+
+/// Brings the hub to the spec (or, under Observe, reports how it differs).
+pub async fn sync(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error> {
+    let previous = first_status(hierarchy, ctx).await?;
+    match steps(hierarchy, ctx, &previous).await {
+        Ok(requeue) => Ok(requeue),
+        Err(error) => settle(hierarchy, ctx, &previous, error).await,
+    }
+}
+
+async fn steps(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    previous: &EdgeHierarchyStatus,
+) -> Result<Requeue, Error> {
+    // The spec, and the manifests it points to, are checked before anything touches the hub.
+    let topology = validate(&hierarchy.spec).map_err(Error::InvalidSpec)?;
+    let manifests = deployments::resolve(&ctx.client, hierarchy).await?;
+    let scope = Scope::new(hierarchy, ctx, ctx.hubs.client_for(hierarchy).await?);
+    let policy = &hierarchy.spec.policy;
+
+    // Certificates first: X509 devices are registered with their identity thumbprints.
+    let certificates = certs::reconcile(&scope, &topology, Timestamp::now()).await?;
+    let desired = devices::desired_devices(
+        &scope.identity,
+        &hierarchy.spec,
+        &topology,
+        &certificates.thumbprints(),
+        &certificates.sas_keys(),
+    );
+    let registered_before = previously_registered(previous);
+    let rounds = devices::converge(
+        &scope.hub,
+        &scope.identity,
+        policy,
+        &desired,
+        &registered_before,
+    )
+    .await?;
+    publish(&scope, device_notes(&rounds, policy.reconcile)).await;
+
+    // Bundles need the registered devices (their keys and scopes), so they come after the hub.
+    let owned = rounds.owned(&scope.identity);
+    let bundles = bundles::reconcile(
+        &scope,
+        &topology,
+        &owned,
+        &certificates,
+        &rounds.applied.created,
+    )
+    .await?;
+    publish(&scope, certificate_notes(&certificates, &bundles)).await;
+
+    let registered: BTreeSet<String> = owned.keys().cloned().collect();
+    let known = deployments::plan::known_configurations(previous);
+    let deployed =
+        deployments::reconcile(&scope, &topology, &manifests, &registered, &known).await?;
+    publish(&scope, deployment_notes(&deployed, policy.reconcile)).await;
+
+    let order: Vec<String> = desired.iter().map(|d| d.id.clone()).collect();
+    let outcome = SyncOutcome {
+        policy: policy.reconcile,
+        last: &rounds.last,
+        drift: &rounds.drift,
+        failures: &rounds.failures,
+        order: &order,
+    };
+    let (generation, at) = (scope.generation(), now());
+    let mut status = synced_status(previous, &outcome, generation, &at);
+    add_certificates(&mut status, &certificates, &bundles, generation, &at);
+    add_deployments(&mut status, &deployed, policy.reconcile, generation, &at);
+    patch_status(&ctx.client, hierarchy, &status).await?;
+
+    let unfinished = !rounds.converged() || !bundles.failures.is_empty();
+    Ok(next_requeue(
+        unfinished,
+        certificates.next_renewal(),
+        resync_interval(hierarchy),
+        Timestamp::now(),
+    ))
+}
+
+/// The status to start from: on the very first reconcile `Ready=Unknown` is written at once, so
+/// kstatus never reads the hierarchy as Current by default.
+async fn first_status(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+) -> Result<EdgeHierarchyStatus, Error> {
+    let previous = hierarchy.status.clone().unwrap_or_default();
+    let first = !previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition_type::READY);
+    if !first {
+        return Ok(previous);
+    }
+    let status = initial_status(&previous, hierarchy.metadata.generation, &now());
+    patch_status(&ctx.client, hierarchy, &status).await?;
+    Ok(status)
+}
+
+/// Devices this hierarchy registered before (from its status).
+fn previously_registered(previous: &EdgeHierarchyStatus) -> BTreeSet<String> {
+    previous
+        .devices
+        .iter()
+        .filter(|d| d.device_scope.is_some())
+        .map(|d| d.id.clone())
+        .collect()
+}
+
+/// Unfinished work comes back soon; otherwise at the next renewal or resync, whichever is first.
+fn next_requeue(
+    unfinished: bool,
+    next_renewal: Option<Timestamp>,
+    resync: Duration,
+    now: Timestamp,
+) -> Requeue {
+    if unfinished {
+        return Requeue::requeue(UNFINISHED_REQUEUE);
+    }
+    let until_renewal = next_renewal
+        .map(|t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64));
+    Requeue::requeue(until_renewal.map_or(resync, |r| r.min(resync)))
+}
+
+fn resync_interval(hierarchy: &EdgeHierarchy) -> Duration {
+    parse_duration(&hierarchy.spec.policy.resync_interval)
+        .unwrap_or(Duration::from_secs(300))
+        .max(Duration::from_secs(10))
+}
+
+async fn publish(scope: &Scope<'_>, notes: Vec<Note>) {
+    scope.ctx.events.publish_all(scope.hierarchy, notes).await;
+}
+
+/// Acts on a failed reconcile as its error's disposition says.
+async fn settle(
+    hierarchy: &EdgeHierarchy,
+    ctx: &Context,
+    previous: &EdgeHierarchyStatus,
+    error: Error,
+) -> Result<Requeue, Error> {
+    let generation = hierarchy.metadata.generation;
+    match error.disposition(&hierarchy.spec) {
+        Disposition::Retry => Err(error),
+        Disposition::Stall {
+            reason,
+            action,
+            message,
+            recheck,
+        } => {
+            let status = blocked_status(previous, reason, &message, true, generation, &now());
+            // Unless the status says so already: a resync does not repeat the Event.
+            if status != *previous {
+                let note = Note::warning(reason, action, message);
+                ctx.events.publish_all(hierarchy, vec![note]).await;
+                patch_status(&ctx.client, hierarchy, &status).await?;
+            }
+            Ok(recheck.map_or_else(Requeue::await_change, Requeue::requeue))
+        }
+        Disposition::Unreachable { message, retry } => {
+            let status = blocked_status(
+                previous,
+                reason::HUB_UNREACHABLE,
+                &message,
+                false,
+                generation,
+                &now(),
+            );
+            let note = Note::warning(reason::HUB_UNREACHABLE, "Sync", message);
+            ctx.events.publish_all(hierarchy, vec![note]).await;
+            patch_status(&ctx.client, hierarchy, &status).await?;
+            Ok(Requeue::requeue(retry))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfinished_work_comes_back_in_ten_seconds() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        assert_eq!(
+            next_requeue(true, None, Duration::from_secs(300), now),
+            Requeue::requeue(UNFINISHED_REQUEUE)
+        );
+    }
+
+    #[test]
+    fn the_next_renewal_comes_before_the_resync_when_sooner() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let resync = Duration::from_secs(300);
+        let soon = Timestamp::from_second(1_060).unwrap();
+        let late = Timestamp::from_second(9_000).unwrap();
+        let past = Timestamp::from_second(10).unwrap();
+        assert_eq!(
+            next_requeue(false, Some(soon), resync, now),
+            Requeue::requeue(Duration::from_secs(60))
+        );
+        assert_eq!(
+            next_requeue(false, Some(late), resync, now),
+            Requeue::requeue(resync)
+        );
+        assert_eq!(
+            next_requeue(false, None, resync, now),
+            Requeue::requeue(resync)
+        );
+        assert_eq!(
+            next_requeue(false, Some(past), resync, now),
+            Requeue::requeue(Duration::from_secs(1)),
+            "a renewal already due comes back at once"
+        );
+    }
+}
