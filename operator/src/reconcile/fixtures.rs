@@ -50,23 +50,7 @@ pub fn identity(root: &RootCa, id: &str, days: u64, issued: Timestamp) -> Issued
 
 /// The Secret the apiserver would return after `write` was applied.
 pub fn stored(write: &SecretWrite) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(write.name.clone()),
-            labels: Some(write.labels.clone()),
-            annotations: Some(write.annotations.clone()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(write.type_.to_string()),
-        data: Some(
-            write
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                .collect(),
-        ),
-        ..Secret::default()
-    }
+    write.object(None)
 }
 
 /// A Secret with only these text keys (a user's Secret, or a damaged one).

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -36,6 +37,29 @@ impl std::fmt::Debug for SecretWrite {
             .field("annotations", &self.annotations)
             .field("data", &self.data.keys().collect::<Vec<_>>())
             .finish()
+    }
+}
+
+impl SecretWrite {
+    /// The Secret to send, owned by `owner` when given.
+    pub fn object(&self, owner: Option<OwnerReference>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(self.labels.clone()),
+                annotations: (!self.annotations.is_empty()).then(|| self.annotations.clone()),
+                owner_references: owner.map(|o| vec![o]),
+                ..ObjectMeta::default()
+            },
+            type_: Some(self.type_.to_string()),
+            data: Some(
+                self.data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
     }
 }
 
@@ -111,24 +135,7 @@ impl SecretStore {
     }
 
     fn object(&self, write: &SecretWrite) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(write.name.clone()),
-                labels: Some(write.labels.clone()),
-                annotations: (!write.annotations.is_empty()).then(|| write.annotations.clone()),
-                owner_references: self.hierarchy.controller_owner_ref(&()).map(|o| vec![o]),
-                ..ObjectMeta::default()
-            },
-            type_: Some(write.type_.to_string()),
-            data: Some(
-                write
-                    .data
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        }
+        write.object(self.hierarchy.controller_owner_ref(&()))
     }
 
     /// Writes a Secret by server-side apply, owned by the hierarchy.

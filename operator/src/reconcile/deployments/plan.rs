@@ -380,4 +380,138 @@ mod tests {
             json!({"schemaVersion": "1.1", "modules": {"a": {"type": "docker"}}})
         );
     }
+
+    /// The per-device plan over the tutorial: both devices registered, with these agent twins.
+    fn devices_plan(
+        mode: DeploymentMode,
+        agents: &BTreeMap<String, AgentTwin>,
+        manage: bool,
+    ) -> DevicePlan {
+        let mut ex = crate::deploy::fixtures::tutorial();
+        ex.spec.deployment_mode = mode;
+        let identity = crate::ownership::HierarchyIdentity::new("iot", "tutorial", "uid-1");
+        let configurations = if mode == DeploymentMode::Automatic {
+            deploy::automatic_configurations(&identity, &ex.spec, &ex.topology, &ex.manifests)
+                .unwrap()
+        } else {
+            Vec::new()
+        };
+        let devices: Vec<&DeviceSpec> = ex.spec.devices.iter().collect();
+        plan_devices(&DevicePlanInput {
+            spec: &ex.spec,
+            topology: &ex.topology,
+            manifests: &ex.manifests,
+            devices: &devices,
+            agents,
+            configurations: &configurations,
+            manage,
+        })
+        .unwrap()
+    }
+
+    /// The `$edgeAgent` desired properties the tutorial's `id` gets, as the hub echoes them.
+    fn echoed_desired(id: &str, version: i64) -> Value {
+        let ex = crate::deploy::fixtures::tutorial();
+        let device = ex.spec.devices.iter().find(|d| d.id == id).unwrap();
+        let layer = ex.topology.layer[id];
+        let manifest =
+            deploy::merged_manifest(device, layer, &ex.spec.edge, &ex.manifests).unwrap();
+        let mut desired = manifest["modulesContent"]["$edgeAgent"]["properties.desired"].clone();
+        desired["$version"] = json!(version);
+        desired["$metadata"] = json!({"$lastUpdated": "2026-01-01T00:00:00Z"});
+        desired
+    }
+
+    fn agent(id: &str, desired: Value) -> (String, AgentTwin) {
+        let twin = AgentTwin {
+            device_id: id.into(),
+            properties: AgentProperties {
+                desired,
+                reported: Value::Null,
+            },
+            configurations: BTreeMap::new(),
+        };
+        (id.to_string(), twin)
+    }
+
+    #[test]
+    fn per_device_mode_applies_the_manifest_to_a_device_that_has_none() {
+        let plan = devices_plan(DeploymentMode::PerDevice, &BTreeMap::new(), true);
+        let applied: Vec<&str> = plan.apply.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(applied, ["top-layer", "lower-layer"]);
+        assert!(plan.drift.is_empty(), "a first apply is not drift");
+        assert_eq!(
+            plan.deployments["top-layer"].2, false,
+            "not applied until the device has it"
+        );
+    }
+
+    #[test]
+    fn per_device_mode_leaves_a_matching_manifest_alone_and_counts_it_applied() {
+        let agents: BTreeMap<String, AgentTwin> = ["top-layer", "lower-layer"]
+            .into_iter()
+            .map(|id| agent(id, echoed_desired(id, 2)))
+            .collect();
+        let plan = devices_plan(DeploymentMode::PerDevice, &agents, true);
+        assert!(plan.apply.is_empty() && plan.drift.is_empty());
+        assert_eq!(
+            plan.deployments["lower-layer"],
+            ("lower-layer".to_string(), None, true)
+        );
+    }
+
+    #[test]
+    fn per_device_mode_restores_a_replaced_manifest_or_only_reports_it_under_observe() {
+        let agents = BTreeMap::from([
+            agent("top-layer", json!({"schemaVersion": "1.1", "$version": 3})),
+            agent("lower-layer", echoed_desired("lower-layer", 2)),
+        ]);
+        let manage = devices_plan(DeploymentMode::PerDevice, &agents, true);
+        assert_eq!(manage.apply.len(), 1);
+        assert!(manage.drift[0].contains("\"top-layer\": its deployment manifest was replaced outside the operator; re-applied"), "{:?}", manage.drift);
+        let observe = devices_plan(DeploymentMode::PerDevice, &agents, false);
+        assert!(observe.apply.is_empty());
+        assert!(observe.drift[0].ends_with("not corrected (reconcile: Observe)"));
+    }
+
+    #[test]
+    fn automatic_mode_reads_applied_from_the_configuration_state_on_the_twin() {
+        let configurations = {
+            let ex = crate::deploy::fixtures::tutorial();
+            let identity = crate::ownership::HierarchyIdentity::new("iot", "tutorial", "uid-1");
+            deploy::automatic_configurations(&identity, &ex.spec, &ex.topology, &ex.manifests)
+                .unwrap()
+        };
+        let top = configurations
+            .iter()
+            .find(|c| c.deployment == "top-layer")
+            .unwrap();
+        let (_, mut twin) = agent("top-layer", Value::Null);
+        twin.configurations.insert(
+            top.id.clone(),
+            AppliedConfiguration {
+                status: Some("Applied".into()),
+            },
+        );
+        let agents = BTreeMap::from([("top-layer".to_string(), twin)]);
+        let plan = devices_plan(DeploymentMode::Automatic, &agents, true);
+        assert!(
+            plan.apply.is_empty(),
+            "Automatic mode never applies per device"
+        );
+        assert_eq!(
+            plan.deployments["top-layer"],
+            ("top-layer".to_string(), Some(top.id.clone()), true)
+        );
+        assert!(!plan.deployments["lower-layer"].2);
+        assert!(plan.deployments["lower-layer"].1.is_some());
+    }
+
+    #[test]
+    fn every_device_with_a_manifest_gets_module_health() {
+        let plan = devices_plan(DeploymentMode::Automatic, &BTreeMap::new(), true);
+        let modules = &plan.modules["lower-layer"];
+        assert!(modules.desired > 0);
+        assert_eq!(modules.running, 0, "nothing reported yet");
+    }
 }
