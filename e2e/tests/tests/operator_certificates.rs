@@ -294,7 +294,9 @@ async fn device_twin_with_cert(
 ) -> anyhow::Result<u16> {
     let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())?;
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(env.hub.ca_pem.as_bytes())?)
+        .add_root_certificate(reqwest::Certificate::from_pem(
+            env.hub.emulator.ca_pem.as_bytes(),
+        )?)
         .identity(identity)
         .build()?;
     let url = format!(

@@ -537,7 +537,7 @@ type CredentialCase<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a str);
 
 async fn bad_credentials_stall_and_recover(env: &Env) -> anyhow::Result<()> {
     env.namespace("creds").await?;
-    let good = env.hub.connection_string.clone();
+    let good = env.hub.emulator.connection_string.clone();
     let wrong_key = good.split(";SharedAccessKey=").next().unwrap().to_string()
         + ";SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmc=";
     let devices = "    - {id: c-top}\n";
@@ -608,6 +608,7 @@ async fn bad_credentials_stall_and_recover(env: &Env) -> anyhow::Result<()> {
 async fn no_secret_leaks(env: &Env) -> anyhow::Result<()> {
     let policy_key = env
         .hub
+        .emulator
         .connection_string
         .split("SharedAccessKey=")
         .nth(1)
