@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod hub;
+pub mod leaks;
 
 use std::collections::BTreeMap;
 use std::path::Path;
