@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use e2e_harness::{ControlPlane, ControlPlaneOptions, wait_until, workspace_bin, workspace_root};
+use e2e_harness::{
+    ControlPlane, ControlPlaneOptions, Emulator, Operator, OperatorFlags, install_crd, wait_until,
+    workspace_bin, workspace_root,
+};
 use edge_hierarchy_operator::iothub::HubTier;
 use edge_hierarchy_operator::iothub::{OperationClass, RateLimits};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -30,13 +33,18 @@ use kube::api::{
 use serde_json::{Value, json};
 
 use hierarchy::{DeviceKind, ObjectOptions, Shape};
-use processes::{Emulator, build_profile, peak_rss_kib, start_operator};
+use processes::{build_profile, peak_rss_kib};
 use stats::{HubStats, StatsClient};
 
 const NAMESPACE: &str = "bench";
 const HIERARCHY: &str = "bench";
 /// The label the operator puts on its Secrets to say what they hold (root CA, edge CA, bundle).
 const COMPONENT_LABEL: &str = "edgehierarchy.dev/component";
+/// `run` with its default flags, at info level: the benchmark reads times and memory, not logs.
+const OPERATOR_FLAGS: OperatorFlags<'static> = OperatorFlags {
+    args: &[],
+    rust_log: "info,kube=warn",
+};
 
 /// Command line of `operator-bench`.
 #[derive(Debug, Parser)]
@@ -279,27 +287,7 @@ async fn start_environment(
 ) -> anyhow::Result<Bench> {
     let started = Instant::now();
     let cluster = ControlPlane::start(ControlPlaneOptions::default()).await?;
-    let crd = workspace_root().join("crds/edgehierarchy.yaml");
-    let out = cluster.kubectl(&["apply", "-f", &crd.display().to_string()])?;
-    if !out.status.success() {
-        bail!(
-            "installing the CRD {} failed: {}",
-            crd.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = cluster.kubectl(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=60s",
-        "crd/edgehierarchies.edgehierarchy.dev",
-    ])?;
-    if !out.status.success() {
-        bail!(
-            "the CRD did not become established: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    install_crd(&cluster)?;
     let emulator_args = vec![
         "--sku".to_string(),
         args.sku.clone(),
@@ -430,13 +418,18 @@ async fn run_operator(
     work_dir: &Path,
 ) -> anyhow::Result<OperatorRun> {
     let log = work_dir.join("operator.log");
-    let mut operator = start_operator(operator_bin, bench.cluster.kubeconfig_path(), &log)?;
+    let mut operator = Operator::start(
+        operator_bin,
+        bench.cluster.kubeconfig_path(),
+        &log,
+        OPERATOR_FLAGS,
+    )?;
     // Let it start its watches first, so the clock measures reconciling, not process start-up.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    if let Some(status) = operator.exit_status() {
+    if let Some(status) = operator.process.exit_status() {
         bail!(
             "the operator exited at start ({status}); its log ends:\n{}",
-            operator.log_tail(20)
+            operator.process.log_tail(20)
         );
     }
     bench.stats.reset().await?;
@@ -467,12 +460,12 @@ async fn run_operator(
             bail!(
                 "{error:#}\nlast status: {}\noperator log ends:\n{}",
                 describe_status(last.as_ref()),
-                operator.log_tail(20)
+                operator.process.log_tail(20)
             );
         }
     };
     let stats = bench.stats.snapshot().await?;
-    let peak_rss_kib = peak_rss_kib(operator.pid())?;
+    let peak_rss_kib = peak_rss_kib(operator.process.pid())?;
     let summary = object
         .data
         .pointer("/status/summary")
@@ -485,7 +478,7 @@ async fn run_operator(
             .await?
             .items,
     );
-    operator.stop(Duration::from_secs(10));
+    operator.process.stop(Duration::from_secs(10));
     Ok(OperatorRun {
         elapsed,
         stats,

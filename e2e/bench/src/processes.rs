@@ -1,87 +1,10 @@
-//! The emulator and the operator as child processes of the benchmark (they die with it), and
-//! the one number the benchmark reads from /proc: peak resident memory.
+//! What the benchmark reads about the operator's process: its peak resident memory (from /proc)
+//! and the build profile of its binary. Starting the emulator and the operator is
+//! `e2e_harness::operator_env`'s.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use e2e_harness::process::{ManagedChild, log_tail};
-use e2e_harness::wait_until;
-
-/// A running IoT Hub emulator.
-pub struct Emulator {
-    /// The process (stopped on drop).
-    pub process: ManagedChild,
-    /// Its --dir: connection-string, ca.crt.
-    pub dir: PathBuf,
-    /// The port it listens on (localhost).
-    pub port: u16,
-    /// The owner policy's connection string.
-    pub connection_string: String,
-    /// Its CA certificate (PEM).
-    pub ca_pem: String,
-}
-
-/// The port of an emulator's `ready port=P connection-string=...` line.
-pub fn ready_port(log: &str) -> Option<u16> {
-    log.lines()
-        .filter_map(|line| line.strip_prefix("ready "))
-        .flat_map(str::split_whitespace)
-        .find_map(|field| field.strip_prefix("port=")?.parse().ok())
-}
-
-impl Emulator {
-    /// Starts `binary --port 0 --dir DIR args...` and waits for its ready line.
-    pub async fn start(binary: &Path, dir: &Path, args: &[String]) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut all = vec![
-            "--port".to_string(),
-            "0".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-        ];
-        all.extend(args.iter().cloned());
-        let log = dir.join("emulator.log");
-        let process = ManagedChild::spawn("iothub-emulator", binary, &all, &log)?;
-        let port = wait_until(
-            Duration::from_secs(60),
-            Duration::from_millis(100),
-            "the emulator's ready line",
-            || async { ready_port(&std::fs::read_to_string(&log).unwrap_or_default()) },
-        )
-        .await
-        .with_context(|| log_tail(&log, 20))?;
-        let connection_string = std::fs::read_to_string(dir.join("connection-string"))
-            .with_context(|| format!("reading {}/connection-string", dir.display()))?
-            .trim()
-            .to_string();
-        let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
-            .with_context(|| format!("reading {}/ca.crt", dir.display()))?;
-        Ok(Self {
-            process,
-            dir: dir.to_owned(),
-            port,
-            connection_string,
-            ca_pem,
-        })
-    }
-}
-
-/// Starts `edge-hierarchy-operator run` against the cluster of `kubeconfig`, logging to `log`.
-pub fn start_operator(
-    binary: &Path,
-    kubeconfig: &Path,
-    log: &Path,
-) -> anyhow::Result<ManagedChild> {
-    let mut command = Command::new(binary);
-    command
-        .arg("run")
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .env("NO_COLOR", "1");
-    ManagedChild::spawn_command("edge-hierarchy-operator", command, log, None)
-}
 
 /// `VmHWM` (peak resident set size) in KiB from the text of /proc/<pid>/status.
 pub fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
@@ -118,15 +41,6 @@ pub fn build_profile(binary: &Path) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_port_of_the_ready_line() {
-        let log = "iothub-emulator: hub emulator on https://localhost:38145\nready port=38145 connection-string=/tmp/x/connection-string\n";
-        assert_eq!(ready_port(log), Some(38145));
-        assert_eq!(ready_port("starting\n"), None);
-        assert_eq!(ready_port("ready port=notanumber\n"), None);
-        assert_eq!(ready_port("not ready port=1\n"), None);
-    }
 
     #[test]
     fn reads_vm_hwm_in_kib() {

@@ -221,6 +221,21 @@ pub struct ModuleRecord {
     pub last_restart_time_utc: Option<String>,
 }
 
+impl ModuleRecord {
+    /// A module not seen yet: status `unknown`, never started.
+    pub fn unknown() -> Self {
+        Self {
+            runtime_status: "unknown".into(),
+            status_description: String::new(),
+            exit_code: 0,
+            last_start_time_utc: None,
+            last_exit_time_utc: None,
+            restart_count: 0,
+            last_restart_time_utc: None,
+        }
+    }
+}
+
 /// The record after an outcome, given the previous one; unchanged when the outcome is.
 pub fn advance(
     previous: Option<&ModuleRecord>,
@@ -228,15 +243,7 @@ pub fn advance(
     now: &str,
 ) -> ModuleRecord {
     let was_running = previous.is_some_and(|p| p.runtime_status == "running");
-    let mut next = previous.cloned().unwrap_or(ModuleRecord {
-        runtime_status: "unknown".into(),
-        status_description: String::new(),
-        exit_code: 0,
-        last_start_time_utc: None,
-        last_exit_time_utc: None,
-        restart_count: 0,
-        last_restart_time_utc: None,
-    });
+    let mut next = previous.cloned().unwrap_or_else(ModuleRecord::unknown);
     match outcome {
         ModuleOutcome::Running => {
             if !was_running {

@@ -2,13 +2,12 @@
 //! Kubernetes): the tutorial's two devices, the API proxy removed and restored, a child whose
 //! trust bundle lacks its parent's root, an X509 child and a device whose edge CA key is wrong.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use e2e_harness::process::ManagedChild;
-use e2e_harness::{wait_until, workspace_bin};
+use e2e_harness::{Emulator, wait_until, workspace_bin};
 use edge_sim::fixtures::{BundleSpec, TestAuth, TestCa, bundle, edge_ca, identity, root_ca};
 use edge_sim::hub::policy_token;
 use edge_sim::{CheckStatus, EdgeSim, MemorySource, SimOptions, Snapshot};
@@ -20,8 +19,7 @@ const SENSOR: &str = "SimulatedTemperatureSensor";
 
 /// The emulator process and a service client with the owner policy.
 struct Hub {
-    _process: ManagedChild,
-    dir: PathBuf,
+    emulator: Emulator,
     host: String,
     policy: String,
     key: String,
@@ -32,33 +30,14 @@ impl Hub {
     async fn start(dir: &Path) -> Self {
         let binary = workspace_bin("iothub-emulator")
             .expect("the iothub-emulator binary (cargo build -p iothub-emulator)");
-        let process = ManagedChild::spawn(
-            "iothub-emulator",
-            &binary,
-            &[
-                "--port".into(),
-                "0".into(),
-                "--dir".into(),
-                dir.display().to_string(),
-            ],
-            &dir.join("emulator.log"),
-        )
-        .expect("starting the emulator");
-        let connection = wait_until(
-            WAIT,
-            POLL,
-            "the emulator to write its connection string and port",
-            || async {
-                let port = std::fs::read_to_string(dir.join("port")).ok()?;
-                port.trim().parse::<u16>().ok()?;
-                std::fs::metadata(dir.join("ca.crt")).ok()?;
-                std::fs::read_to_string(dir.join("connection-string"))
-                    .ok()
-                    .filter(|c| c.contains("SharedAccessKey="))
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", process.log_tail(30)));
+        let emulator = Emulator::start(&binary, dir, &[] as &[&str])
+            .await
+            .unwrap_or_else(|e| panic!("starting the emulator: {e:#}"));
+        let connection = emulator.connection_string.clone();
+        assert!(
+            connection.contains("SharedAccessKey="),
+            "the emulator wrote {connection:?}"
+        );
         let field = |name: &str| {
             connection
                 .split(';')
@@ -66,19 +45,17 @@ impl Hub {
                 .unwrap_or_else(|| panic!("connection string lacks {name}"))
                 .to_string()
         };
-        let ca =
-            reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.crt")).unwrap()).unwrap();
+        let ca = reqwest::Certificate::from_pem(emulator.ca_pem.as_bytes()).unwrap();
         let http = reqwest::Client::builder()
             .tls_certs_only([ca])
             .build()
             .unwrap();
         Self {
-            _process: process,
-            dir: dir.to_path_buf(),
             host: field("HostName"),
             policy: field("SharedAccessKeyName"),
             key: field("SharedAccessKey"),
             http,
+            emulator,
         }
     }
 
@@ -326,7 +303,7 @@ async fn tutorial_chain_proxy_removal_and_trust_failures() {
     broken.edge_ca.key_pem = root_ca("unrelated").key_pem;
     source.put(bundle(&broken));
 
-    let mut options = SimOptions::new(Arc::new(source.clone()), &hub.dir);
+    let mut options = SimOptions::new(Arc::new(source.clone()), &hub.emulator.dir);
     options.state_dir = Some(work.path().join("devices"));
     options.interval = Duration::from_millis(300);
     let sim = EdgeSim::start(options)

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine;
+use common::leaks::{LeakScan, check_haystacks, has_private_key_header, pem_body_lines};
 use common::{Env, hierarchy_yaml};
 use e2e_harness::{Checks, wait_until, workspace_bin};
 use k8s_openapi::api::core::v1::Secret;
@@ -294,7 +295,9 @@ async fn device_twin_with_cert(
 ) -> anyhow::Result<u16> {
     let identity = reqwest::Identity::from_pem(format!("{cert_pem}\n{key_pem}").as_bytes())?;
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(env.hub.ca_pem.as_bytes())?)
+        .add_root_certificate(reqwest::Certificate::from_pem(
+            env.hub.emulator.ca_pem.as_bytes(),
+        )?)
         .identity(identity)
         .build()?;
     let url = format!(
@@ -702,53 +705,15 @@ async fn no_private_key_leaks(env: &Env) -> anyhow::Result<()> {
         for secret in secrets_of(env, ns, h, "certs").await?.values() {
             for k in ["tls.key", "identity.key"] {
                 if let Ok(pem) = data(secret, k) {
-                    // The base64 body of the key, whatever line it is on.
-                    keys.extend(
-                        pem.lines()
-                            .filter(|l| l.len() > 40 && !l.starts_with("-----"))
-                            .map(str::to_string),
-                    );
+                    keys.extend(pem_body_lines(&pem));
                 }
             }
         }
     }
     ensure!(!keys.is_empty(), "no keys found to look for");
-    let mut haystacks = vec![("operator output".to_string(), env.operator.output())];
-    for ns in ["certs", "renew", "x509", "badroot"] {
-        let out =
-            env.cluster
-                .kubectl(&["-n", ns, "get", "events,edgehierarchies", "-o", "yaml"])?;
-        haystacks.push((
-            format!("events and status in {ns}"),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ));
-    }
-    for (what, text) in &haystacks {
-        ensure!(
-            !has_private_key_header(text),
-            "a private key PEM block appears in {what}"
-        );
-        for key in &keys {
-            ensure!(
-                !text.contains(key.as_str()),
-                "private key material appears in {what}"
-            );
-        }
-    }
-    Ok(())
-}
-
-/// A PEM private key header such as `-----BEGIN EC PRIVATE KEY-----` (error messages may name
-/// the block kind in words, which is fine; a real header is not).
-fn has_private_key_header(text: &str) -> bool {
-    text.match_indices("-----BEGIN ").any(|(at, _)| {
-        let rest = &text[at + "-----BEGIN ".len()..];
-        rest.find("PRIVATE KEY-----").is_some_and(|end| {
-            rest[..end]
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c == ' ')
-        })
-    })
+    LeakScan::new(env)
+        .look_for("private key material", keys)
+        .run(&["certs", "renew", "x509", "badroot"])
 }
 
 #[test]
@@ -759,6 +724,49 @@ fn private_key_headers_are_recognised() {
         "no -----BEGIN ... PRIVATE KEY----- block"
     ));
     assert!(!has_private_key_header("-----BEGIN CERTIFICATE-----"));
+}
+
+#[test]
+fn the_leak_scan_names_each_kind_of_finding() {
+    let key = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIc3lNQf4Vv1gHkqtu1cQ7xN8b0x7yWqvI5r0bJ0d8p1oAoGCCqGSM49\n-----END EC PRIVATE KEY-----\n";
+    let body: Vec<String> = pem_body_lines(key).collect();
+    assert_eq!(body.len(), 1, "{body:?}");
+    let needles = [
+        ("a key", "cG9saWN5LWtleQ==".to_string()),
+        ("private key material", body[0].clone()),
+    ];
+    let scan = |place: &str, text: &str| {
+        check_haystacks(&[(place.to_string(), text.to_string())], &needles)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(scan("operator output", "reconciled plant"), Ok(()));
+    assert_eq!(scan("events and status in certs", ""), Ok(()));
+    let found = [
+        ("operator output", "", "operator output is empty"),
+        (
+            "operator output",
+            key,
+            "a private key PEM block appears in operator output",
+        ),
+        (
+            "events and status in certs",
+            "sig=SharedAccessSignature sr=x",
+            "a SAS token appears in events and status in certs",
+        ),
+        (
+            "operator output",
+            "key cG9saWN5LWtleQ==",
+            "a key appears in operator output",
+        ),
+        (
+            "operator output",
+            &format!("leaked {}", body[0]),
+            "private key material appears in operator output",
+        ),
+    ];
+    for (place, text, message) in found {
+        assert_eq!(scan(place, text), Err(message.to_string()), "{text:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,7 +35,7 @@ fn start_sim(env: &Env, namespace: &str, hierarchy: &str) -> anyhow::Result<Mana
             "500",
         ])
         .arg("--emulator-dir")
-        .arg(&env.hub.dir)
+        .arg(&env.hub.emulator.dir)
         .arg("--state-dir")
         .arg(env.dir.path().join(format!("sim-{namespace}")))
         .env("KUBECONFIG", env.cluster.kubeconfig_path());

@@ -1,17 +1,20 @@
 //! Shared fixtures of the operator e2e tests: a real control plane, the IoT Hub emulator and the
-//! operator as its own process, plus a raw hub client for out-of-band edits.
+//! operator as its own process (both started by `e2e_harness::operator_env`), plus a raw hub
+//! client for out-of-band edits.
 #![allow(dead_code)]
 
 pub mod hub;
+pub mod leaks;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use e2e_harness::process::ManagedChild;
-use e2e_harness::{ControlPlane, ControlPlaneOptions, wait_until, workspace_bin, workspace_root};
+use anyhow::Context as _;
+use e2e_harness::{
+    ControlPlane, ControlPlaneOptions, Emulator, Operator, OperatorFlags, install_crd, wait_until,
+    workspace_bin, workspace_root,
+};
 use edge_hierarchy_operator::api::{EdgeHierarchy, EdgeHierarchyStatus};
 use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::Api;
@@ -24,98 +27,42 @@ pub use hub::HubAdmin;
 pub const CONVERGE: Duration = Duration::from_secs(180);
 pub const POLL: Duration = Duration::from_millis(500);
 
-/// A running emulator process and the files it wrote.
-pub struct Emulator {
-    pub process: ManagedChild,
-    pub dir: PathBuf,
-    pub connection_string: String,
-    pub ca_pem: String,
+/// The emulator (see [`e2e_harness::operator_env::Emulator`]) and a raw client of its hub.
+pub struct Hub {
+    pub emulator: Emulator,
     pub admin: HubAdmin,
 }
 
-impl Emulator {
+impl Hub {
+    /// Starts the workspace's `iothub-emulator` with `--port 0 --dir DIR extra_args...`.
     pub async fn start(dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let mut args = vec![
-            "--port".to_string(),
-            "0".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-        ];
-        args.extend(extra_args.iter().map(|a| a.to_string()));
-        let log = dir.join("emulator.log");
-        let process = ManagedChild::spawn(
-            "iothub-emulator",
-            &workspace_bin("iothub-emulator")?,
-            &args,
-            &log,
-        )?;
-        let connection_string = wait_until(
-            Duration::from_secs(60),
-            Duration::from_millis(100),
-            "the emulator's ready line",
-            || async {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.lines().any(|l| l.starts_with("ready")) {
-                    std::fs::read_to_string(dir.join("connection-string")).ok()
-                } else {
-                    None
-                }
-            },
-        )
-        .await
-        .with_context(|| e2e_harness::process::log_tail(&log, 20))?;
-        let connection_string = connection_string.trim().to_string();
-        let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))?;
-        let admin = HubAdmin::new(&connection_string, &ca_pem)?;
-        Ok(Self {
-            process,
-            dir: dir.to_owned(),
-            connection_string,
-            ca_pem,
-            admin,
-        })
+        let emulator = Emulator::start(&workspace_bin("iothub-emulator")?, dir, extra_args).await?;
+        let admin = HubAdmin::new(&emulator.connection_string, &emulator.ca_pem)?;
+        Ok(Self { emulator, admin })
     }
 }
 
-/// The operator binary as its own process.
-pub struct Operator {
-    pub process: ManagedChild,
-    pub log: PathBuf,
-}
+/// How the tests run the operator: an ephemeral metrics port (the tests read it from the log) and
+/// its own debug logs.
+pub const OPERATOR_FLAGS: OperatorFlags<'static> = OperatorFlags {
+    args: &["--metrics-addr", "127.0.0.1:0"],
+    rust_log: "info,edge_hierarchy_operator=debug,kube=warn",
+};
 
-impl Operator {
-    pub fn start(kubeconfig: &Path, log: &Path) -> anyhow::Result<Self> {
-        let mut command = Command::new(workspace_bin("edge-hierarchy-operator")?);
-        command
-            .args(["run", "--metrics-addr", "127.0.0.1:0"])
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,edge_hierarchy_operator=debug,kube=warn")
-            .env("NO_COLOR", "1");
-        let process = ManagedChild::spawn_command("edge-hierarchy-operator", command, log, None)?;
-        Ok(Self {
-            process,
-            log: log.to_owned(),
-        })
-    }
-
-    /// SIGKILL, as a crash or an OOM kill would end it.
-    pub fn kill_hard(&mut self) {
-        unsafe {
-            libc::kill(self.process.pid() as i32, libc::SIGKILL);
-        }
-        let _ = self.process.stop(Duration::from_secs(5));
-    }
-
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+/// Starts the workspace's operator binary against the cluster of `kubeconfig`, logging to `log`.
+pub fn start_operator(kubeconfig: &Path, log: &Path) -> anyhow::Result<Operator> {
+    Operator::start(
+        &workspace_bin("edge-hierarchy-operator")?,
+        kubeconfig,
+        log,
+        OPERATOR_FLAGS,
+    )
 }
 
 /// Control plane + emulator + operator, with the CRD installed.
 pub struct Env {
     pub cluster: ControlPlane,
-    pub hub: Emulator,
+    pub hub: Hub,
     pub operator: Operator,
     pub client: kube::Client,
     pub dir: tempfile::TempDir,
@@ -127,29 +74,9 @@ impl Env {
         let dir = tempfile::tempdir()?;
         let cluster = ControlPlane::start(ControlPlaneOptions::default()).await?;
         let client = cluster.client();
-        let crd = workspace_root().join("crds/edgehierarchy.yaml");
-        let out = cluster.kubectl(&["apply", "-f", &crd.display().to_string()])?;
-        if !out.status.success() {
-            bail!(
-                "installing the CRD failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = cluster.kubectl(&[
-            "wait",
-            "--for=condition=established",
-            "--timeout=60s",
-            "crd/edgehierarchies.edgehierarchy.dev",
-        ])?;
-        if !out.status.success() {
-            bail!(
-                "the CRD did not become established: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let hub = Emulator::start(&dir.path().join("hub"), emulator_args).await?;
-        let operator =
-            Operator::start(cluster.kubeconfig_path(), &dir.path().join("operator.log"))?;
+        install_crd(&cluster)?;
+        let hub = Hub::start(&dir.path().join("hub"), emulator_args).await?;
+        let operator = start_operator(cluster.kubeconfig_path(), &dir.path().join("operator.log"))?;
         Ok(Self {
             cluster,
             hub,
@@ -161,7 +88,7 @@ impl Env {
 
     pub fn restart_operator(&mut self) -> anyhow::Result<()> {
         let log = self.dir.path().join("operator.log");
-        self.operator = Operator::start(self.cluster.kubeconfig_path(), &log)?;
+        self.operator = start_operator(self.cluster.kubeconfig_path(), &log)?;
         Ok(())
     }
 
@@ -180,10 +107,10 @@ impl Env {
             name,
             "iothub-service",
             "connectionString",
-            &self.hub.connection_string,
+            &self.hub.emulator.connection_string,
         )
         .await?;
-        self.put_secret(name, "iothub-ca", "ca.crt", &self.hub.ca_pem)
+        self.put_secret(name, "iothub-ca", "ca.crt", &self.hub.emulator.ca_pem)
             .await?;
         Ok(())
     }
