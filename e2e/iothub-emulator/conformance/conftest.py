@@ -124,3 +124,30 @@ def s1_hub():
         yield running
     finally:
         emulator.cleanup()
+
+
+@pytest.fixture()
+def make_hub():
+    """Starts emulators with extra flags for one test (`make_hub("--query-lag-ms", "1500")`).
+
+    REQUESTS_CA_BUNDLE points at the CA of the most recently started one until the test ends,
+    then the previous value (a session emulator's) comes back.
+    """
+    started = []
+    previous = os.environ.get("REQUESTS_CA_BUNDLE")
+
+    def make(*args):
+        emulator, running = start_hub([str(a) for a in args])
+        started.append(emulator)
+        os.environ["REQUESTS_CA_BUNDLE"] = str(running.ca_path)
+        return running
+
+    try:
+        yield make
+    finally:
+        if previous is None:
+            os.environ.pop("REQUESTS_CA_BUNDLE", None)
+        else:
+            os.environ["REQUESTS_CA_BUNDLE"] = previous
+        for emulator in started:
+            emulator.cleanup()

@@ -161,16 +161,19 @@ def assert_hub_error(response, status: int, name: str, number: int):
 # Numeric codes of the errors the suite expects (notes section 7; Microsoft's troubleshooting page).
 ERROR_NUMBERS = {
     "InvalidProtocolVersion": 400001,
+    "ArgumentInvalid": 400004,
     "InvalidDeviceScope": 400028,
     "InvalidConfigurationContent": 400402,
     "CannotModifyImmutableConfigurationContent": 400403,
     "IotHubUnauthorizedAccess": 401002,
+    "IotHubQuotaExceeded": 403002,
     "DeviceNotFound": 404001,
     "ModuleNotFound": 404010,
     "ConfigurationNotFound": 404301,
     "DeviceAlreadyExists": 409001,
     "ConfigurationAlreadyExists": 409401,
     "PreconditionFailed": 412001,
+    "ConfigurationCountLimitExceeded": 413101,
     "ThrottlingException": 429001,
 }
 
@@ -180,3 +183,22 @@ def assert_sdk_error(excinfo, status: int, name: str):
     response = excinfo.value.response
     assert response is not None, "the SDK error carries no HTTP response"
     assert_hub_error(response, status, name, ERROR_NUMBERS[name])
+
+
+def wait_until(probe, timeout=15.0, interval=0.2):
+    """Calls `probe` until it returns something truthy (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout} s")
+        time.sleep(interval)
+
+
+def stats(hub) -> dict:
+    """The emulator's own counters (`GET /_emulator/stats`)."""
+    response = hub.request("GET", "/_emulator/stats", api_version=None)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -8,6 +8,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 pub trait Clock: Send + Sync {
     /// Milliseconds since 1970-01-01T00:00:00Z.
     fn now_millis(&self) -> i64;
+
+    /// Lets a request wait `ms` milliseconds (traffic shaping). The machine's clock answers
+    /// false and the caller sleeps; a manual clock moves itself forward and answers true.
+    fn skip_wait(&self, _ms: u64) -> bool {
+        false
+    }
 }
 
 /// The machine's clock.
@@ -44,6 +50,11 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_millis(&self) -> i64 {
         self.millis.load(Ordering::SeqCst)
+    }
+
+    fn skip_wait(&self, ms: u64) -> bool {
+        self.advance(std::time::Duration::from_millis(ms));
+        true
     }
 }
 
@@ -116,5 +127,8 @@ mod tests {
         let t0 = clock.now_millis();
         clock.advance(std::time::Duration::from_secs(61));
         assert_eq!(clock.now_millis() - t0, 61_000);
+        assert!(clock.skip_wait(500));
+        assert_eq!(clock.now_millis() - t0, 61_500);
+        assert!(!SystemClock.skip_wait(1));
     }
 }

@@ -27,6 +27,7 @@ pub enum ErrorCode {
     IotHubUnauthorizedAccess,
     IotHubUnauthorized,
     SystemModuleModifyUnauthorizedAccess,
+    IotHubQuotaExceeded,
     GenericNotFound,
     DeviceNotFound,
     ModuleNotFound,
@@ -86,6 +87,7 @@ impl ErrorCode {
             SystemModuleModifyUnauthorizedAccess => {
                 ("SystemModuleModifyUnauthorizedAccess", 401100)
             }
+            IotHubQuotaExceeded => ("IotHubQuotaExceeded", 403002),
             GenericNotFound => ("GenericNotFound", 404000),
             DeviceNotFound => ("DeviceNotFound", 404001),
             ModuleNotFound => ("ModuleNotFound", 404010),
@@ -194,6 +196,8 @@ mod tests {
         assert_eq!(ErrorCode::ThrottlingException.status(), 429);
         assert_eq!(ErrorCode::InvalidDeviceScope.number(), 400028);
         assert_eq!(ErrorCode::ServiceUnavailable.status(), 503);
+        assert_eq!(ErrorCode::IotHubQuotaExceeded.status(), 403);
+        assert_eq!(ErrorCode::IotHubQuotaExceeded.number(), 403002);
     }
 
     #[test]

@@ -8,8 +8,10 @@ pub mod clock;
 pub mod deployment;
 pub mod error;
 pub mod hub;
+pub mod meter;
 pub mod pki;
 pub mod query;
+pub mod realism;
 pub mod registry;
 pub mod routes;
 pub mod scopes;
@@ -20,5 +22,6 @@ pub mod strict;
 pub mod throttle;
 pub mod twin;
 
+pub use realism::{Realism, RegisteredWithoutTwin};
 pub use server::{Emulator, EmulatorOptions, start};
 pub use throttle::Sku;

@@ -511,8 +511,8 @@ pub fn parse_device_input(
 }
 
 /// Renders the BulkRegistryOperationResult of a bulk call.
-pub fn render_bulk_result(errors: &[Value]) -> Value {
-    json!({"isSuccessful": errors.is_empty(), "errors": errors, "warnings": []})
+pub fn render_bulk_result(errors: &[Value], warnings: &[Value]) -> Value {
+    json!({"isSuccessful": errors.is_empty(), "errors": errors, "warnings": warnings})
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{AccessPolicy, default_policies};
 use crate::clock::{Clock, SystemClock};
 use crate::hub::{Hub, HubSettings};
+use crate::meter::Meter;
 use crate::pki;
+use crate::realism::Realism;
 use crate::service::{Shared, handle};
 use crate::stats::Stats;
 use crate::throttle::{Sku, Throttle, limits_for};
@@ -38,6 +40,8 @@ pub struct EmulatorOptions {
     pub fault_rate: f64,
     /// Reject what Azure accepts but the documentation forbids, and bodies off the swagger.
     pub strict: bool,
+    /// Behaviours of the real hub beyond the swagger (query lag, evaluation interval, ...).
+    pub realism: Realism,
     /// Time source (tests inject a manual clock).
     pub clock: Arc<dyn Clock>,
 }
@@ -52,12 +56,14 @@ impl std::fmt::Debug for EmulatorOptions {
             .field("latency_ms", &self.latency_ms)
             .field("fault_rate", &self.fault_rate)
             .field("strict", &self.strict)
+            .field("realism", &self.realism)
             .finish()
     }
 }
 
 impl EmulatorOptions {
-    /// Defaults: free port, hub `emulator`, no quotas, no latency, no faults, lenient.
+    /// Defaults: free port, hub `emulator`, no quotas, no latency, no faults, lenient, this
+    /// round's [`Realism::default`].
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             port: 0,
@@ -67,6 +73,7 @@ impl EmulatorOptions {
             latency_ms: 0,
             fault_rate: 0.0,
             strict: false,
+            realism: Realism::default(),
             clock: Arc::new(SystemClock),
         }
     }
@@ -150,7 +157,7 @@ impl Emulator {
 
     /// The stats JSON (same as `GET /_emulator/stats`).
     pub fn stats(&self) -> Value {
-        self.shared.stats.snapshot()
+        self.shared.stats_snapshot()
     }
 
     /// Changes the injected fault rate at run time.
@@ -229,10 +236,15 @@ pub async fn start(options: EmulatorOptions) -> anyhow::Result<Emulator> {
         Some((sku, units)) => Throttle::new(limits_for(sku, units)),
         None => Throttle::unlimited(),
     };
+    let realism = options.realism.clone();
     let shared = Arc::new(Shared {
-        hub: Mutex::new(Hub::new(HubSettings {
-            strict: options.strict,
-        })),
+        hub: Mutex::new(Hub::new(
+            HubSettings {
+                strict: options.strict,
+                realism: realism.clone(),
+            },
+            options.clock.now_millis(),
+        )),
         stats: Stats::default(),
         throttle,
         clock: options.clock.clone(),
@@ -241,6 +253,9 @@ pub async fn start(options: EmulatorOptions) -> anyhow::Result<Emulator> {
         latency_ms: AtomicU64::new(options.latency_ms),
         fault_ppm: AtomicU64::new(0),
         strict: options.strict,
+        meter: Meter::new(realism.daily_message_quota),
+        throttle_shaping_ms: realism.throttle_shaping_ms,
+        retry_after: realism.retry_after,
     });
     shared.set_fault_rate(options.fault_rate);
 

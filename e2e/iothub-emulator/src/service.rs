@@ -14,7 +14,8 @@ use crate::auth::{AccessPolicy, AuthError, Permission, SasToken, parse_token};
 use crate::clock::{Clock, format_timestamp, format_tracking_time};
 use crate::error::{ErrorCode, HubError};
 use crate::hub::{Hub, IfMatch, Reply, bulk_units as hub_bulk_units};
-
+use crate::meter::Meter;
+use crate::realism::billed_messages;
 use crate::routes::{Access, OperationClass, Route, RouteError, decode_segments, route};
 use crate::stats::{Record, Stats};
 use crate::strict;
@@ -38,6 +39,12 @@ pub struct Shared {
     /// Fault rate in parts per million.
     pub(crate) fault_ppm: AtomicU64,
     pub(crate) strict: bool,
+    /// The daily message meter and quota.
+    pub(crate) meter: Meter,
+    /// How long a request over a throttle may wait for the next window (`--throttle-shaping-ms`).
+    pub(crate) throttle_shaping_ms: u64,
+    /// Whether 429 answers carry `Retry-After` (not with `--no-retry-after`).
+    pub(crate) retry_after: bool,
 }
 
 impl Shared {
@@ -54,6 +61,54 @@ impl Shared {
     pub fn set_fault_rate(&self, rate: f64) {
         let ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
         self.fault_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    /// The JSON of `GET /_emulator/stats`: request counters plus the message meter.
+    pub fn stats_snapshot(&self) -> Value {
+        let mut snapshot = self.stats.snapshot();
+        if let Some(object) = snapshot.as_object_mut() {
+            object.insert(
+                "messages".into(),
+                self.meter.snapshot(self.clock.now_millis()),
+            );
+            object.insert(
+                "configurationEvaluation".into(),
+                self.hub().evaluation_status(),
+            );
+        }
+        snapshot
+    }
+}
+
+/// What the pipeline learned about a request besides its answer, for stats and metering.
+#[derive(Debug, Default)]
+struct Meta {
+    /// Quota units taken.
+    units: u64,
+    /// Answered with an injected fault.
+    fault: bool,
+    /// Size of the request body.
+    request_bytes: usize,
+    /// Time spent queued by traffic shaping.
+    shaped_ms: u64,
+}
+
+/// Bytes an answered request is billed for, if its operation is billed (Learn, "Azure IoT Hub
+/// billing information": twin reads and queries by what they return, twin updates, reported
+/// patches, telemetry and applyConfigurationContent by what they send; registry and
+/// configuration operations are free).
+fn billed_bytes(route: &Route, request_bytes: usize, response_bytes: usize) -> Option<usize> {
+    use Route::*;
+    match route {
+        QueryTwins | GetTwin(_) | GetModuleTwin(..) | DeviceReadTwin(..) => Some(response_bytes),
+        UpdateTwin(_)
+        | ReplaceTwin(_)
+        | UpdateModuleTwin(..)
+        | ReplaceModuleTwin(..)
+        | DevicePatchReported(..)
+        | DeviceSendEvent(..)
+        | ApplyConfigurationContent(_) => Some(request_bytes),
+        _ => None,
     }
 }
 
@@ -164,6 +219,7 @@ pub async fn handle(
                 status: error.status(),
                 units: 0,
                 fault: false,
+                shaped_ms: 0,
             });
             return error_response(shared, &error);
         }
@@ -171,7 +227,7 @@ pub async fn handle(
     if route.is_emulator_control() {
         let body = read_body(body).await;
         return match emulator_control(shared, &route, body) {
-            Ok(reply) => reply_response(reply),
+            Ok(reply) => reply_response(reply).0,
             Err(error) => error_response(shared, &error),
         };
     }
@@ -180,29 +236,31 @@ pub async fn handle(
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
     let has_if_match = info.headers.contains_key(hyper::header::IF_MATCH);
-    let mut units = 0;
-    let mut fault = false;
-    let outcome = process(
-        shared,
-        &route,
-        &info,
-        body,
-        client_thumbprints,
-        &mut units,
-        &mut fault,
-    )
-    .await;
+    let operation = route.name(has_if_match);
+    let mut meta = Meta::default();
+    let outcome = process(shared, &route, &info, body, client_thumbprints, &mut meta).await;
     let response = match outcome {
-        Ok(reply) => reply_response(reply),
+        Ok(reply) => {
+            let (response, response_bytes) = reply_response(reply);
+            if response.status().is_success()
+                && let Some(bytes) = billed_bytes(&route, meta.request_bytes, response_bytes)
+            {
+                shared
+                    .meter
+                    .charge(operation, billed_messages(bytes), shared.clock.now_millis());
+            }
+            response
+        }
         Err(error) => error_response(shared, &error),
     };
     shared.stats.record(Record {
-        operation: route.name(has_if_match),
+        operation,
         class: stats_class(&route),
         is_write: route.is_write(),
         status: response.status().as_u16(),
-        units,
-        fault,
+        units: meta.units,
+        fault: meta.fault,
+        shaped_ms: meta.shaped_ms,
     });
     response
 }
@@ -239,15 +297,13 @@ fn takes_json_body(route: &Route) -> bool {
     strict_model(route).is_some() || matches!(route, Route::DevicePatchReported(..))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn process(
     shared: &Shared,
     route: &Route,
     info: &RequestInfo,
     body: Incoming,
     client_thumbprints: &[String],
-    units: &mut u64,
-    fault: &mut bool,
+    meta: &mut Meta,
 ) -> Result<Reply, HubError> {
     match info.param("api-version") {
         Some(v) if API_VERSIONS.contains(&v) => {}
@@ -271,9 +327,10 @@ async fn process(
         }
     }
     authorize(shared, route, info, client_thumbprints)?;
+    shared.meter.check(shared.clock.now_millis())?;
     let rate = shared.fault_rate();
     if rate > 0.0 && rand::random::<f64>() < rate {
-        *fault = true;
+        meta.fault = true;
         return Err(if rand::random::<bool>() {
             HubError::new(
                 ErrorCode::ServerError,
@@ -287,6 +344,7 @@ async fn process(
         });
     }
     let bytes = read_body(body).await?;
+    meta.request_bytes = bytes.len();
     let json_body = if takes_json_body(route) {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(HubError::bad_request(
@@ -316,8 +374,47 @@ async fn process(
     } else {
         1
     };
+    meta.shaped_ms = acquire(shared, class, cost).await?;
+    if class != OperationClass::Unthrottled {
+        meta.units = cost;
+    }
     let now = shared.clock.now_millis();
-    if let Err(wait) = shared.throttle.try_acquire(class, cost, now) {
+    let mut hub = shared.hub();
+    hub.tick(now);
+    let result = dispatch(&mut hub, route, info, &json_body, now);
+    hub.publish_changes(now);
+    drop(hub);
+    if result.is_ok()
+        && let Route::DeviceSendEvent(device, module) = route
+    {
+        shared.stats.record_telemetry(match module {
+            Some(m) => format!("{device}/{m}"),
+            None => device.clone(),
+        });
+    }
+    result
+}
+
+/// Takes `cost` units of `class` from the throttle. Over the limit, the request waits for the
+/// next window as long as `--throttle-shaping-ms` allows (Azure queues such requests before it
+/// refuses them); then it gets 429. Answers the time waited.
+async fn acquire(shared: &Shared, class: OperationClass, cost: u64) -> Result<u64, HubError> {
+    let budget = i64::try_from(shared.throttle_shaping_ms).unwrap_or(i64::MAX);
+    let mut waited: i64 = 0;
+    loop {
+        let now = shared.clock.now_millis();
+        let Err(wait_ms) = shared.throttle.try_acquire_ms(class, cost, now) else {
+            return Ok(u64::try_from(waited).unwrap_or(0));
+        };
+        if waited.saturating_add(wait_ms) <= budget {
+            let ms = u64::try_from(wait_ms).unwrap_or(1);
+            if !shared.clock.skip_wait(ms) {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            waited += wait_ms;
+            continue;
+        }
+        let wait = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
         let limit = shared.throttle.limit(class);
         let mut error = HubError::new(
             ErrorCode::ThrottlingException,
@@ -331,57 +428,55 @@ async fn process(
         error.retry_after_secs = Some(wait);
         return Err(error);
     }
-    if class != OperationClass::Unthrottled {
-        *units = cost;
-    }
-    if let Route::DeviceSendEvent(device, module) = route {
-        let sender = match module {
-            Some(m) => format!("{device}/{m}"),
-            None => device.clone(),
-        };
-        let reply = shared
-            .hub()
-            .device_send_event(device, module.as_deref(), now)?;
-        shared.stats.record_telemetry(sender);
-        return Ok(reply);
-    }
+}
+
+/// Runs the hub operation of a route.
+fn dispatch(
+    hub: &mut Hub,
+    route: &Route,
+    info: &RequestInfo,
+    json_body: &Value,
+    now: i64,
+) -> Result<Reply, HubError> {
     let if_match = IfMatch::parse(info.header("if-match"));
     let top = info.param("top").and_then(|t| t.parse::<i64>().ok());
-    let mut hub = shared.hub();
     use Route::*;
     match route {
         ListDevices => Ok(hub.list_devices(top)),
-        BulkRegistry => hub.bulk(&json_body, now),
+        BulkRegistry => hub.bulk(json_body, now),
         QueryTwins => hub.query(
-            &json_body,
+            json_body,
             info.header("x-ms-max-item-count"),
             info.header("x-ms-continuation"),
+            now,
         ),
-        PutDevice(id) => hub.put_device(id, &json_body, &if_match, now),
+        PutDevice(id) => hub.put_device(id, json_body, &if_match, now),
         GetDevice(id) => hub.get_device(id),
         DeleteDevice(id) => hub.delete_device(id, &if_match),
-        ApplyConfigurationContent(id) => hub.apply_configuration_content(id, &json_body, now),
+        ApplyConfigurationContent(id) => hub.apply_configuration_content(id, json_body, now),
         ListModules(id) => hub.list_modules(id),
-        PutModule(d, m) => hub.put_module(d, m, &json_body, &if_match, now),
+        PutModule(d, m) => hub.put_module(d, m, json_body, &if_match, now),
         GetModule(d, m) => hub.get_module(d, m),
         DeleteModule(d, m) => hub.delete_module(d, m, &if_match),
         GetTwin(id) => hub.get_twin(id),
-        UpdateTwin(id) => hub.write_device_twin(id, &json_body, &if_match, false, now),
-        ReplaceTwin(id) => hub.write_device_twin(id, &json_body, &if_match, true, now),
+        UpdateTwin(id) => hub.write_device_twin(id, json_body, &if_match, false, now),
+        ReplaceTwin(id) => hub.write_device_twin(id, json_body, &if_match, true, now),
         GetModuleTwin(d, m) => hub.get_module_twin(d, m),
-        UpdateModuleTwin(d, m) => hub.write_module_twin(d, m, &json_body, &if_match, false, now),
-        ReplaceModuleTwin(d, m) => hub.write_module_twin(d, m, &json_body, &if_match, true, now),
+        UpdateModuleTwin(d, m) => hub.write_module_twin(d, m, json_body, &if_match, false, now),
+        ReplaceModuleTwin(d, m) => hub.write_module_twin(d, m, json_body, &if_match, true, now),
         ListConfigurations => Ok(hub.list_configurations(top)),
-        TestQueries => hub.test_queries(&json_body),
-        PutConfiguration(id) => hub.put_configuration(id, &json_body, &if_match, now),
+        TestQueries => hub.test_queries(json_body),
+        PutConfiguration(id) => hub.put_configuration(id, json_body, &if_match, now),
         GetConfiguration(id) => hub.get_configuration(id),
         DeleteConfiguration(id) => hub.delete_configuration(id, &if_match, now),
         DeviceStatistics => Ok(hub.device_statistics()),
         ServiceStatistics => Ok(hub.service_statistics()),
         DeviceReadTwin(d, m) => hub.device_read_twin(d, m.as_deref()),
-        DevicePatchReported(d, m) => hub.device_patch_reported(d, m.as_deref(), &json_body, now),
-        DeviceSendEvent(..) | EmulatorStats | EmulatorStatsReset | EmulatorGetFaults
-        | EmulatorSetFaults => unreachable!("handled before"),
+        DevicePatchReported(d, m) => hub.device_patch_reported(d, m.as_deref(), json_body, now),
+        DeviceSendEvent(d, m) => hub.device_send_event(d, m.as_deref(), now),
+        EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults => {
+            unreachable!("handled before")
+        }
     }
 }
 
@@ -477,10 +572,11 @@ fn emulator_control(
 ) -> Result<Reply, HubError> {
     let faults = |shared: &Shared| json!({"faultRate": shared.fault_rate(), "latencyMs": shared.latency_ms.load(Ordering::Relaxed)});
     match route {
-        Route::EmulatorStats => Ok(Reply::ok(shared.stats.snapshot())),
+        Route::EmulatorStats => Ok(Reply::ok(shared.stats_snapshot())),
         Route::EmulatorStatsReset => {
             shared.stats.reset();
             shared.throttle.reset();
+            shared.meter.reset();
             Ok(Reply::no_content())
         }
         Route::EmulatorGetFaults => Ok(Reply::ok(faults(shared))),
@@ -535,15 +631,17 @@ fn set_header(response: &mut Response<Full<Bytes>>, name: &'static str, value: &
     }
 }
 
-fn reply_response(reply: Reply) -> Response<Full<Bytes>> {
+/// The HTTP response of a reply, and the size of its body.
+fn reply_response(reply: Reply) -> (Response<Full<Bytes>>, usize) {
     let mut response = json_response(reply.status, reply.body.as_ref());
+    let bytes = usize::try_from(hyper::body::Body::size_hint(response.body()).lower()).unwrap_or(0);
     if let Some(etag) = &reply.etag {
         set_header(&mut response, "etag", &format!("\"{etag}\""));
     }
     for (name, value) in &reply.headers {
         set_header(&mut response, name, value);
     }
-    response
+    (response, bytes)
 }
 
 fn error_response(shared: &Shared, error: &HubError) -> Response<Full<Bytes>> {
@@ -555,7 +653,7 @@ fn error_response(shared: &Shared, error: &HubError) -> Response<Full<Bytes>> {
     );
     let mut response = json_response(error.status(), Some(&body));
     set_header(&mut response, "iothub-errorcode", error.code.name());
-    if let Some(wait) = error.retry_after_secs {
+    if let Some(wait) = error.retry_after_secs.filter(|_| shared.retry_after) {
         set_header(&mut response, "retry-after", &wait.to_string());
     }
     response

@@ -19,6 +19,8 @@ struct Counters {
     operations: BTreeMap<&'static str, BTreeMap<u16, u64>>,
     classes: BTreeMap<&'static str, ClassCounts>,
     throttled: u64,
+    shaped: u64,
+    shaped_ms: u64,
     faults_injected: u64,
     telemetry: BTreeMap<String, u64>,
 }
@@ -39,6 +41,8 @@ pub struct Record {
     pub units: u64,
     /// Whether the answer was an injected fault.
     pub fault: bool,
+    /// Milliseconds the request waited in traffic shaping.
+    pub shaped_ms: u64,
 }
 
 /// Thread-safe request counters.
@@ -72,6 +76,10 @@ impl Stats {
         }
         if record.fault {
             c.faults_injected += 1;
+        }
+        if record.shaped_ms > 0 {
+            c.shaped += 1;
+            c.shaped_ms += record.shaped_ms;
         }
     }
 
@@ -123,6 +131,7 @@ impl Stats {
             "registryOperations": registry_units,
             "writeCalls": service_writes,
             "throttled": c.throttled,
+            "shaped": {"requests": c.shaped, "delayMs": c.shaped_ms},
             "faultsInjected": c.faults_injected,
             "telemetry": {
                 "total": c.telemetry.values().sum::<u64>(),
@@ -150,6 +159,7 @@ mod tests {
             status,
             units,
             fault: false,
+            shaped_ms: 0,
         }
     }
 
@@ -174,6 +184,12 @@ mod tests {
             "device-facing writes are not service write calls"
         );
         assert_eq!(s["throttled"], 1);
+        assert_eq!(s["shaped"]["requests"], 0);
+        stats.record(Record {
+            shaped_ms: 250,
+            ..rec("twins.get", "twinRead", false, 200, 1)
+        });
+        assert_eq!(stats.snapshot()["shaped"]["delayMs"], 250);
         assert_eq!(s["telemetry"]["total"], 2);
         assert_eq!(s["telemetry"]["bySender"]["edge1/$edgeAgent"], 1);
         stats.reset();

@@ -103,6 +103,17 @@ impl Throttle {
 
     /// Takes `units` from the class's current window, or answers how many seconds to wait.
     pub fn try_acquire(&self, class: OperationClass, units: u64, now_ms: i64) -> Result<(), u64> {
+        self.try_acquire_ms(class, units, now_ms)
+            .map_err(|wait_ms| u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1))
+    }
+
+    /// Like [`Throttle::try_acquire`], but answers the wait in milliseconds (at least 1).
+    pub fn try_acquire_ms(
+        &self,
+        class: OperationClass,
+        units: u64,
+        now_ms: i64,
+    ) -> Result<(), i64> {
         let Some(limit) = self.limits.get(&class) else {
             return Ok(());
         };
@@ -121,8 +132,7 @@ impl Throttle {
             window.used += units;
             return Ok(());
         }
-        let wait_ms = (window.start_ms + limit.window_ms - now_ms).max(1);
-        Err(u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1))
+        Err((window.start_ms + limit.window_ms - now_ms).max(1))
     }
 
     /// Forgets all windows (used by the stats reset).
@@ -218,6 +228,26 @@ mod tests {
             throttle
                 .try_acquire(OperationClass::TwinRead, 1, 1000)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn waits_are_also_told_in_milliseconds() {
+        let throttle = Throttle::new(limits_for(Sku::S1, 1));
+        for _ in 0..50 {
+            assert!(
+                throttle
+                    .try_acquire_ms(OperationClass::TwinUpdate, 1, 0)
+                    .is_ok()
+            );
+        }
+        assert_eq!(
+            throttle.try_acquire_ms(OperationClass::TwinUpdate, 1, 250),
+            Err(750)
+        );
+        assert_eq!(
+            throttle.try_acquire(OperationClass::TwinUpdate, 1, 250),
+            Err(1)
         );
     }
 

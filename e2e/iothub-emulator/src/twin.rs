@@ -159,36 +159,35 @@ fn merge_metadata(
     }
 }
 
-/// Checks twin property keys and depth: no `.`, `$`, space or control characters in keys,
-/// objects nested at most [`MAX_DEPTH`] deep. `section` names the part for the message.
+/// Whether a twin key is acceptable: 1-1024 bytes without `.`, `$`, space or control
+/// characters, and with `check_hash` without `#` either (the hub's own error names all five;
+/// azure-iot-sdk-java#243).
+pub fn twin_key_ok(key: &str, check_hash: bool) -> bool {
+    !(key.is_empty()
+        || key.len() > 1024
+        || key.contains(['.', '$', ' '])
+        || (check_hash && key.contains('#'))
+        || key.chars().any(char::is_control))
+}
+
+/// The rule [`twin_key_ok`] applies, for messages.
+pub fn twin_key_rule(check_hash: bool) -> &'static str {
+    if check_hash {
+        "twin keys must be 1-1024 bytes without '.', '$', '#', spaces or control characters"
+    } else {
+        "twin keys must be 1-1024 bytes without '.', '$', spaces or control characters"
+    }
+}
+
+/// Checks twin property keys and depth: keys as [`twin_key_ok`] says, objects nested at most
+/// [`MAX_DEPTH`] deep. `section` names the part for the message.
 pub fn validate_properties(
     section: &str,
     values: &Map<String, Value>,
     max_bytes: usize,
+    check_hash: bool,
 ) -> Result<(), String> {
-    fn walk(path: &str, values: &Map<String, Value>, depth: usize) -> Result<(), String> {
-        if depth > MAX_DEPTH {
-            return Err(format!(
-                "{path} nests objects deeper than {MAX_DEPTH} levels; flatten it"
-            ));
-        }
-        for (key, value) in values {
-            if key.is_empty()
-                || key.contains(['.', '$', ' '])
-                || key.chars().any(char::is_control)
-                || key.len() > 1024
-            {
-                return Err(format!(
-                    "key '{key}' in {path} is invalid: twin keys must be 1-1024 bytes without '.', '$', spaces or control characters"
-                ));
-            }
-            if let Value::Object(inner) = value {
-                walk(&format!("{path}.{key}"), inner, depth + 1)?;
-            }
-        }
-        Ok(())
-    }
-    walk(section, values, 1)?;
+    validate_keys(section, values, check_hash)?;
     let size = serde_json::to_vec(values).map(|v| v.len()).unwrap_or(0);
     if size > max_bytes {
         return Err(format!(
@@ -196,6 +195,40 @@ pub fn validate_properties(
         ));
     }
     Ok(())
+}
+
+/// The key and depth part of [`validate_properties`].
+pub fn validate_keys(
+    section: &str,
+    values: &Map<String, Value>,
+    check_hash: bool,
+) -> Result<(), String> {
+    fn walk(
+        path: &str,
+        values: &Map<String, Value>,
+        depth: usize,
+        check_hash: bool,
+    ) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "{path} nests objects deeper than {MAX_DEPTH} levels; flatten it"
+            ));
+        }
+        for (key, value) in values {
+            if !twin_key_ok(key, check_hash) {
+                return Err(format!(
+                    "key '{}' in {path} is invalid: {}",
+                    key.escape_default(),
+                    twin_key_rule(check_hash)
+                ));
+            }
+            if let Value::Object(inner) = value {
+                walk(&format!("{path}.{key}"), inner, depth + 1, check_hash)?;
+            }
+        }
+        Ok(())
+    }
+    walk(section, values, 1, check_hash)
 }
 
 /// Removes the read-only `$metadata`/`$version` keys a client may echo back.
@@ -377,21 +410,37 @@ mod tests {
 
     #[test]
     fn keys_and_depth_are_checked() {
-        assert!(validate_properties("tags", &obj(json!({"ok": {"fine_key": 1}})), 100).is_ok());
+        assert!(
+            validate_properties("tags", &obj(json!({"ok": {"fine_key": 1}})), 100, true).is_ok()
+        );
         for bad in [
             json!({"a.b": 1}),
             json!({"$x": 1}),
             json!({"a b": 1}),
             json!({"": 1}),
+            json!({"tab\there": 1}),
+            json!({"ok": {"nested.dot": 1}}),
         ] {
-            assert!(validate_properties("tags", &obj(bad), 100).is_err());
+            assert!(validate_properties("tags", &obj(bad), 100, false).is_err());
         }
         let mut deep = json!(1);
         for _ in 0..11 {
             deep = json!({"k": deep});
         }
-        let err = validate_properties("desired", &obj(deep), 10_000).unwrap_err();
+        let err = validate_properties("desired", &obj(deep), 10_000, true).unwrap_err();
         assert!(err.contains("deeper"), "{err}");
-        assert!(validate_properties("tags", &obj(json!({"a": "x".repeat(200)})), 100).is_err());
+        assert!(
+            validate_properties("tags", &obj(json!({"a": "x".repeat(200)})), 100, true).is_err()
+        );
+    }
+
+    #[test]
+    fn hash_in_keys_is_refused_when_checked() {
+        let hashed = obj(json!({"m2(<#a": 1}));
+        let err = validate_properties("properties.reported", &hashed, 100, true).unwrap_err();
+        assert!(err.contains("'#'"), "{err}");
+        assert!(validate_properties("properties.reported", &hashed, 100, false).is_ok());
+        // Values may hold any character.
+        assert!(validate_properties("tags", &obj(json!({"a": "#.$ "})), 100, true).is_ok());
     }
 }

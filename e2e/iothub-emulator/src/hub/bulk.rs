@@ -46,7 +46,7 @@ struct TwinParts {
     reported: Option<Map<String, Value>>,
 }
 
-fn twin_parts(fields: &Fields<'_>) -> Result<TwinParts, HubError> {
+fn twin_parts(fields: &Fields<'_>, check_hash: bool) -> Result<TwinParts, HubError> {
     let tags = fields.object("tags")?.cloned();
     let (desired, reported) = match fields.nested("properties")? {
         Some(p) => (
@@ -56,14 +56,15 @@ fn twin_parts(fields: &Fields<'_>) -> Result<TwinParts, HubError> {
         None => (None, None),
     };
     if let Some(tags) = &tags {
-        validate_properties("tags", tags, MAX_TAGS_BYTES).map_err(HubError::bad_request)?;
+        validate_properties("tags", tags, MAX_TAGS_BYTES, check_hash)
+            .map_err(HubError::bad_request)?;
     }
     for (name, section) in [
         ("properties.desired", &desired),
         ("properties.reported", &reported),
     ] {
         if let Some(section) = section {
-            validate_properties(name, section, MAX_PROPERTIES_BYTES)
+            validate_properties(name, section, MAX_PROPERTIES_BYTES, check_hash)
                 .map_err(HubError::bad_request)?;
         }
     }
@@ -76,7 +77,9 @@ fn twin_parts(fields: &Fields<'_>) -> Result<TwinParts, HubError> {
 
 impl Hub {
     /// Runs a bulk call. Valid items are applied even when others fail; the answer is 200 with
-    /// `isSuccessful: true`, or 400 with the failed items.
+    /// `isSuccessful: true`, or 400 with the failed items. A created device picked by
+    /// `--inject-registered-without-twin` is registered without the twin of its item and
+    /// reported in `warnings` as `DeviceRegisteredWithoutTwin`.
     pub fn bulk(&mut self, body: &Value, now_ms: i64) -> Result<Reply, HubError> {
         let items = body.as_array().ok_or_else(|| {
             HubError::bad_request(
@@ -103,18 +106,27 @@ impl Hub {
             }
         }
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            if let Err((device_id, operation, error)) = self.bulk_item(index, item, now_ms) {
-                errors.push(json!({
+            match self.bulk_item(index, item, now_ms) {
+                Ok(Some(device_id)) => warnings.push(json!({
+                    "deviceId": device_id,
+                    "warningCode": "DeviceRegisteredWithoutTwin",
+                    "warningStatus": format!(
+                        "device {device_id} was registered but its twin (tags and properties of the request) was not stored; write the twin again (injected by --inject-registered-without-twin)"
+                    ),
+                })),
+                Ok(None) => {}
+                Err((device_id, operation, error)) => errors.push(json!({
                     "deviceId": device_id,
                     "errorCode": error.code.name(),
                     "errorStatus": error.message,
                     "moduleId": null,
                     "operation": operation,
-                }));
+                })),
             }
         }
-        let result = render_bulk_result(&errors);
+        let result = render_bulk_result(&errors, &warnings);
         if errors.is_empty() {
             Ok(Reply::ok(result))
         } else {
@@ -125,12 +137,13 @@ impl Hub {
         }
     }
 
+    /// Applies one item. `Ok(Some(id))`: created without its twin (an injected warning).
     fn bulk_item(
         &mut self,
         index: usize,
         item: &Value,
         now_ms: i64,
-    ) -> Result<(), (String, String, HubError)> {
+    ) -> Result<Option<String>, (String, String, HubError)> {
         let raw_id = item
             .get("id")
             .and_then(Value::as_str)
@@ -167,7 +180,7 @@ impl Hub {
         let current = self.devices.get(&id);
         let current_auth = current.map(|d| d.authentication.clone());
         let input = parse_device_input(item, &path, "id", current_auth.as_ref()).map_err(fail)?;
-        let parts = twin_parts(&fields).map_err(fail)?;
+        let parts = twin_parts(&fields, self.realism().check_twin_keys).map_err(fail)?;
         let exists = current.is_some();
         let device_etag = current.map(|d| d.etag());
         let twin_etag = current.map(|d| d.twin.etag());
@@ -191,6 +204,9 @@ impl Hub {
         match mode.as_str() {
             "create" | "createOrUpdate" if !exists => {
                 self.create_device(&id, input, now_ms).map_err(fail)?;
+                if self.realism().registered_without_twin.hits(&id) {
+                    return Ok(Some(id));
+                }
                 self.write_bulk_twin(&id, parts, true, now_ms);
             }
             "create" => {
@@ -229,7 +245,7 @@ impl Hub {
                 self.write_bulk_twin(&id, parts, false, now_ms);
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Writes the twin parts of a bulk item; `fresh` twins take tags as given, others merge.
@@ -253,7 +269,9 @@ impl Hub {
         if let Some(reported) = parts.reported {
             device.twin.patch_reported(&reported, now_ms);
         }
-        if device.twin.tags != tags_before {
+        let tags_changed = device.twin.tags != tags_before;
+        self.mark_changed(id);
+        if tags_changed && !self.evaluates_on_schedule() {
             self.reevaluate_device(id, now_ms);
         }
     }

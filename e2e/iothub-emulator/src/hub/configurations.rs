@@ -14,11 +14,21 @@ use crate::deployment::{
     Candidate, ContentKind, apply_device_writes, apply_modules_content, content_kind, evaluate,
 };
 use crate::error::{ErrorCode, HubError};
-use crate::query::{Condition, parse_condition, parse_query};
+use crate::query::{Condition, Literals, parse_condition_with, parse_query_with};
 use crate::registry::{Fields, SYSTEM_MODULES};
+use crate::twin::{twin_key_ok, twin_key_rule, validate_keys};
 
-/// Configurations (including layered deployments) one hub may hold.
-pub const MAX_CONFIGURATIONS: usize = 100;
+/// Longest configuration label key or value.
+pub const MAX_LABEL_LENGTH: usize = 128;
+/// Characters a label may hold besides ASCII letters and digits (`$` is reserved).
+const LABEL_PUNCTUATION: &str = "-:.+%_#*?!(),=@;'";
+
+/// Metrics as one evaluation computed them: `systemMetrics.results` and `metrics.results`.
+#[derive(Debug, Clone)]
+struct Evaluated {
+    system: Value,
+    custom: Map<String, Value>,
+}
 
 /// A stored configuration.
 #[derive(Debug, Clone)]
@@ -38,6 +48,8 @@ pub struct Configuration {
     updated_ms: i64,
     metric_queries: Map<String, Value>,
     version: u64,
+    /// Metrics of the last scheduled evaluation (`--config-eval-interval-secs`).
+    evaluated: Option<Evaluated>,
 }
 
 impl Configuration {
@@ -83,9 +95,66 @@ fn content_error(message: String) -> HubError {
     HubError::new(ErrorCode::InvalidConfigurationContent, message)
 }
 
+/// What content checks apply beyond the structure.
+#[derive(Debug, Clone, Copy)]
+struct ContentRules {
+    /// Twin key rules on every key that becomes a desired property (`--check-twin-keys`).
+    twin_keys: bool,
+    /// Custom modules one deployment may carry (0: no limit).
+    max_modules: usize,
+}
+
+/// Checks the keys a content entry writes into desired properties: the `<path>` segments of a
+/// `properties.desired.<path>` key and every key inside its value.
+fn check_content_keys(section: &str, key: &str, value: &Value) -> Result<(), HubError> {
+    let path = key.strip_prefix("properties.desired").unwrap_or(key);
+    let segments = path.strip_prefix('.').map(|p| p.split('.'));
+    for segment in segments.into_iter().flatten() {
+        if !twin_key_ok(segment, true) {
+            return Err(content_error(format!(
+                "{section} key '{}' has the property name '{}': {}",
+                key.escape_default(),
+                segment.escape_default(),
+                twin_key_rule(true)
+            )));
+        }
+    }
+    if let Some(object) = value.as_object() {
+        validate_keys(&format!("{section}.{key}"), object, true).map_err(content_error)?;
+    }
+    Ok(())
+}
+
+/// The custom modules a `modulesContent` deploys: the entries of `$edgeAgent`'s
+/// `properties.desired.modules` and every `properties.desired.modules.<name>` key.
+fn deployed_modules(modules: &Map<String, Value>) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let Some(agent) = modules.get("$edgeAgent").and_then(Value::as_object) else {
+        return names;
+    };
+    for (key, value) in agent {
+        let listed = match key.as_str() {
+            "properties.desired" => value.get("modules"),
+            "properties.desired.modules" => Some(value),
+            _ => None,
+        };
+        if let Some(listed) = listed.and_then(Value::as_object) {
+            names.extend(listed.keys().cloned());
+        } else if let Some(rest) = key.strip_prefix("properties.desired.modules.")
+            && let Some(name) = rest.split('.').next().filter(|n| !n.is_empty())
+        {
+            names.insert(name.to_string());
+        }
+    }
+    names
+}
+
 /// Checks a `modulesContent`: `$edgeAgent` present, every module entry an object whose keys are
-/// `properties.desired` (an object) or `properties.desired.<path>`.
-fn validate_modules_content(modules: &Map<String, Value>) -> Result<(), HubError> {
+/// `properties.desired` (an object) or `properties.desired.<path>`, and the `rules`.
+fn validate_modules_content(
+    modules: &Map<String, Value>,
+    rules: ContentRules,
+) -> Result<(), HubError> {
     if !modules.contains_key("$edgeAgent") {
         return Err(content_error(
             "modulesContent must include $edgeAgent (a layered deployment includes \"$edgeAgent\": {})"
@@ -113,13 +182,27 @@ fn validate_modules_content(modules: &Map<String, Value>) -> Result<(), HubError
                     "modulesContent.{module}.properties.desired must be an object"
                 )));
             }
+            if rules.twin_keys {
+                check_content_keys(&format!("modulesContent.{module}"), key, value)?;
+            }
         }
+    }
+    let deployed = deployed_modules(modules);
+    if rules.max_modules > 0 && deployed.len() > rules.max_modules {
+        return Err(content_error(format!(
+            "the deployment has {} modules; IoT Hub allows at most {} modules per deployment (edgeAgent and edgeHub not counted): split it into layered deployments",
+            deployed.len(),
+            rules.max_modules
+        )));
     }
     Ok(())
 }
 
 /// Checks configuration content and tells its kind.
-fn validate_content(content: &Map<String, Value>) -> Result<ContentKind, HubError> {
+fn validate_content(
+    content: &Map<String, Value>,
+    rules: ContentRules,
+) -> Result<ContentKind, HubError> {
     let normalized = normalize_content(content);
     let sections: Vec<&String> = normalized
         .as_object()
@@ -147,17 +230,20 @@ fn validate_content(content: &Map<String, Value>) -> Result<ContentKind, HubErro
         )),
         ContentKind::EdgeStandard | ContentKind::EdgeLayered => {
             let modules = normalized["modulesContent"].as_object().cloned().unwrap_or_default();
-            validate_modules_content(&modules)?;
+            validate_modules_content(&modules, rules)?;
             Ok(kind)
         }
         ContentKind::Device | ContentKind::Module => {
             let section = if kind == ContentKind::Device { "deviceContent" } else { "moduleContent" };
             let entries = normalized[section].as_object().cloned().unwrap_or_default();
-            for key in entries.keys() {
+            for (key, value) in &entries {
                 if key != "properties.desired" && !key.starts_with("properties.desired.") {
                     return Err(content_error(format!(
                         "{section} has key '{key}'; use \"properties.desired.<path>\""
                     )));
+                }
+                if rules.twin_keys {
+                    check_content_keys(section, key, value)?;
                 }
             }
             Ok(kind)
@@ -182,13 +268,42 @@ fn validate_configuration_id(id: &str, strict: bool) -> Result<(), HubError> {
     Ok(())
 }
 
-fn parse_target_condition(text: &str) -> Result<Option<Condition>, HubError> {
+/// Labels: keys and values up to 128 ASCII letters, digits and `-:.+%_#*?!(),=@;'` (`$`
+/// reserved; azure-iot-sdk-node `service/src/configuration.ts`), keys not empty.
+fn check_labels(labels: &Map<String, Value>) -> Result<(), HubError> {
+    let char_ok = |c: char| c.is_ascii_alphanumeric() || LABEL_PUNCTUATION.contains(c);
+    let text_ok = |t: &str| t.chars().count() <= MAX_LABEL_LENGTH && t.chars().all(char_ok);
+    for (key, value) in labels {
+        let value = value.as_str().unwrap_or_default();
+        let (what, text) = if key.is_empty() || !text_ok(key) {
+            ("key", key.as_str())
+        } else if !text_ok(value) {
+            ("value", value)
+        } else {
+            continue;
+        };
+        return Err(HubError::bad_request(format!(
+            "label {what} '{}' is invalid: label keys and values are at most {MAX_LABEL_LENGTH} ASCII letters, digits and {LABEL_PUNCTUATION} ($ is reserved; '/' is not allowed)",
+            text.escape_default()
+        )));
+    }
+    Ok(())
+}
+
+fn parse_target_condition(text: &str, literals: Literals) -> Result<Option<Condition>, HubError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    parse_condition(text).map(Some).map_err(|e| {
+    parse_condition_with(text, literals).map(Some).map_err(|e| {
+        // A character a target condition may not hold is refused as a bad argument (Azure
+        // answered a double-quoted condition with ArgumentInvalid, azure-iot-cli-extension#101).
+        let code = if e.literal_rule {
+            ErrorCode::ArgumentInvalid
+        } else {
+            ErrorCode::InvalidConfigurationTargetCondition
+        };
         HubError::new(
-            ErrorCode::InvalidConfigurationTargetCondition,
+            code,
             format!(
                 "targetCondition '{text}' is invalid at character {}: {}",
                 e.position, e.message
@@ -197,12 +312,12 @@ fn parse_target_condition(text: &str) -> Result<Option<Condition>, HubError> {
     })
 }
 
-fn check_metric_queries(queries: &Map<String, Value>) -> Result<(), HubError> {
+fn check_metric_queries(queries: &Map<String, Value>, literals: Literals) -> Result<(), HubError> {
     for (name, query) in queries {
         let text = query.as_str().ok_or_else(|| {
             HubError::bad_request(format!("metrics.queries.{name} must be a string"))
         })?;
-        parse_query(text).map_err(|e| {
+        parse_query_with(text, literals).map_err(|e| {
             HubError::new(
                 ErrorCode::InvalidConfigurationCustomMetricsQuery,
                 format!(
@@ -225,7 +340,11 @@ struct ConfigurationInput {
     metric_queries: Option<Map<String, Value>>,
 }
 
-fn parse_configuration(id: &str, body: &Value) -> Result<ConfigurationInput, HubError> {
+fn parse_configuration(
+    id: &str,
+    body: &Value,
+    strict_labels: bool,
+) -> Result<ConfigurationInput, HubError> {
     let fields = Fields::of(body, "Configuration")?;
     if let Some(body_id) = fields.string("id")?
         && body_id != id
@@ -241,6 +360,9 @@ fn parse_configuration(id: &str, body: &Value) -> Result<ConfigurationInput, Hub
         return Err(HubError::bad_request(format!(
             "labels.{key} must be a string"
         )));
+    }
+    if strict_labels && let Some(labels) = &labels {
+        check_labels(labels)?;
     }
     let priority = fields.integer("priority")?;
     if let Some(p) = priority
@@ -275,29 +397,31 @@ impl Hub {
         now_ms: i64,
     ) -> Result<Reply, HubError> {
         validate_configuration_id(id, self.strict())?;
-        let input = parse_configuration(id, body)?;
+        let input = parse_configuration(id, body, self.realism().check_labels)?;
+        let condition_literals = self.condition_literals();
         let condition = input
             .target_condition
             .as_deref()
-            .map(parse_target_condition)
+            .map(|text| parse_target_condition(text, condition_literals))
             .transpose()?;
         if let Some(queries) = &input.metric_queries {
-            check_metric_queries(queries)?;
+            check_metric_queries(queries, self.query_literals())?;
         }
-        match (self.configurations.get(id), if_match) {
+        let created = match (self.configurations.get(id), if_match) {
             (None, IfMatch::Absent) => {
-                if self.configurations.len() >= MAX_CONFIGURATIONS {
+                let max = self.realism().max_configurations;
+                if self.configurations.len() >= max {
                     return Err(HubError::new(
                         ErrorCode::ConfigurationCountLimitExceeded,
                         format!(
-                            "the hub already has {MAX_CONFIGURATIONS} configurations, the most it can hold; delete unused ones before creating {id}"
+                            "the hub already has {max} configurations, the most it can hold (layered deployments count too); delete unused ones before creating {id}"
                         ),
                     ));
                 }
                 let content = input
                     .content
                     .ok_or_else(|| content_error(format!("configuration {id} has no content")))?;
-                let kind = validate_content(&content)?;
+                let kind = validate_content(&content, self.content_rules())?;
                 let configuration = Configuration {
                     id: id.to_string(),
                     schema_version: input.schema_version.unwrap_or_else(|| "1.0".into()),
@@ -311,8 +435,10 @@ impl Hub {
                     updated_ms: now_ms,
                     metric_queries: input.metric_queries.unwrap_or_default(),
                     version: 1,
+                    evaluated: None,
                 };
                 self.configurations.insert(id.to_string(), configuration);
+                true
             }
             (Some(_), IfMatch::Absent) => {
                 return Err(HubError::new(
@@ -360,10 +486,40 @@ impl Hub {
                 }
                 existing.updated_ms = now_ms;
                 existing.version += 1;
+                false
+            }
+        };
+        if !self.evaluates_on_schedule() {
+            self.reevaluate_all(now_ms);
+        } else if created {
+            // Azure evaluates a new configuration at once, later changes at the next interval.
+            self.evaluate_configurations(now_ms);
+        }
+        self.get_configuration(id)
+    }
+
+    fn content_rules(&self) -> ContentRules {
+        ContentRules {
+            twin_keys: self.realism().check_twin_keys,
+            max_modules: self.realism().max_modules_per_deployment,
+        }
+    }
+
+    /// One evaluation of every automatic configuration: targeting and applied content on every
+    /// device, then the metrics `GET /configurations` reports until the next evaluation.
+    pub(super) fn evaluate_configurations(&mut self, now_ms: i64) {
+        self.evaluations += 1;
+        self.reevaluate_all(now_ms);
+        let metrics: Vec<(String, Evaluated)> = self
+            .configurations
+            .values()
+            .map(|c| (c.id.clone(), self.compute_metrics(c)))
+            .collect();
+        for (id, evaluated) in metrics {
+            if let Some(configuration) = self.configurations.get_mut(&id) {
+                configuration.evaluated = Some(evaluated);
             }
         }
-        self.reevaluate_all(now_ms);
-        self.get_configuration(id)
     }
 
     /// `GET /configurations/{id}`, with metrics computed from the twins.
@@ -377,9 +533,10 @@ impl Hub {
 
     /// `GET /configurations?top=N` (no paging, as in Azure).
     pub fn list_configurations(&self, top: Option<i64>) -> Reply {
-        let top = top.filter(|t| *t > 0).map_or(MAX_CONFIGURATIONS, |t| {
-            usize::try_from(t).unwrap_or(MAX_CONFIGURATIONS)
-        });
+        let max = self.realism().max_configurations.max(1);
+        let top = top
+            .filter(|t| *t > 0)
+            .map_or(max, |t| usize::try_from(t).unwrap_or(max));
         let list = self
             .configurations
             .values()
@@ -408,7 +565,9 @@ impl Hub {
             ));
         }
         self.configurations.remove(id);
-        self.reevaluate_all(now_ms);
+        if !self.evaluates_on_schedule() {
+            self.reevaluate_all(now_ms);
+        }
         Ok(Reply::no_content())
     }
 
@@ -416,7 +575,7 @@ impl Hub {
     pub fn test_queries(&self, body: &Value) -> Result<Reply, HubError> {
         let fields = Fields::of(body, "ConfigurationQueriesTestInput")?;
         let target_error = match fields.string("targetCondition")? {
-            Some(text) => parse_target_condition(&text)
+            Some(text) => parse_target_condition(&text, self.condition_literals())
                 .err()
                 .map(|e| e.message)
                 .unwrap_or_default(),
@@ -426,7 +585,7 @@ impl Hub {
         if let Some(queries) = fields.object("customMetricQueries")? {
             for (name, query) in queries {
                 let text = query.as_str().unwrap_or_default();
-                if let Err(e) = parse_query(text) {
+                if let Err(e) = parse_query_with(text, self.query_literals()) {
                     metric_errors.insert(
                         name.clone(),
                         format!("invalid at character {}: {}", e.position, e.message).into(),
@@ -461,7 +620,7 @@ impl Hub {
             .filter(|m| !m.is_empty())
             .cloned()
             .ok_or_else(|| content_error("Modules content is mandatory".into()))?;
-        validate_modules_content(&modules_content)?;
+        validate_modules_content(&modules_content, self.content_rules())?;
         let device = self
             .devices
             .get(device_id)
@@ -503,6 +662,7 @@ impl Hub {
         }
         device.deployed_desired = modules;
         device.per_device_content = true;
+        self.mark_changed(device_id);
         Ok(Reply::no_content())
     }
 
@@ -543,6 +703,7 @@ impl Hub {
             })
             .map(|(id, s)| (id.clone(), s.clone()))
             .collect();
+        self.mark_changed(device_id);
         let device = self.devices.get_mut(device_id).expect("looked up above");
         device.twin.configurations = statuses;
         for name in SYSTEM_MODULES {
@@ -576,9 +737,11 @@ impl Hub {
         for id in ids {
             self.reevaluate_device(&id, now_ms);
         }
+        self.mark_all_changed();
     }
 
-    fn render_configuration(&self, c: &Configuration) -> Value {
+    /// `systemMetrics.results` and `metrics.results` of a configuration from the twins now.
+    fn compute_metrics(&self, c: &Configuration) -> Evaluated {
         let mut targeted = 0_u64;
         let mut applied = 0_u64;
         let mut succeeded = 0_u64;
@@ -611,40 +774,50 @@ impl Hub {
                 _ => {}
             }
         }
-        let condition = &c.target_condition;
-        let (results, queries) = if c.is_edge() {
-            let applied_query = format!(
-                "select deviceId from devices.modules where moduleId = '$edgeAgent' and configurations.[[{}]].status = 'Applied'",
-                c.id
-            );
-            (
-                json!({"targetedCount": targeted, "appliedCount": applied,
-                       "reportedSuccessfulCount": succeeded, "reportedFailedCount": failed}),
-                json!({
-                    "targetedCount": format!("select deviceId from devices where capabilities.iotEdge = true and {condition}"),
-                    "appliedCount": applied_query,
-                    "reportedSuccessfulCount": format!("{applied_query} and properties.desired.$version = properties.reported.lastDesiredVersion and properties.reported.lastDesiredStatus.code = 200"),
-                    "reportedFailedCount": format!("{applied_query} and properties.desired.$version = properties.reported.lastDesiredVersion and properties.reported.lastDesiredStatus.code != 200"),
-                }),
-            )
+        let system = if c.is_edge() {
+            json!({"targetedCount": targeted, "appliedCount": applied,
+                   "reportedSuccessfulCount": succeeded, "reportedFailedCount": failed})
         } else {
-            (
-                json!({"targetedCount": targeted, "appliedCount": applied}),
-                json!({
-                    "targetedCount": format!("select deviceId from devices where {condition}"),
-                    "appliedCount": format!("select deviceId from devices where configurations.[[{}]].status = 'Applied'", c.id),
-                }),
-            )
+            json!({"targetedCount": targeted, "appliedCount": applied})
         };
-        let metric_results: Map<String, Value> = c
+        let literals = self.query_literals();
+        let custom: Map<String, Value> = c
             .metric_queries
             .iter()
             .filter_map(|(name, query)| {
-                let query = parse_query(query.as_str()?).ok()?;
+                let query = parse_query_with(query.as_str()?, literals).ok()?;
                 let rows = query.execute(&self.twin_documents(query.collection()));
                 Some((name.clone(), Value::from(rows.len())))
             })
             .collect();
+        Evaluated { system, custom }
+    }
+
+    /// A configuration as `GET /configurations/{id}` answers it. With a scheduled evaluation
+    /// the metrics are those of the last evaluation, otherwise of the twins now.
+    fn render_configuration(&self, c: &Configuration) -> Value {
+        let evaluated = match (&c.evaluated, self.evaluates_on_schedule()) {
+            (Some(evaluated), true) => evaluated.clone(),
+            _ => self.compute_metrics(c),
+        };
+        let condition = &c.target_condition;
+        let queries = if c.is_edge() {
+            let applied_query = format!(
+                "select deviceId from devices.modules where moduleId = '$edgeAgent' and configurations.[[{}]].status = 'Applied'",
+                c.id
+            );
+            json!({
+                "targetedCount": format!("select deviceId from devices where capabilities.iotEdge = true and {condition}"),
+                "appliedCount": applied_query,
+                "reportedSuccessfulCount": format!("{applied_query} and properties.desired.$version = properties.reported.lastDesiredVersion and properties.reported.lastDesiredStatus.code = 200"),
+                "reportedFailedCount": format!("{applied_query} and properties.desired.$version = properties.reported.lastDesiredVersion and properties.reported.lastDesiredStatus.code != 200"),
+            })
+        } else {
+            json!({
+                "targetedCount": format!("select deviceId from devices where {condition}"),
+                "appliedCount": format!("select deviceId from devices where configurations.[[{}]].status = 'Applied'", c.id),
+            })
+        };
         let mut content = c.content.clone();
         if let Some(sections) = content.as_object_mut() {
             for section in ["modulesContent", "moduleContent", "deviceContent"] {
@@ -660,8 +833,8 @@ impl Hub {
             "createdTimeUtc": format_timestamp(c.created_ms),
             "lastUpdatedTimeUtc": format_timestamp(c.updated_ms),
             "priority": c.priority,
-            "systemMetrics": {"results": results, "queries": queries},
-            "metrics": {"results": metric_results, "queries": c.metric_queries},
+            "systemMetrics": {"results": evaluated.system, "queries": queries},
+            "metrics": {"results": evaluated.custom, "queries": c.metric_queries},
             "etag": c.etag(),
         })
     }
@@ -682,20 +855,25 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    const RULES: ContentRules = ContentRules {
+        twin_keys: true,
+        max_modules: 50,
+    };
+
     #[test]
     fn content_validation() {
         let standard = obj(
             json!({"modulesContent": {"$edgeAgent": {"properties.desired": {}}, "$edgeHub": {"properties.desired": {}}}}),
         );
         assert_eq!(
-            validate_content(&standard).unwrap(),
+            validate_content(&standard, RULES).unwrap(),
             ContentKind::EdgeStandard
         );
         let layered = obj(
             json!({"modulesContent": {"$edgeAgent": {"properties.desired.modules.m": {}}}, "deviceContent": {}}),
         );
         assert_eq!(
-            validate_content(&layered).unwrap(),
+            validate_content(&layered, RULES).unwrap(),
             ContentKind::EdgeLayered
         );
         for bad in [
@@ -706,9 +884,116 @@ mod tests {
             json!({"modulesContent": {"$edgeAgent": {}}, "deviceContent": {"properties.desired.x": 1}}),
             json!({"deviceContent": {"tags.x": 1}}),
         ] {
-            let err = validate_content(&obj(bad.clone())).unwrap_err();
+            let err = validate_content(&obj(bad.clone()), RULES).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidConfigurationContent, "{bad}");
         }
+    }
+
+    #[test]
+    fn labels_follow_azures_character_rule() {
+        let ok = obj(
+            json!({"HostPlatform": "Linux", "version": "3.0.1", "a-b:c.d+e%f_g#h*i?j!k(l)m,n=o@p;q'r": ""}),
+        );
+        assert!(check_labels(&ok).is_ok());
+        for bad in [
+            json!({"edgehierarchy.dev/uid": "u"}),
+            json!({"$reserved": "x"}),
+            json!({"k": "a/b"}),
+            json!({"k": "with space"}),
+            json!({"": "empty key"}),
+            json!({"k": "é"}),
+            json!({"k": "x".repeat(129)}),
+            json!({"x".repeat(129): "v"}),
+        ] {
+            let err = check_labels(&obj(bad.clone())).unwrap_err();
+            assert_eq!(err.code, ErrorCode::ArgumentInvalid, "{bad}");
+        }
+        assert!(check_labels(&obj(json!({"k": "x".repeat(128)}))).is_ok());
+    }
+
+    fn edge_content(modules: usize) -> Map<String, Value> {
+        let listed: Map<String, Value> = (0..modules)
+            .map(|i| (format!("m{i}"), json!({"settings": {"image": "x"}})))
+            .collect();
+        obj(json!({"modulesContent": {
+            "$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "modules": listed}},
+            "$edgeHub": {"properties.desired": {"schemaVersion": "1.1"}}}}))
+    }
+
+    #[test]
+    fn a_deployment_holds_at_most_the_module_limit() {
+        assert!(validate_content(&edge_content(50), RULES).is_ok());
+        let err = validate_content(&edge_content(51), RULES).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidConfigurationContent);
+        assert!(err.message.contains("51 modules"), "{}", err.message);
+        let unlimited = ContentRules {
+            max_modules: 0,
+            ..RULES
+        };
+        assert!(validate_content(&edge_content(51), unlimited).is_ok());
+        // Layered modules count by their `properties.desired.modules.<name>` keys.
+        let mut agent = Map::new();
+        for i in 0..51 {
+            agent.insert(
+                format!("properties.desired.modules.m{i}"),
+                json!({"settings": {"image": "x"}}),
+            );
+            agent.insert(format!("properties.desired.modules.m{i}.env"), json!({}));
+        }
+        let layered = obj(json!({"modulesContent": {"$edgeAgent": agent}}));
+        let names = deployed_modules(layered["modulesContent"].as_object().unwrap());
+        assert_eq!(names.len(), 51);
+        assert!(validate_content(&layered, RULES).is_err());
+    }
+
+    #[test]
+    fn content_keys_follow_the_twin_key_rules() {
+        for bad in [
+            json!({"modulesContent": {"$edgeAgent": {"properties.desired.modules.a#b": {}}}}),
+            json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"modules": {"m": {"env": {"A B": 1}}}}}}}),
+            json!({"deviceContent": {"properties.desired.x": {"$y": 1}}}),
+            json!({"deviceContent": {"properties.desired.x#y": 1}}),
+        ] {
+            let err = validate_content(&obj(bad.clone()), RULES).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidConfigurationContent, "{bad}");
+        }
+        let lenient = ContentRules {
+            twin_keys: false,
+            ..RULES
+        };
+        assert!(
+            validate_content(
+                &obj(json!({"deviceContent": {"properties.desired.x#y": 1}})),
+                lenient
+            )
+            .is_ok()
+        );
+        // Values are free text; `$upstream` in a route is a value.
+        assert!(
+            validate_content(
+                &obj(json!({"modulesContent": {"$edgeAgent": {"properties.desired": {}},
+                    "$edgeHub": {"properties.desired": {"routes": {"up": "FROM /messages/* INTO $upstream"}}}}})),
+                RULES
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn target_condition_literal_rules_are_bad_arguments() {
+        let tc = Literals::TargetCondition;
+        assert!(
+            parse_target_condition("deviceId='operator''sDevice'", tc)
+                .unwrap()
+                .is_some()
+        );
+        for bad in [r"deviceId='a\'b'", r#"tags.env = "prod""#] {
+            let err = parse_target_condition(bad, tc).unwrap_err();
+            assert_eq!(err.code, ErrorCode::ArgumentInvalid, "{bad}");
+        }
+        let err = parse_target_condition("tags.env = ", tc).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidConfigurationTargetCondition);
+        assert!(parse_target_condition(r#"tags.env = "prod""#, Literals::Lenient).is_ok());
     }
 
     #[test]

@@ -123,8 +123,14 @@ impl Hub {
         let patch = body.as_object().ok_or_else(|| {
             HubError::bad_request("the reported-properties patch must be a JSON object")
         })?;
-        validate_properties("properties.reported", patch, MAX_PROPERTIES_BYTES)
-            .map_err(HubError::bad_request)?;
+        let check_hash = self.realism().check_twin_keys;
+        validate_properties(
+            "properties.reported",
+            patch,
+            MAX_PROPERTIES_BYTES,
+            check_hash,
+        )
+        .map_err(HubError::bad_request)?;
         let device = self
             .devices
             .get_mut(device_id)
@@ -145,11 +151,13 @@ impl Hub {
             "properties.reported",
             candidate.reported.values(),
             MAX_PROPERTIES_BYTES,
+            check_hash,
         )
         .map_err(HubError::bad_request)?;
         let version = candidate.reported.version();
         *twin = candidate;
         self.touch_activity(device_id, module_id, now_ms);
+        self.mark_changed(device_id);
         Ok(Reply::no_content().with_header("x-ms-reported-version", version.to_string()))
     }
 
@@ -170,6 +178,7 @@ impl Hub {
             return Err(HubError::module_not_found(device_id, m));
         }
         self.touch_activity(device_id, module_id, now_ms);
+        self.mark_changed(device_id);
         Ok(Reply::no_content())
     }
 }

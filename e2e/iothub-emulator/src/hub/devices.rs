@@ -158,7 +158,10 @@ impl Hub {
         if is_edge {
             self.add_system_modules(id, now_ms);
         }
-        self.reevaluate_device(id, now_ms);
+        self.mark_changed(id);
+        if !self.evaluates_on_schedule() {
+            self.reevaluate_device(id, now_ms);
+        }
         Ok(())
     }
 
@@ -220,7 +223,10 @@ impl Hub {
             self.scope_index.insert(scope, id.to_string());
             self.add_system_modules(id, now_ms);
         }
-        self.reevaluate_device(id, now_ms);
+        self.mark_changed(id);
+        if !self.evaluates_on_schedule() {
+            self.reevaluate_device(id, now_ms);
+        }
         Ok(())
     }
 
@@ -274,6 +280,7 @@ impl Hub {
 
     /// Removes a device with its modules and twins. Used by DELETE and bulk `delete`.
     pub(super) fn remove_device(&mut self, id: &str) {
+        self.mark_changed(id);
         if let Some(device) = self.devices.remove(id)
             && device.iot_edge
             && let Some(scope) = device.device_scope
@@ -411,6 +418,7 @@ impl Hub {
                     module.twin.desired.replace(desired, now_ms);
                 }
                 device.modules.insert(module_id.to_string(), module);
+                self.mark_changed(device_id);
             }
             (Some(_), IfMatch::Absent) => {
                 return Err(HubError::new(
@@ -439,6 +447,7 @@ impl Hub {
                 if let Some(auth) = authentication {
                     module.authentication = auth;
                 }
+                self.mark_changed(device_id);
             }
         }
         self.get_module(device_id, module_id)
@@ -462,6 +471,7 @@ impl Hub {
             return Err(precondition_failed("Module", &etag, if_match));
         }
         device.modules.remove(module_id);
+        self.mark_changed(device_id);
         Ok(Reply::no_content())
     }
 

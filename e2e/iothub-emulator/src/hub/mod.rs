@@ -5,10 +5,11 @@ mod bulk;
 mod configurations;
 mod device_facing;
 mod devices;
+mod query_view;
 mod twin_query;
 mod twins;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
@@ -16,8 +17,11 @@ pub use bulk::bulk_units;
 pub use configurations::Configuration;
 
 use crate::clock::dotnet_ticks;
+use crate::query::Literals;
+use crate::realism::Realism;
 use crate::registry::Device;
 use crate::scopes::{Node, Topology};
+use query_view::QueryView;
 
 /// What an operation answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,10 +113,19 @@ impl IfMatch {
 }
 
 /// Hub-wide settings the operations need.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HubSettings {
     /// Enforce parent rules and other documented limits Azure does not check.
     pub strict: bool,
+    /// The realism knobs (query lag, evaluation interval, character rules, limits, ...).
+    pub realism: Realism,
+}
+
+/// Devices whose twins changed since the query view last saw them.
+#[derive(Debug, Default)]
+struct Changed {
+    ids: BTreeSet<String>,
+    all: bool,
 }
 
 /// All state of one emulated hub.
@@ -127,24 +140,128 @@ pub struct Hub {
     etag_counter: u64,
     /// Last generation id handed out (kept strictly increasing).
     last_generation: i64,
+    /// What twin queries see when `--query-lag-ms` is set; `None` reads the live twins.
+    query_view: Option<QueryView>,
+    /// Devices to hand to the query view after the current operation.
+    changed: Changed,
+    /// When automatic configurations are evaluated next (`--config-eval-interval-secs`);
+    /// `None` evaluates on every change.
+    next_evaluation_ms: Option<i64>,
+    /// Scheduled evaluations so far (creations of configurations included).
+    evaluations: u64,
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new(settings: HubSettings) -> Self {
+    /// An empty hub created at `now_ms` (the evaluation schedule starts then).
+    pub fn new(settings: HubSettings, now_ms: i64) -> Self {
+        let lag = i64::try_from(settings.realism.query_lag_ms).unwrap_or(i64::MAX);
+        let interval = Self::interval_ms(&settings);
         Self {
+            query_view: (lag > 0).then(|| QueryView::new(lag)),
+            next_evaluation_ms: interval.map(|i| now_ms.saturating_add(i)),
             settings,
             devices: BTreeMap::new(),
             configurations: BTreeMap::new(),
             scope_index: HashMap::new(),
             etag_counter: rand::random_range(100_000_000..500_000_000),
             last_generation: 0,
+            changed: Changed::default(),
+            evaluations: 0,
         }
+    }
+
+    fn interval_ms(settings: &HubSettings) -> Option<i64> {
+        let secs = settings.realism.config_eval_interval_secs;
+        (secs > 0).then(|| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX))
     }
 
     /// Whether `--strict` is on.
     pub fn strict(&self) -> bool {
         self.settings.strict
+    }
+
+    /// The realism knobs.
+    pub fn realism(&self) -> &Realism {
+        &self.settings.realism
+    }
+
+    /// String-literal rules of twin queries and metric queries.
+    pub(crate) fn query_literals(&self) -> Literals {
+        if self.settings.realism.check_literals {
+            Literals::Query
+        } else {
+            Literals::Lenient
+        }
+    }
+
+    /// String-literal rules of target conditions.
+    pub(crate) fn condition_literals(&self) -> Literals {
+        if self.settings.realism.check_literals {
+            Literals::TargetCondition
+        } else {
+            Literals::Lenient
+        }
+    }
+
+    /// Configurations are evaluated on a schedule, not on every change.
+    pub(crate) fn evaluates_on_schedule(&self) -> bool {
+        self.next_evaluation_ms.is_some()
+    }
+
+    /// Notes that the twins of `device_id` (or its modules) changed.
+    pub(crate) fn mark_changed(&mut self, device_id: &str) {
+        if self.query_view.is_some() && !self.changed.all {
+            self.changed.ids.insert(device_id.to_string());
+        }
+    }
+
+    /// Notes that any twin may have changed.
+    pub(crate) fn mark_all_changed(&mut self) {
+        if self.query_view.is_some() {
+            self.changed.all = true;
+            self.changed.ids.clear();
+        }
+    }
+
+    /// The evaluation schedule for `/_emulator/stats`: interval, next evaluation, count.
+    pub fn evaluation_status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "intervalSecs": self.settings.realism.config_eval_interval_secs,
+            "next": self.next_evaluation_ms.map(crate::clock::format_timestamp),
+            "count": self.evaluations,
+        })
+    }
+
+    /// Runs the periodic configuration evaluation if it is due. Call before each operation.
+    pub fn tick(&mut self, now_ms: i64) {
+        let (Some(next), Some(interval)) =
+            (self.next_evaluation_ms, Self::interval_ms(&self.settings))
+        else {
+            return;
+        };
+        if now_ms < next {
+            return;
+        }
+        self.evaluate_configurations(now_ms);
+        // The next evaluation after now on the same schedule (missed ones are not repeated).
+        let missed = (now_ms - next) / interval;
+        self.next_evaluation_ms = Some(next + (missed + 1) * interval);
+    }
+
+    /// Hands the twins changed by the last operation to the query view, which shows them
+    /// `--query-lag-ms` after `now_ms`. Call after each operation.
+    pub fn publish_changes(&mut self, now_ms: i64) {
+        let Some(view) = self.query_view.as_mut() else {
+            return;
+        };
+        let changed = std::mem::take(&mut self.changed);
+        if changed.all {
+            view.stage_all(self.devices.values(), now_ms);
+        } else {
+            for id in changed.ids {
+                view.stage(&id, self.devices.get(&id), now_ms);
+            }
+        }
     }
 
     fn next_etag(&mut self) -> u64 {

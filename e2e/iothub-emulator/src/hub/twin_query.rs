@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{Hub, Reply};
 use crate::error::HubError;
-use crate::query::{Collection, parse_query};
+use crate::query::{Collection, parse_query_with};
 use crate::registry::Fields;
 
 /// Page size when the client sends no `x-ms-max-item-count`.
@@ -42,18 +42,27 @@ impl Hub {
     }
 
     /// Runs a query and returns one page. `max_items` and `continuation` are the request
-    /// headers `x-ms-max-item-count` and `x-ms-continuation`.
+    /// headers `x-ms-max-item-count` and `x-ms-continuation`. With `--query-lag-ms` the query
+    /// reads the lagging view, otherwise the live twins.
     pub fn query(
-        &self,
+        &mut self,
         body: &Value,
         max_items: Option<&str>,
         continuation: Option<&str>,
+        now_ms: i64,
     ) -> Result<Reply, HubError> {
         let fields = Fields::of(body, "QuerySpecification")?;
         let text = fields.string("query")?.ok_or_else(|| {
             HubError::bad_request("the body must be {\"query\": \"SELECT ... FROM devices ...\"}")
         })?;
-        let query = parse_query(&text).map_err(|e| {
+        let max_length = self.realism().max_query_length;
+        let length = text.chars().count();
+        if max_length > 0 && length > max_length {
+            return Err(HubError::bad_request(format!(
+                "the query is {length} characters long; IoT Hub accepts query expressions of at most {max_length} characters, so split it (for example fewer ids per IN list)"
+            )));
+        }
+        let query = parse_query_with(&text, self.query_literals()).map_err(|e| {
             HubError::bad_request(format!(
                 "query '{text}' has a syntax error at character {}: {}",
                 e.position, e.message
@@ -80,7 +89,11 @@ impl Hub {
                 )
             })?,
         };
-        let rows = query.execute(&self.twin_documents(query.collection()));
+        let documents = match self.query_view.as_mut() {
+            Some(view) => view.documents(query.collection(), now_ms),
+            None => self.twin_documents(query.collection()),
+        };
+        let rows = query.execute(&documents);
         let page: Vec<Value> = rows.iter().skip(offset).take(page_size).cloned().collect();
         let next = offset + page.len();
         let item_type = if query.selects_whole_documents() {

@@ -16,7 +16,7 @@ struct TwinWrite {
     desired: Option<Map<String, Value>>,
 }
 
-fn parse_twin_write(body: &Value) -> Result<TwinWrite, HubError> {
+fn parse_twin_write(body: &Value, check_hash: bool) -> Result<TwinWrite, HubError> {
     let fields = Fields::of(body, "Twin")?;
     let tags = fields.object("tags")?.cloned();
     let desired = match fields.nested("properties")? {
@@ -27,11 +27,17 @@ fn parse_twin_write(body: &Value) -> Result<TwinWrite, HubError> {
         None => None,
     };
     if let Some(tags) = &tags {
-        validate_properties("tags", tags, MAX_TAGS_BYTES).map_err(HubError::bad_request)?;
+        validate_properties("tags", tags, MAX_TAGS_BYTES, check_hash)
+            .map_err(HubError::bad_request)?;
     }
     if let Some(desired) = &desired {
-        validate_properties("properties.desired", desired, MAX_PROPERTIES_BYTES)
-            .map_err(HubError::bad_request)?;
+        validate_properties(
+            "properties.desired",
+            desired,
+            MAX_PROPERTIES_BYTES,
+            check_hash,
+        )
+        .map_err(HubError::bad_request)?;
     }
     Ok(TwinWrite { tags, desired })
 }
@@ -42,6 +48,7 @@ fn write_twin(
     write: TwinWrite,
     replace: bool,
     now_ms: i64,
+    check_hash: bool,
 ) -> Result<bool, HubError> {
     let mut candidate = twin.clone();
     let changed = if replace {
@@ -53,11 +60,13 @@ fn write_twin(
     } else {
         candidate.patch_service(write.tags.as_ref(), write.desired.as_ref(), now_ms)
     };
-    validate_properties("tags", &candidate.tags, MAX_TAGS_BYTES).map_err(HubError::bad_request)?;
+    validate_properties("tags", &candidate.tags, MAX_TAGS_BYTES, check_hash)
+        .map_err(HubError::bad_request)?;
     validate_properties(
         "properties.desired",
         candidate.desired.values(),
         MAX_PROPERTIES_BYTES,
+        check_hash,
     )
     .map_err(HubError::bad_request)?;
     *twin = candidate;
@@ -83,7 +92,8 @@ impl Hub {
         replace: bool,
         now_ms: i64,
     ) -> Result<Reply, HubError> {
-        let write = parse_twin_write(body)?;
+        let check_hash = self.realism().check_twin_keys;
+        let write = parse_twin_write(body, check_hash)?;
         let device = self
             .devices
             .get_mut(device_id)
@@ -92,8 +102,10 @@ impl Hub {
             return Err(precondition_failed("Twin", &device.twin.etag(), if_match));
         }
         let tags_before = device.twin.tags.clone();
-        write_twin(&mut device.twin, write, replace, now_ms)?;
-        if device.twin.tags != tags_before {
+        write_twin(&mut device.twin, write, replace, now_ms, check_hash)?;
+        let tags_changed = device.twin.tags != tags_before;
+        self.mark_changed(device_id);
+        if tags_changed && !self.evaluates_on_schedule() {
             // Target conditions read tags.
             self.reevaluate_device(device_id, now_ms);
         }
@@ -123,7 +135,8 @@ impl Hub {
         replace: bool,
         now_ms: i64,
     ) -> Result<Reply, HubError> {
-        let write = parse_twin_write(body)?;
+        let check_hash = self.realism().check_twin_keys;
+        let write = parse_twin_write(body, check_hash)?;
         let module = self
             .devices
             .get_mut(device_id)
@@ -134,7 +147,8 @@ impl Hub {
         if !if_match.admits(&module.twin.etag()) {
             return Err(precondition_failed("Twin", &module.twin.etag(), if_match));
         }
-        write_twin(&mut module.twin, write, replace, now_ms)?;
+        write_twin(&mut module.twin, write, replace, now_ms, check_hash)?;
+        self.mark_changed(device_id);
         self.get_module_twin(device_id, module_id)
     }
 }

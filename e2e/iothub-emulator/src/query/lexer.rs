@@ -3,7 +3,7 @@
 //! Positions are character offsets (not byte offsets) so that an error position can be shown
 //! to a user under the query text they typed, whatever characters it contains.
 
-use super::QueryError;
+use super::{Literals, QueryError};
 
 /// One lexical token with the character offset where it starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,8 +86,15 @@ fn is_name_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_' || c == '$'
 }
 
-/// Splits `input` into tokens, ending with one `Eof` token positioned at the end of the input.
+/// Splits `input` into tokens with the lenient literal rules (see [`tokenize_with`]).
+#[cfg(test)]
 pub(crate) fn tokenize(input: &str) -> Result<Vec<Token>, QueryError> {
+    tokenize_with(input, Literals::Lenient)
+}
+
+/// Splits `input` into tokens, ending with one `Eof` token positioned at the end of the input.
+/// `literals` decides which quotes and escapes a string literal may use.
+pub(crate) fn tokenize_with(input: &str, literals: Literals) -> Result<Vec<Token>, QueryError> {
     let chars: Vec<char> = input.chars().collect();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -140,14 +147,14 @@ pub(crate) fn tokenize(input: &str) -> Result<Vec<Token>, QueryError> {
                 continue;
             }
             '[' if next == Some('[') => {
-                let (name, end) = lex_bracketed_name(&chars, i)?;
+                let (name, end) = lex_bracketed_name(&chars, i, literals)?;
                 i = end;
                 tokens.push(single(TokenKind::BracketedName(name)));
                 continue;
             }
             '[' => TokenKind::LBracket,
             '\'' | '"' => {
-                let (text, end) = lex_string(&chars, i)?;
+                let (text, end) = lex_string(&chars, i, literals)?;
                 i = end;
                 tokens.push(single(TokenKind::Str(text)));
                 continue;
@@ -189,10 +196,17 @@ pub(crate) fn tokenize(input: &str) -> Result<Vec<Token>, QueryError> {
 }
 
 /// Lexes `[[name]]` starting at `start` (the first `[`); returns the name and the index after `]]`.
-fn lex_bracketed_name(chars: &[char], start: usize) -> Result<(String, usize), QueryError> {
+fn lex_bracketed_name(
+    chars: &[char],
+    start: usize,
+    literals: Literals,
+) -> Result<(String, usize), QueryError> {
     let mut i = start + 2;
     let mut name = String::new();
     while i < chars.len() {
+        if literals == Literals::TargetCondition && chars[i] == '"' {
+            return Err(no_double_quotes(i));
+        }
         if chars[i] == ']' && chars.get(i + 1) == Some(&']') {
             if name.is_empty() {
                 return Err(QueryError::new(start, "empty property name '[[]]'"));
@@ -208,11 +222,30 @@ fn lex_bracketed_name(chars: &[char], start: usize) -> Result<(String, usize), Q
     ))
 }
 
-/// Lexes a quoted string starting at `start` (the opening quote). Escapes: `\'`, `\"`, `\\`,
-/// `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, `\uXXXX`, and a doubled quote (`'it''s'`), which is how
-/// IoT Hub documents escaping a quote inside a target condition.
-fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), QueryError> {
+/// A target condition holds no double quote anywhere (Learn, "Understand IoT Edge automatic
+/// deployments").
+fn no_double_quotes(position: usize) -> QueryError {
+    QueryError::literal_rule(
+        position,
+        "double quotes are not allowed in a target condition; quote values with single quotes",
+    )
+}
+
+/// Lexes a quoted string starting at `start` (the opening quote). A doubled quote (`'it''s'`)
+/// stands for one quote in every mode. Backslash escapes depend on `literals`:
+/// * `Lenient`: `\'`, `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, `\uXXXX`;
+/// * `Query`: only the four IoT Hub's query language reference lists: `\'`, `\"`, `\\`,
+///   `\uXXXX`;
+/// * `TargetCondition`: none (a backslash is not a value character), and no double quotes.
+fn lex_string(
+    chars: &[char],
+    start: usize,
+    literals: Literals,
+) -> Result<(String, usize), QueryError> {
     let quote = chars[start];
+    if literals == Literals::TargetCondition && quote == '"' {
+        return Err(no_double_quotes(start));
+    }
     let mut i = start + 1;
     let mut text = String::new();
     while i < chars.len() {
@@ -225,17 +258,30 @@ fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), QueryErro
             }
             return Ok((text, i + 1));
         }
+        if c == '"' && literals == Literals::TargetCondition {
+            return Err(no_double_quotes(i));
+        }
         if c == '\\' {
+            if literals == Literals::TargetCondition {
+                return Err(QueryError::literal_rule(
+                    i,
+                    "a backslash is not allowed in a target condition value; write a quote inside a value as two quotes ('')",
+                ));
+            }
             let escaped = chars.get(i + 1).copied().ok_or_else(|| {
                 QueryError::new(i, "string ends with a lone backslash; write \\\\ for one")
             })?;
+            let lenient_only = match escaped {
+                '/' => Some('/'),
+                'b' => Some('\u{8}'),
+                'f' => Some('\u{c}'),
+                'n' => Some('\n'),
+                'r' => Some('\r'),
+                't' => Some('\t'),
+                _ => None,
+            };
             let resolved = match escaped {
-                '\'' | '"' | '\\' | '/' => escaped,
-                'b' => '\u{8}',
-                'f' => '\u{c}',
-                'n' => '\n',
-                'r' => '\r',
-                't' => '\t',
+                '\'' | '"' | '\\' => escaped,
                 'u' => {
                     let hex: String = chars.iter().skip(i + 2).take(4).collect();
                     let code = (hex.len() == 4)
@@ -249,12 +295,17 @@ fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), QueryErro
                     i += 6;
                     continue;
                 }
-                other => {
-                    return Err(QueryError::new(
-                        i,
-                        format!("unknown escape sequence '\\{other}' in string"),
-                    ));
-                }
+                _ => match lenient_only {
+                    Some(resolved) if literals == Literals::Lenient => resolved,
+                    _ => {
+                        return Err(QueryError::new(
+                            i,
+                            format!(
+                                "unknown escape sequence '\\{escaped}' in string; IoT Hub allows \\', \\\", \\\\ and \\uXXXX"
+                            ),
+                        ));
+                    }
+                },
             };
             text.push(resolved);
             i += 2;
@@ -470,6 +521,54 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    fn strings_with(input: &str, literals: Literals) -> Result<Vec<TokenKind>, QueryError> {
+        Ok(tokenize_with(input, literals)?
+            .into_iter()
+            .map(|t| t.kind)
+            .collect())
+    }
+
+    #[test]
+    fn query_literals_take_only_the_documented_escapes() {
+        let q = Literals::Query;
+        assert_eq!(
+            strings_with(r#"'a\'b' "c\"d" 'e\\f' '\u0041' 'it''s'"#, q).unwrap(),
+            vec![
+                TokenKind::Str("a'b".into()),
+                TokenKind::Str("c\"d".into()),
+                TokenKind::Str("e\\f".into()),
+                TokenKind::Str("A".into()),
+                TokenKind::Str("it's".into()),
+                TokenKind::Eof,
+            ]
+        );
+        for escape in [r"'\n'", r"'\t'", r"'\/'", r"'\b'", r"'\f'", r"'\r'"] {
+            let err = strings_with(escape, q).unwrap_err();
+            assert!(err.message.contains("unknown escape"), "{escape}: {err}");
+            assert!(!err.literal_rule);
+            // The lenient rules still take them.
+            assert!(strings_with(escape, Literals::Lenient).is_ok(), "{escape}");
+        }
+    }
+
+    #[test]
+    fn target_conditions_double_quotes_and_refuse_backslashes() {
+        let tc = Literals::TargetCondition;
+        assert_eq!(
+            strings_with("deviceId='operator''sDevice'", tc).unwrap()[2],
+            TokenKind::Str("operator'sDevice".into())
+        );
+        let backslash = strings_with(r"deviceId = 'a\'b'", tc).unwrap_err();
+        assert!(backslash.literal_rule, "{backslash}");
+        assert_eq!(backslash.position, 13);
+        let double = strings_with(r#"deviceId = "x""#, tc).unwrap_err();
+        assert!(double.literal_rule && double.position == 11, "{double}");
+        let inside = strings_with(r#"tags.a = 'say "hi"'"#, tc).unwrap_err();
+        assert!(inside.literal_rule && inside.position == 14, "{inside}");
+        let bracketed = strings_with(r#"configurations.[[a"b]].status = 'x'"#, tc).unwrap_err();
+        assert!(bracketed.literal_rule, "{bracketed}");
     }
 
     #[test]

@@ -34,6 +34,21 @@ pub enum Collection {
     DevicesModules,
 }
 
+/// Which quotes and escapes string literals may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Literals {
+    /// Single or double quotes, a doubled quote, and the JSON escapes (`\n`, `\t`, `\/`, ...).
+    #[default]
+    Lenient,
+    /// Twin queries as IoT Hub's query language reference describes them: single or double
+    /// quotes, escapes `\'`, `\"`, `\\` and `\uXXXX` only, and a doubled quote (the hub runs
+    /// target conditions, which escape by doubling, inside its own metric queries).
+    Query,
+    /// Configuration target conditions: single quotes only, a quote inside a value doubled, no
+    /// backslash and no double quote anywhere.
+    TargetCondition,
+}
+
 /// A query or condition that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryError {
@@ -41,6 +56,9 @@ pub struct QueryError {
     pub position: usize,
     /// What is wrong and, where it helps, how to write it instead.
     pub message: String,
+    /// The text breaks a character rule of target conditions (double quote, backslash) rather
+    /// than the grammar.
+    pub literal_rule: bool,
 }
 
 impl QueryError {
@@ -48,6 +66,14 @@ impl QueryError {
         QueryError {
             position,
             message: message.into(),
+            literal_rule: false,
+        }
+    }
+
+    pub(crate) fn literal_rule(position: usize, message: impl Into<String>) -> QueryError {
+        QueryError {
+            literal_rule: true,
+            ..QueryError::new(position, message)
         }
     }
 }
@@ -73,9 +99,15 @@ pub struct Query {
     condition: Option<ast::Expr>,
 }
 
-/// Parses a twin query such as `SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent'`.
+/// Parses a twin query such as `SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent'`
+/// with lenient string literals.
 pub fn parse_query(sql: &str) -> Result<Query, QueryError> {
-    let parsed = parser::Parser::new(sql)?.parse_query()?;
+    parse_query_with(sql, Literals::Lenient)
+}
+
+/// Parses a twin query with the given string-literal rules.
+pub fn parse_query_with(sql: &str, literals: Literals) -> Result<Query, QueryError> {
+    let parsed = parser::Parser::new(sql, literals)?.parse_query()?;
     Ok(Query {
         collection: parsed.collection,
         select: parsed.select,
@@ -128,10 +160,15 @@ pub struct Condition {
 /// empty condition is an error: a configuration without a target condition targets no device,
 /// which the caller decides without evaluating anything.
 pub fn parse_condition(expr: &str) -> Result<Condition, QueryError> {
+    parse_condition_with(expr, Literals::Lenient)
+}
+
+/// Parses a condition with the given string-literal rules.
+pub fn parse_condition_with(expr: &str, literals: Literals) -> Result<Condition, QueryError> {
     if expr.trim() == "*" {
         return Ok(Condition { expr: None });
     }
-    let parsed = parser::Parser::new(expr)?.parse_condition()?;
+    let parsed = parser::Parser::new(expr, literals)?.parse_condition()?;
     Ok(Condition { expr: Some(parsed) })
 }
 

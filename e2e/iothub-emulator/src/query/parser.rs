@@ -19,9 +19,10 @@
 //! ```
 
 use super::Collection;
+use super::Literals;
 use super::QueryError;
 use super::ast::{Aggregate, ArithmeticOp, CompareOp, Expr, Function, Path, Projection, Select};
-use super::lexer::{Token, TokenKind, tokenize};
+use super::lexer::{Token, TokenKind, tokenize_with};
 use serde_json::Value;
 
 /// Words that cannot start a property path because they structure the query.
@@ -46,9 +47,9 @@ pub(crate) struct Parser {
 }
 
 impl Parser {
-    pub(crate) fn new(input: &str) -> Result<Parser, QueryError> {
+    pub(crate) fn new(input: &str, literals: Literals) -> Result<Parser, QueryError> {
         Ok(Parser {
-            tokens: tokenize(input)?,
+            tokens: tokenize_with(input, literals)?,
             index: 0,
         })
     }
