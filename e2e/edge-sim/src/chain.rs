@@ -1,4 +1,4 @@
-//! The image-pull chain rule (DESIGN.md section 7), as a pure function of the hierarchy.
+//! The image-pull chain rule (docs/architecture.md, "Deployments and health"), as a pure function of the hierarchy.
 //!
 //! An image `$upstream:<port>/x` on device D is pulled from D's parent P, which works only if D's
 //! TLS link to P is up and P runs an API proxy module (image containing

@@ -158,7 +158,7 @@ def assert_hub_error(response, status: int, name: str, number: int):
     assert "ExceptionMessage" in body, f"error body without ExceptionMessage: {body}"
 
 
-# Numeric codes of the errors the suite expects (notes section 7; Microsoft's troubleshooting page).
+# Numeric codes of the errors the suite expects (Microsoft's IoT Hub error troubleshooting pages).
 ERROR_NUMBERS = {
     "InvalidProtocolVersion": 400001,
     "ArgumentInvalid": 400004,

@@ -1,4 +1,5 @@
-//! How configurations combine on one device (notes section 6.2), as a pure function.
+//! How configurations combine on one device, as a pure function (Microsoft Learn, "Understand
+//! IoT Edge automatic deployments": priorities and layered deployments).
 //!
 //! Edge deployments: of the standard deployments that target a device, the one with the highest
 //! priority applies (the most recently created on ties); layered deployments with a higher rank

@@ -51,7 +51,7 @@ pub enum RouteError {
     MethodNotAllowed,
 }
 
-/// Quota class of an operation (notes section 8).
+/// Quota class of an operation (Microsoft Learn, "IoT Hub quotas and throttling").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OperationClass {
     /// Identity registry: create, retrieve, list, update, delete (bulk counts per device).
@@ -220,7 +220,7 @@ impl Route {
         }
     }
 
-    /// Quota class (notes section 8).
+    /// Quota class (Microsoft Learn, "IoT Hub quotas and throttling").
     pub fn class(&self) -> OperationClass {
         use OperationClass as C;
         use Route::*;

@@ -1,4 +1,4 @@
-//! Per-hub quotas by SKU and unit count (notes section 8), counted in fixed windows.
+//! Per-hub quotas by SKU and unit count (Microsoft Learn, "IoT Hub quotas and throttling"), counted in fixed windows.
 //!
 //! A window opens with the first request after the previous one closed; requests beyond the
 //! limit inside it get 429 with the seconds until it closes. Time comes from the caller, so

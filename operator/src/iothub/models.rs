@@ -537,7 +537,8 @@ mod tests {
     use serde_json::json;
 
     /// Member names per definition, copied from the swagger
-    /// (`shared/reference/iothub/service.json`, `definitions.<name>.properties`, in its order).
+    /// (the public IoT Hub service swagger for api-version 2021-04-12, `service.json` in
+    /// Azure/azure-rest-api-specs, `definitions.<name>.properties`, in its order).
     const SWAGGER_PROPERTIES: &[(&str, &[&str])] = &[
         (
             "Device",
