@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bundle;
 pub mod deploy;
+pub mod import;
 pub mod iothub;
 pub mod metrics;
 pub mod names;

@@ -1,4 +1,5 @@
-//! `edge-hierarchy-operator`: runs the controller, prints the CRD, and offers offline helpers.
+//! `edge-hierarchy-operator`: runs the controller, prints the CRD, and imports the configs of the
+//! tools people come from.
 
 use clap::{Parser, Subcommand};
 use edge_hierarchy_operator::api::EdgeHierarchy;
@@ -28,6 +29,16 @@ enum Command {
     },
     /// Print the EdgeHierarchy CustomResourceDefinition as YAML.
     Crd,
+    /// Convert iotedge_config_cli's iotedge_config.yaml, or an `az iot edge devices create --cfg`
+    /// file, to an EdgeHierarchy with ConfigMaps for its deployments (multi-document YAML on
+    /// stdout; warnings on stderr).
+    Import {
+        /// The config file (YAML, or JSON for the az format). Paths in it are read relative to it.
+        file: std::path::PathBuf,
+        /// Take over hub devices the tool already created (spec.policy.adoptExisting: true).
+        #[arg(long)]
+        adopt: bool,
+    },
 }
 
 fn init_tracing(json: bool) {
@@ -47,6 +58,13 @@ fn init_tracing(json: bool) {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", serde_yaml::to_string(&EdgeHierarchy::crd())?),
+        Command::Import { file, adopt } => {
+            let options = edge_hierarchy_operator::import::ImportOptions {
+                adopt,
+                namespace: None,
+            };
+            edge_hierarchy_operator::import::cli::run(&file, &options)?;
+        }
         Command::Run {
             log_json,
             metrics_addr,

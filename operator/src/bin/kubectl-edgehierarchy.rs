@@ -1,4 +1,5 @@
-//! `kubectl edgehierarchy`: a kubectl plugin to look at hierarchies and take device bundles out.
+//! `kubectl edgehierarchy`: a kubectl plugin to look at hierarchies, take device bundles out, and
+//! import the configs of the tools people come from.
 
 use clap::{Parser, Subcommand};
 use edge_hierarchy_operator::api::EdgeHierarchy;
@@ -8,7 +9,7 @@ use kube::Api;
 #[command(
     name = "kubectl-edgehierarchy",
     version,
-    about = "Inspect EdgeHierarchy resources"
+    about = "Inspect EdgeHierarchy resources and import iotedge_config_cli / az configs"
 )]
 struct Cli {
     /// Namespace of the hierarchy (default: the kubeconfig context's namespace).
@@ -39,12 +40,30 @@ enum Command {
         #[arg(short, long)]
         output: std::path::PathBuf,
     },
+    /// Convert iotedge_config_cli's iotedge_config.yaml, or an `az iot edge devices create --cfg`
+    /// file, to an EdgeHierarchy with ConfigMaps for its deployments (multi-document YAML on
+    /// stdout; warnings on stderr). Needs no cluster; with -n the objects name that namespace.
+    Import {
+        /// The config file (YAML, or JSON for the az format). Paths in it are read relative to it.
+        file: std::path::PathBuf,
+        /// Take over hub devices the tool already created (spec.policy.adoptExisting: true).
+        #[arg(long)]
+        adopt: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
+    if let Command::Import { file, adopt } = &cli.command {
+        // Offline: reads files only, so it runs without a cluster or kubeconfig.
+        let options = edge_hierarchy_operator::import::ImportOptions {
+            adopt: *adopt,
+            namespace: cli.namespace.clone(),
+        };
+        return edge_hierarchy_operator::import::cli::run(file, &options);
+    }
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes ({e}); set KUBECONFIG"))?;
@@ -75,6 +94,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             write_bundle(client, &namespace, &hierarchy, &device, &output).await?;
         }
+        // Handled above, before connecting.
+        Command::Import { .. } => {}
     }
     Ok(())
 }
