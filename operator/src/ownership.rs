@@ -13,18 +13,30 @@ use serde_json::{Map, Value, json};
 use crate::api::{DeviceSpec, DeviceType, EdgeHierarchy};
 use crate::deploy::Variant;
 use crate::iothub::query::literal;
-use crate::names::{HIERARCHY_LABEL, MANAGED_BY_LABEL, MANAGER};
+use crate::names::MANAGER;
 
 /// Name of the twin tag the operator owns.
 pub const TAG: &str = "edgeHierarchy";
+// Configuration labels. IoT Hub takes label keys and values of at most 128 ASCII characters from
+// letters, digits and `-:.+%_#*?!(),=@;'` (Azure IoT service SDKs, configuration labels), so they
+// follow that rule rather than Kubernetes' `prefix/name` form.
 /// Configuration label: namespace of the owning hierarchy.
-pub const NAMESPACE_LABEL: &str = "edgehierarchy.dev/namespace";
+pub const NAMESPACE_LABEL: &str = "edgeHierarchyNamespace";
+/// Configuration label: name of the owning hierarchy (cut to 128 characters).
+pub const NAME_LABEL: &str = "edgeHierarchyName";
 /// Configuration label: uid of the owning hierarchy (what ownership is decided on).
-pub const UID_LABEL: &str = "edgehierarchy.dev/uid";
+pub const UID_LABEL: &str = "edgeHierarchyUid";
 /// Configuration label: the deployment name from the spec.
-pub const DEPLOYMENT_LABEL: &str = "edgehierarchy.dev/deployment";
+pub const DEPLOYMENT_LABEL: &str = "edgeHierarchyDeployment";
 /// Configuration label: `top` or `lower`.
-pub const VARIANT_LABEL: &str = "edgehierarchy.dev/variant";
+pub const VARIANT_LABEL: &str = "edgeHierarchyVariant";
+/// Configuration label: the operator that manages it.
+pub const MANAGED_BY_LABEL: &str = "managedBy";
+/// The uid label of configurations written by earlier versions (a key IoT Hub documents as
+/// invalid, though it stored it): still recognised, so they are cleaned up, never orphaned.
+const LEGACY_UID_LABEL: &str = "edgehierarchy.dev/uid";
+/// Longest label value IoT Hub takes.
+const MAX_LABEL_VALUE: usize = 128;
 
 /// Which hierarchy owns hub objects: its namespace, name and uid, as recorded in its marks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,10 +103,16 @@ pub fn judge(owner_tags: Option<&Value>, identity: &HierarchyIdentity) -> Owners
 }
 
 /// Key of a layered deployment under `tags.edgeHierarchy.layered`: the name with `-` mapped to
-/// `_` (a name in a query's property path cannot hold `-`). Deployment names allow no `_`, so the
-/// mapping is one-to-one.
+/// `_`, and `_` put before a leading digit, since a property in a query's path must be an
+/// identifier (no `-`, not starting with a digit). Deployment names allow no `_`, so the mapping
+/// is one-to-one.
 pub fn layered_tag_key(deployment: &str) -> String {
-    deployment.replace('-', "_")
+    let key = deployment.replace('-', "_");
+    if key.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("_{key}")
+    } else {
+        key
+    }
 }
 
 /// The tags the operator writes on `device`'s twin: `{"edgeHierarchy": {...}}`.
@@ -194,11 +212,12 @@ pub fn configuration_labels(
     deployment: &str,
     variant: Variant,
 ) -> BTreeMap<String, String> {
+    let value = |v: &str| v.chars().take(MAX_LABEL_VALUE).collect::<String>();
     BTreeMap::from([
-        (HIERARCHY_LABEL.to_string(), identity.name.clone()),
-        (NAMESPACE_LABEL.to_string(), identity.namespace.clone()),
-        (UID_LABEL.to_string(), identity.uid.clone()),
-        (DEPLOYMENT_LABEL.to_string(), deployment.to_string()),
+        (NAME_LABEL.to_string(), value(&identity.name)),
+        (NAMESPACE_LABEL.to_string(), value(&identity.namespace)),
+        (UID_LABEL.to_string(), value(&identity.uid)),
+        (DEPLOYMENT_LABEL.to_string(), value(deployment)),
         (VARIANT_LABEL.to_string(), variant.as_str().to_string()),
         (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
     ])
@@ -207,7 +226,11 @@ pub fn configuration_labels(
 /// Whether a configuration's `labels` mark it as created for the hierarchy with `uid`.
 /// Configurations without the label are never the operator's.
 pub fn is_owned_configuration(labels: Option<&BTreeMap<String, String>>, uid: &str) -> bool {
-    labels.and_then(|l| l.get(UID_LABEL)).map(String::as_str) == Some(uid)
+    labels.is_some_and(|l| {
+        [UID_LABEL, LEGACY_UID_LABEL]
+            .iter()
+            .any(|key| l.get(*key).map(String::as_str) == Some(uid))
+    })
 }
 
 #[cfg(test)]

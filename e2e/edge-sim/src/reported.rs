@@ -1,5 +1,5 @@
-//! What a simulated edgeAgent and edgeHub report (notes `iothub-rest-api.md` section 9), as pure
-//! functions: reading the desired deployment, keeping each module's runtime record across polls,
+//! What a simulated edgeAgent and edgeHub report (the `$edgeAgent` and `$edgeHub` reported
+//! properties Azure/iotedge's agent writes), as pure functions: reading the desired deployment, keeping each module's runtime record across polls,
 //! building the reported documents and the merge patch that brings the twin there.
 
 use std::collections::BTreeMap;
@@ -299,8 +299,25 @@ fn record_json(record: &ModuleRecord) -> Map<String, Value> {
     out
 }
 
-/// The desired fields an agent echoes for a module (never `env`: it may hold registry passwords).
-fn echo(raw: &Value, out: &mut Map<String, Value>) {
+/// The image a real agent reports for `image`: the one it resolved, with `$upstream` replaced by
+/// the parent's hostname (the port stays) and `:latest` added to a reference without tag or
+/// digest (Azure/iotedge's edge agent does both before it pulls).
+pub fn resolved_image(image: &str, parent_hostname: Option<&str>) -> String {
+    let image = match (image.strip_prefix("$upstream"), parent_hostname) {
+        (Some(rest), Some(parent)) => format!("{parent}{rest}"),
+        _ => image.to_string(),
+    };
+    let last = image.rsplit('/').next().unwrap_or(&image);
+    if last.contains(':') || last.contains('@') {
+        image
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+/// The desired fields an agent echoes for a module (never `env`: it may hold registry passwords),
+/// with the image as the agent resolved it.
+fn echo(raw: &Value, parent_hostname: Option<&str>, out: &mut Map<String, Value>) {
     for key in [
         "version",
         "type",
@@ -315,10 +332,14 @@ fn echo(raw: &Value, out: &mut Map<String, Value>) {
     }
     if let Some(settings) = raw.get("settings").and_then(Value::as_object) {
         let mut echoed = Map::new();
-        for key in ["image", "createOptions"] {
-            if let Some(v) = settings.get(key) {
-                echoed.insert(key.into(), v.clone());
-            }
+        if let Some(image) = settings.get("image").and_then(Value::as_str) {
+            echoed.insert(
+                "image".into(),
+                json!(resolved_image(image, parent_hostname)),
+            );
+        }
+        if let Some(v) = settings.get("createOptions") {
+            echoed.insert("createOptions".into(), v.clone());
         }
         out.insert("settings".into(), Value::Object(echoed));
     }
@@ -342,16 +363,19 @@ pub struct AgentReport<'a> {
     pub edge_hub: Option<&'a ModuleRecord>,
     /// Records of the custom modules the agent created.
     pub modules: &'a BTreeMap<String, ModuleRecord>,
+    /// The parent's hostname (what `$upstream` resolves to); `None` on the top layer.
+    pub parent_hostname: Option<&'a str>,
 }
 
 /// The full `$edgeAgent` reported properties.
 pub fn agent_reported(report: &AgentReport<'_>) -> Value {
     let mut agent = record_json(report.agent);
     match report.deployment {
-        Some(d) => echo(&d.edge_agent, &mut agent),
+        Some(d) => echo(&d.edge_agent, report.parent_hostname, &mut agent),
         None => {
             agent.insert("type".into(), json!("docker"));
-            agent.insert("settings".into(), json!({"image": report.bootstrap_image}));
+            let image = resolved_image(report.bootstrap_image, report.parent_hostname);
+            agent.insert("settings".into(), json!({ "image": image }));
         }
     }
     agent.insert("imagePullPolicy".into(), json!("on-create"));
@@ -359,7 +383,7 @@ pub fn agent_reported(report: &AgentReport<'_>) -> Value {
     system.insert("edgeAgent".into(), Value::Object(agent));
     if let (Some(d), Some(record)) = (report.deployment, report.edge_hub) {
         let mut hub = record_json(record);
-        echo(&d.edge_hub.raw, &mut hub);
+        echo(&d.edge_hub.raw, report.parent_hostname, &mut hub);
         system.insert("edgeHub".into(), Value::Object(hub));
     }
     let mut modules = Map::new();
@@ -367,7 +391,7 @@ pub fn agent_reported(report: &AgentReport<'_>) -> Value {
         for (name, record) in report.modules {
             let mut module = record_json(record);
             if let Some(desired) = d.modules.get(name) {
-                echo(&desired.raw, &mut module);
+                echo(&desired.raw, report.parent_hostname, &mut module);
             }
             modules.insert(name.clone(), Value::Object(module));
         }

@@ -374,9 +374,10 @@ async fn tutorial_chain_proxy_removal_and_trust_failures() {
         "running"
     );
     assert_eq!(reported["modules"][SENSOR]["runtimeStatus"], "running");
+    // As the real agent reports it: `$upstream` resolved to the parent's hostname.
     assert_eq!(
         reported["modules"][SENSOR]["settings"]["image"],
-        "$upstream:443/azureiotedge-simulated-temperature-sensor:1.5"
+        "top-layer.edge.sim:443/azureiotedge-simulated-temperature-sensor:1.5"
     );
     let top_hub = wait_until(
         WAIT,

@@ -126,14 +126,14 @@ pub struct Realism {
 }
 
 impl Default for Realism {
-    /// This round's defaults: Azure's rules where the current operator cannot break them,
+    /// This round's defaults: Azure's rules where the operator survives them,
     /// the emulator's old behaviour elsewhere.
     fn default() -> Self {
         Self {
             query_lag_ms: 0,
             config_eval_interval_secs: 0,
-            check_labels: false,
-            max_query_length: 0,
+            check_labels: true,
+            max_query_length: AZURE_MAX_QUERY_LENGTH,
             check_literals: true,
             check_twin_keys: true,
             daily_message_quota: None,

@@ -21,7 +21,7 @@ async fn configurations(env: &Env, uid: &str) -> anyhow::Result<BTreeMap<String,
         .unwrap_or_default()
         .into_iter()
         .filter(|c| {
-            c.pointer("/labels/edgehierarchy.dev~1uid")
+            c.pointer("/labels/edgeHierarchyUid")
                 .and_then(Value::as_str)
                 == Some(uid)
         })

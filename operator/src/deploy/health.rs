@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::image::same_image;
 use super::manifest::{DESIRED, EDGE_AGENT};
 use crate::api::ModulesStatus;
 
@@ -158,7 +159,7 @@ pub fn modules_status(
         let image = module.pointer("/settings/image").and_then(Value::as_str);
         match (w.running, status) {
             (true, "running") => match (w.image, image) {
-                (Some(want), Some(have)) if want != have => failing.push(format!(
+                (Some(want), Some(have)) if !same_image(want, have) => failing.push(format!(
                     "{}: running an old image ({have}; desired {want})",
                     w.name
                 )),

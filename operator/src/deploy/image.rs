@@ -106,6 +106,32 @@ pub fn unreachable_registry(image: &str, edge: &EdgeRuntimeSpec) -> Option<Strin
     }
 }
 
+/// Whether the image an edge agent reports running is the desired one. The agent reports what it
+/// resolved, not what it was given: below the top layer `$upstream` becomes the parent's hostname
+/// (the port stays), and a reference without tag or digest gets `:latest`.
+pub fn same_image(desired: &str, reported: &str) -> bool {
+    let (desired, reported) = (with_tag(desired), with_tag(reported));
+    match registry_host(&desired) {
+        Some(host) if host.starts_with(UPSTREAM) => {
+            let port = &host[UPSTREAM.len()..];
+            let path = &desired[host.len()..];
+            registry_host(&reported)
+                .is_some_and(|parent| parent.ends_with(port) && reported[parent.len()..] == *path)
+        }
+        _ => desired == reported,
+    }
+}
+
+/// `image` with `:latest` added when it names neither tag nor digest.
+fn with_tag(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') || last.contains('@') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
 /// The repository name of an image without registry, path, tag or digest:
 /// `mcr.microsoft.com/azureiotedge-api-proxy:1.1` → `azureiotedge-api-proxy`.
 pub fn repository_name(image: &str) -> &str {

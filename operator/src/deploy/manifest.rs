@@ -239,12 +239,112 @@ pub fn validate_manifest(
             "write modulesContent as an object keyed by twin",
         )),
     }
+    if let Some(Value::Object(modules)) = top.get("modulesContent") {
+        let base = JsonPath::of(&["modulesContent"]);
+        check_twin_keys(deployment_name, modules, &base, &mut out);
+        check_module_count(deployment_name, modules, &base, &mut out);
+    }
     if out.is_empty() {
         Ok(())
     } else {
         out.sort();
         out.dedup();
         Err(out)
+    }
+}
+
+/// Most modules one deployment may set ("IoT Hub quotas and throttling": modules per deployment).
+pub const MAX_MODULES_PER_DEPLOYMENT: usize = 50;
+
+/// Characters IoT Hub refuses in a twin property name ("Understand device twins": no control
+/// characters, `.`, `$` or space; the service's 400004 error names `#` too).
+fn bad_twin_key(key: &str) -> Option<String> {
+    let bad: Vec<String> = key
+        .chars()
+        .filter(|c| c.is_control() || matches!(c, '.' | '$' | '#' | ' '))
+        .map(|c| format!("{c:?}"))
+        .collect();
+    (!bad.is_empty() || key.is_empty()).then(|| {
+        if bad.is_empty() {
+            "an empty name".to_string()
+        } else {
+            bad.join(", ")
+        }
+    })
+}
+
+/// Every property name inside the desired properties a deployment sets must be one IoT Hub
+/// accepts in a twin, or the hub refuses the whole configuration.
+fn check_twin_keys(
+    deployment: &str,
+    modules: &serde_json::Map<String, Value>,
+    base: &JsonPath,
+    out: &mut Vec<ManifestError>,
+) {
+    fn walk(value: &Value, at: &JsonPath, found: &mut Vec<(JsonPath, String)>) {
+        if let Value::Object(map) = value {
+            for (key, inner) in map {
+                let here = at.key(key);
+                if let Some(bad) = bad_twin_key(key) {
+                    found.push((here.clone(), bad));
+                }
+                walk(inner, &here, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for (twin, entries) in modules {
+        let Some(entries) = entries.as_object() else {
+            continue;
+        };
+        for (key, value) in entries.iter().filter(|(k, _)| k.starts_with(DESIRED)) {
+            walk(value, &base.key(twin).key(key), &mut found);
+        }
+    }
+    for (path, bad) in found {
+        let path = path.to_string();
+        // One error per place: a name the schema refused already says what to change.
+        if out.iter().any(|e| e.path == path) {
+            continue;
+        }
+        out.push(ManifestError {
+            deployment: deployment.to_string(),
+            path,
+            problem: format!("IoT Hub refuses this twin property name: it contains {bad}"),
+            fix: "rename the property without control characters, '.', '$', '#' or spaces".into(),
+        });
+    }
+}
+
+/// A deployment may set at most [`MAX_MODULES_PER_DEPLOYMENT`] modules.
+fn check_module_count(
+    deployment: &str,
+    modules: &serde_json::Map<String, Value>,
+    base: &JsonPath,
+    out: &mut Vec<ManifestError>,
+) {
+    let Some(agent) = modules.get(EDGE_AGENT).and_then(Value::as_object) else {
+        return;
+    };
+    let standard = agent
+        .get(DESIRED)
+        .and_then(|d| d.get("modules"))
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len());
+    let layered = agent
+        .keys()
+        .filter(|k| k.starts_with(LAYERED_MODULE_PREFIX))
+        .count();
+    let count = standard + layered;
+    if count > MAX_MODULES_PER_DEPLOYMENT {
+        out.push(ManifestError {
+            deployment: deployment.to_string(),
+            path: base.key(EDGE_AGENT).to_string(),
+            problem: format!(
+                "{count} modules, more than the {MAX_MODULES_PER_DEPLOYMENT} IoT Hub allows in one deployment"
+            ),
+            fix: "split the modules over a base and layered deployments".into(),
+        });
     }
 }
 

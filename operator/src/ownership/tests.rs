@@ -36,6 +36,14 @@ fn ownership_tags_for_each_kind_of_device() {
         json!({"edgeHierarchy": {"namespace": "plant", "name": "factory", "uid": UID, "layer": 3}})
     );
     assert_eq!(layered_tag_key("my-layer-2"), "my_layer_2");
+    // A property path segment must be an identifier: no leading digit.
+    assert_eq!(layered_tag_key("2nd-layer"), "_2nd_layer");
+    assert_eq!(
+        target_condition(UID, "2nd-layer", true, Variant::Lower),
+        format!(
+            "tags.edgeHierarchy.uid='{UID}' AND tags.edgeHierarchy.layered._2nd_layer=true AND tags.edgeHierarchy.layer>1"
+        )
+    );
 }
 
 #[test]
@@ -114,33 +122,51 @@ fn labels_mark_ownership() {
         labels,
         BTreeMap::from([
             (
-                "app.kubernetes.io/managed-by".to_string(),
+                "managedBy".to_string(),
                 "edge-hierarchy-operator".to_string()
             ),
-            (
-                "edgehierarchy.dev/deployment".to_string(),
-                "cell".to_string()
-            ),
-            (
-                "edgehierarchy.dev/hierarchy".to_string(),
-                "factory".to_string()
-            ),
-            (
-                "edgehierarchy.dev/namespace".to_string(),
-                "plant".to_string()
-            ),
-            ("edgehierarchy.dev/uid".to_string(), UID.to_string()),
-            ("edgehierarchy.dev/variant".to_string(), "lower".to_string()),
+            ("edgeHierarchyDeployment".to_string(), "cell".to_string()),
+            ("edgeHierarchyName".to_string(), "factory".to_string()),
+            ("edgeHierarchyNamespace".to_string(), "plant".to_string()),
+            ("edgeHierarchyUid".to_string(), UID.to_string()),
+            ("edgeHierarchyVariant".to_string(), "lower".to_string()),
         ])
     );
     assert!(is_owned_configuration(Some(&labels), UID));
     assert!(!is_owned_configuration(Some(&labels), "another-uid"));
     assert!(!is_owned_configuration(
         Some(&BTreeMap::from([(
-            "edgehierarchy.dev/hierarchy".to_string(),
+            "edgeHierarchyName".to_string(),
             "factory".to_string()
         )])),
         UID
     ));
     assert!(!is_owned_configuration(None, UID));
+    // Configurations written by earlier versions are still recognised.
+    assert!(is_owned_configuration(
+        Some(&BTreeMap::from([(
+            "edgehierarchy.dev/uid".to_string(),
+            UID.to_string()
+        )])),
+        UID
+    ));
+}
+
+/// IoT Hub's label rule: keys and values of at most 128 characters from letters, digits and
+/// `-:.+%_#*?!(),=@;'`.
+fn valid_label_text(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-:.+%_#*?!(),=@;'".contains(c))
+}
+
+#[test]
+fn labels_follow_iot_hubs_rule_for_any_hierarchy_name() {
+    let long = HierarchyIdentity::new(&"n".repeat(63), &"h".repeat(253), UID);
+    for (key, value) in configuration_labels(&long, &"d".repeat(63), Variant::Top) {
+        assert!(valid_label_text(&key), "key {key:?}");
+        assert!(valid_label_text(&value), "{key} = {value:?}");
+    }
 }

@@ -156,6 +156,7 @@ fn agent_report_has_the_schema_and_hides_secrets() {
         bootstrap_image: "ignored",
         edge_hub: Some(&hub),
         modules: &modules,
+        parent_hostname: None,
     });
     assert_eq!(doc["lastDesiredVersion"], 7);
     assert_eq!(doc["lastDesiredStatus"]["code"], 200);
@@ -218,6 +219,7 @@ fn agent_report_without_deployment() {
         bootstrap_image: "mcr.microsoft.com/azureiotedge-agent:1.5",
         edge_hub: None,
         modules: &BTreeMap::new(),
+        parent_hostname: None,
     });
     assert_eq!(doc["lastDesiredStatus"]["code"], 500);
     assert!(doc.get("lastDesiredVersion").is_none());
@@ -276,4 +278,28 @@ fn strip_metadata_removes_hub_bookkeeping() {
 fn twin_time_has_seven_fraction_digits() {
     let t = jiff::Timestamp::new(1_623_457_666, 383_870_400).unwrap();
     assert_eq!(twin_time(t), "2021-06-12T00:27:46.3838704");
+}
+
+#[test]
+fn images_are_reported_as_the_agent_resolved_them() {
+    assert_eq!(
+        resolved_image("$upstream:443/azureiotedge-agent:1.5", Some("top.edge.sim")),
+        "top.edge.sim:443/azureiotedge-agent:1.5"
+    );
+    assert_eq!(
+        resolved_image("$upstream:443/app", Some("top.edge.sim")),
+        "top.edge.sim:443/app:latest"
+    );
+    assert_eq!(resolved_image("registry", None), "registry:latest");
+    assert_eq!(
+        resolved_image("mcr.microsoft.com/x@sha256:ab", None),
+        "mcr.microsoft.com/x@sha256:ab"
+    );
+    assert_eq!(
+        resolved_image(
+            "mcr.microsoft.com/azureiotedge-hub:1.5",
+            Some("top.edge.sim")
+        ),
+        "mcr.microsoft.com/azureiotedge-hub:1.5"
+    );
 }

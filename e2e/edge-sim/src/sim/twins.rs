@@ -124,6 +124,7 @@ impl Inner {
                 bootstrap_image: &bootstrap,
                 edge_hub: state.edge_hub.as_ref(),
                 modules: &state.modules,
+                parent_hostname: device.parent_hostname.as_deref(),
             });
             let current = state.agent_twin_reported.clone().unwrap_or(Value::Null);
             let agent_patch = merge_patch(&prune_empty(&current), &prune_empty(&agent_doc));

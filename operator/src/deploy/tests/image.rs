@@ -141,3 +141,36 @@ fn repository_names_drop_registry_path_tag_and_digest() {
         assert_eq!(repository_name(image), name, "{image}");
     }
 }
+
+#[test]
+fn reported_images_compare_as_the_agent_resolves_them() {
+    // Below the top layer the agent reports the parent's hostname in place of $upstream.
+    assert!(same_image(
+        "$upstream:443/azureiotedge-agent:1.5",
+        "top-layer.example:443/azureiotedge-agent:1.5"
+    ));
+    assert!(same_image(
+        "$upstream:443/azureiotedge-agent:1.5",
+        "10.0.0.4:443/azureiotedge-agent:1.5"
+    ));
+    assert!(!same_image(
+        "$upstream:443/azureiotedge-agent:1.5",
+        "top-layer.example:8443/azureiotedge-agent:1.5"
+    ));
+    assert!(!same_image(
+        "$upstream:443/azureiotedge-agent:1.5",
+        "top-layer.example:443/azureiotedge-agent:1.4"
+    ));
+    // A reference without a tag is reported with :latest.
+    assert!(same_image("registry", "registry:latest"));
+    assert!(same_image("$upstream:443/app", "parent:443/app:latest"));
+    assert!(same_image(
+        "mcr.microsoft.com/x@sha256:ab",
+        "mcr.microsoft.com/x@sha256:ab"
+    ));
+    assert!(!same_image(
+        "mcr.microsoft.com/x:1",
+        "mcr.microsoft.com/x:2"
+    ));
+    assert!(!same_image("mcr.microsoft.com/x:1", "other.io/x:1"));
+}

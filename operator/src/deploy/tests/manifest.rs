@@ -491,3 +491,49 @@ fn debug_output_redacts_registry_passwords_and_secret_env() {
     }
     assert!(debug.contains("a.azurecr.io"));
 }
+
+#[test]
+fn twin_property_names_iot_hub_refuses_are_errors_naming_the_path() {
+    for bad in ["a.b", "has space", "tag#1", "$version", "tab\tkey"] {
+        let mut c = tutorial_lower();
+        c["modulesContent"]["SimulatedTemperatureSensor"] =
+            json!({"properties.desired": {"SendData": true, "nested": {bad: 1}}});
+        let errors = messages(validate_manifest("lower-layer", false, &c));
+        assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
+        assert!(
+            errors[0].contains("IoT Hub refuses this twin property name")
+                && errors[0].contains("SimulatedTemperatureSensor")
+                && errors[0].contains("nested")
+                && errors[0].contains("lower-layer"),
+            "{errors:?}"
+        );
+    }
+    // Keys of the content itself (`properties.desired`, layered sections) are not twin names.
+    assert_eq!(validate_manifest("monitoring", true, &monitoring()), Ok(()));
+}
+
+#[test]
+fn more_than_fifty_modules_in_one_deployment_is_an_error() {
+    let mut c = tutorial_lower();
+    let sensor = c[ "modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+        ["SimulatedTemperatureSensor"]
+        .clone();
+    let modules = c["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]
+        .as_object_mut()
+        .unwrap();
+    for i in modules.len()..MAX_MODULES_PER_DEPLOYMENT {
+        modules.insert(format!("m{i}"), sensor.clone());
+    }
+    assert_eq!(
+        validate_manifest("lower-layer", false, &c),
+        Ok(()),
+        "fifty fit"
+    );
+    c["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["one-more"] = sensor;
+    let errors = messages(validate_manifest("lower-layer", false, &c));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("51 modules, more than the 50"),
+        "{errors:?}"
+    );
+}

@@ -105,7 +105,7 @@ fn tutorial_needs_one_configuration_per_layer() {
         lower.id
     );
     assert!(!lower.layered);
-    assert_eq!(lower.labels["edgehierarchy.dev/variant"], "lower");
+    assert_eq!(lower.labels["edgeHierarchyVariant"], "lower");
     let top = plan.iter().find(|c| c.deployment == "top-layer").unwrap();
     assert_eq!(
         top.content,

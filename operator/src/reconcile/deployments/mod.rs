@@ -119,10 +119,15 @@ pub async fn reconcile(
     {
         desired = deploy::automatic_configurations(&scope.identity, spec, topology, manifests)
             .map_err(|e| DeploymentError::Invalid(vec![e]))?;
-        let owned = owned_configurations(&scope.hub, &scope.identity.uid).await?;
+        let all = scope.hub.list_configurations(None).await?;
+        let in_hub = all.len();
+        let owned = owned_by(all, &scope.identity.uid);
         let plan = plan::plan_configurations(&desired, &owned, known_configurations, manage);
+        // Checked before anything is written: past the hub's limit every create would fail.
+        plan::check_configuration_limit(in_hub, &plan, &desired)
+            .map_err(Error::InvalidManifests)?;
         out.drift.extend(plan.drift.clone());
-        apply_configurations(&scope.hub, &plan, &desired, &owned, &mut out).await?;
+        apply_configurations(&scope.hub, &plan, &desired, &mut out).await?;
         out.not_ready
             .extend(plan::readiness(&desired, &owned, &plan));
     }
@@ -172,13 +177,14 @@ async fn owned_configurations(
     hub: &HubClient,
     uid: &str,
 ) -> Result<BTreeMap<String, Configuration>, HubError> {
-    Ok(hub
-        .list_configurations(None)
-        .await?
-        .into_iter()
+    Ok(owned_by(hub.list_configurations(None).await?, uid))
+}
+
+fn owned_by(all: Vec<Configuration>, uid: &str) -> BTreeMap<String, Configuration> {
+    all.into_iter()
         .filter(|c| is_owned_configuration(c.labels.as_ref(), uid))
         .filter_map(|c| Some((c.id.clone()?, c)))
-        .collect())
+        .collect()
 }
 
 /// Carries out a configuration plan. A replaced configuration is deleted first (same id);
@@ -187,7 +193,6 @@ async fn apply_configurations(
     hub: &HubClient,
     plan: &ConfigurationPlan,
     desired: &[DesiredConfiguration],
-    owned: &BTreeMap<String, Configuration>,
     out: &mut DeploymentOutcome,
 ) -> Result<(), Error> {
     let by_id: BTreeMap<&str, &DesiredConfiguration> =
@@ -202,16 +207,16 @@ async fn apply_configurations(
             .await?;
         out.created.push(id.clone());
     }
+    // Restored by read-modify-write: the hub's own copy with only what may change set back, as
+    // `az iot edge deployment update` does, so nothing else the hub keeps is overwritten.
     for id in &plan.restore {
-        let etag = owned
-            .get(id)
-            .and_then(|c| c.etag.clone())
-            .unwrap_or_else(|| "*".into());
-        hub.create_or_update_configuration(
-            &plan::to_configuration(by_id[id.as_str()])?,
-            Some(&etag),
-        )
-        .await?;
+        let want = by_id[id.as_str()];
+        let mut have = hub.get_configuration(id).await?;
+        have.priority = Some(want.priority);
+        have.target_condition = Some(want.target_condition.clone());
+        let etag = have.etag.clone().unwrap_or_else(|| "*".into());
+        hub.create_or_update_configuration(&have, Some(&etag))
+            .await?;
     }
     for id in plan.delete.iter().filter(|id| !plan.create.contains(id)) {
         hub.delete_configuration(id, None)

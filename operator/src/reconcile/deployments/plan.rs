@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::DeploymentError;
 use crate::api::{DeploymentMode, DeviceSpec, EdgeHierarchySpec, ModulesStatus, Topology};
-use crate::deploy::{self, DesiredConfiguration, Manifests};
+use crate::deploy::{self, DesiredConfiguration, ManifestError, Manifests};
 use crate::iothub::{Configuration, ConfigurationContent};
 
 /// The configurations to write, as decided from desired and observed ones. Pure.
@@ -100,6 +100,50 @@ fn strip_empty(value: &Value) -> Value {
         ),
         other => other.clone(),
     }
+}
+
+/// Most configurations one hub holds, layered ones included ("IoT Hub quotas and throttling").
+pub const MAX_CONFIGURATIONS_PER_HUB: usize = 100;
+
+/// Whether carrying out `plan` keeps the hub within [`MAX_CONFIGURATIONS_PER_HUB`] at every
+/// moment: new configurations are created before the ones they replace are deleted, so for a
+/// while both exist. `in_hub` counts every configuration of the hub, any owner's.
+pub fn check_configuration_limit(
+    in_hub: usize,
+    plan: &ConfigurationPlan,
+    desired: &[DesiredConfiguration],
+) -> Result<(), Vec<ManifestError>> {
+    // A configuration replaced under the same id is deleted first, so it does not add one.
+    let added = plan
+        .create
+        .iter()
+        .filter(|id| !plan.delete.contains(id))
+        .count();
+    let peak = in_hub + added;
+    if added == 0 || peak <= MAX_CONFIGURATIONS_PER_HUB {
+        return Ok(());
+    }
+    let mut deployments: Vec<&str> = desired
+        .iter()
+        .filter(|c| plan.create.contains(&c.id))
+        .map(|c| c.deployment.as_str())
+        .collect();
+    deployments.dedup();
+    Err(deployments
+        .into_iter()
+        .map(|deployment| ManifestError {
+            deployment: deployment.to_string(),
+            path: format!("spec.deployments[{deployment}]"),
+            problem: format!(
+                "the hub holds {in_hub} configurations and this change needs {added} more at once \
+                 ({peak}), past IoT Hub's limit of {MAX_CONFIGURATIONS_PER_HUB} per hub (layered \
+                 included; a changed deployment briefly needs its old and new configuration)"
+            ),
+            fix: "remove unused deployments or configurations from the hub, or spread the \
+                  hierarchies over more hubs"
+                .into(),
+        })
+        .collect())
 }
 
 /// Messages for the desired configurations whose system metrics say they are not applied yet
@@ -513,5 +557,38 @@ mod tests {
         let modules = &plan.modules["lower-layer"];
         assert!(modules.desired > 0);
         assert_eq!(modules.running, 0, "nothing reported yet");
+    }
+
+    #[test]
+    fn the_hub_wide_configuration_limit_counts_old_and_new_at_once() {
+        let want = desired("h-base-2");
+        let plan = ConfigurationPlan {
+            create: vec!["h-base-2".into()],
+            delete: vec!["h-base-1".into()],
+            ..Default::default()
+        };
+        // 99 in the hub (the old one among them) + the new one = 100: fits.
+        assert_eq!(
+            check_configuration_limit(99, &plan, std::slice::from_ref(&want)),
+            Ok(())
+        );
+        // 100 + 1 during the swap: refused, naming the deployment.
+        let errors =
+            check_configuration_limit(100, &plan, std::slice::from_ref(&want)).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].deployment, "base");
+        assert!(errors[0].problem.contains("(101)"), "{}", errors[0].problem);
+        // Replaced under the same id: deleted first, nothing added.
+        let same = ConfigurationPlan {
+            create: vec!["h-base-2".into()],
+            delete: vec!["h-base-2".into()],
+            ..Default::default()
+        };
+        assert_eq!(check_configuration_limit(100, &same, &[want]), Ok(()));
+        // Nothing to create: a full hub is not this hierarchy's problem.
+        assert_eq!(
+            check_configuration_limit(150, &ConfigurationPlan::default(), &[]),
+            Ok(())
+        );
     }
 }

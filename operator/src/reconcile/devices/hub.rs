@@ -193,9 +193,18 @@ async fn create(
 ) -> Result<(), HubError> {
     let entries: Vec<ExportImportDevice> = devices.iter().map(import_entry).collect();
     let outcome = client.bulk_devices(&entries).await?;
+    let mut untagged = Vec::new();
     for result in &outcome.results {
         match &result.outcome {
-            BulkDeviceOutcome::Succeeded { .. } => applied.created.push(result.device_id.clone()),
+            BulkDeviceOutcome::Succeeded { warnings } => {
+                applied.created.push(result.device_id.clone());
+                if warnings
+                    .iter()
+                    .any(|w| w.warning_code.as_deref() == Some(REGISTERED_WITHOUT_TWIN))
+                {
+                    untagged.push(result.device_id.as_str());
+                }
+            }
             BulkDeviceOutcome::Failed(error) => {
                 applied
                     .failures
@@ -204,11 +213,34 @@ async fn create(
             BulkDeviceOutcome::RequestFailed(_) | BulkDeviceOutcome::NotSent => {}
         }
     }
+    // The device exists but its twin, and so the ownership tags, was not stored: write them now,
+    // or the next observation would find an untagged device and call it someone else's.
+    for id in untagged {
+        let Some(device) = devices.iter().find(|d| d.id == id) else {
+            continue;
+        };
+        let mut tags = serde_json::Map::new();
+        tags.insert(TAG.to_string(), device.owner_tags.clone());
+        let twin = Twin {
+            tags: Some(tags),
+            ..Twin::default()
+        };
+        match client.update_twin(id, &twin, None).await {
+            Ok(_) => applied.tagged.push(id.to_string()),
+            Err(e) if is_device_level(&e) => {
+                applied.failures.insert(id.to_string(), e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
     match outcome.request_error() {
         Some(error) => Err(error.clone()),
         None => Ok(()),
     }
 }
+
+/// The bulk warning for a device created without the twin its entry carried.
+const REGISTERED_WITHOUT_TWIN: &str = "DeviceRegisteredWithoutTwin";
 
 fn describe_bulk_error(error: &crate::iothub::DeviceRegistryOperationError) -> String {
     format!(
@@ -265,7 +297,11 @@ async fn fix_identity(
         // A Leaf's parent link is its deviceScope; the hub derives parentScopes from it, so a
         // stale parentScopes left in the body would contradict the new link.
         device.device_scope = Some(scope.clone());
-        device.parent_scopes = Some(vec![scope.clone()]);
+        device.parent_scopes = Some(if scope.is_empty() {
+            Vec::new()
+        } else {
+            vec![scope.clone()]
+        });
     }
     if let Some(auth) = &fix.auth {
         device.authentication = Some(authentication(auth));

@@ -57,7 +57,7 @@ pub struct IdentityFix {
     pub enable: bool,
     /// New `parentScopes` of an Edge device.
     pub parent_scopes: Option<Vec<String>>,
-    /// New `deviceScope` of a Leaf device.
+    /// New `deviceScope` of a Leaf device (empty: no parent).
     pub device_scope: Option<String>,
     pub auth: Option<NewAuth>,
 }
@@ -339,6 +339,13 @@ fn identity_drift(
                     have.parent_scopes
                 ));
                 fix.parent_scopes = Some(Vec::new());
+            } else if !want.is_edge() && have.device_scope.is_some() {
+                // A Leaf's link is its deviceScope: moved to the top, it must be emptied.
+                drift.push(format!(
+                    "has parent link {:?} in the hub but is a top-layer device in the spec",
+                    have.device_scope
+                ));
+                fix.device_scope = Some(String::new());
             }
         }
         ParentScope::Known(scope) => {

@@ -542,6 +542,24 @@ fn top_device_given_a_parent_out_of_band_loses_it() {
 }
 
 #[test]
+fn leaf_moved_to_the_top_has_its_device_scope_emptied() {
+    let mut desired = tree();
+    desired[2] = want("sensor", None, 1, DeviceType::Leaf);
+    let mut hub = converged_hub(&desired);
+    // Still linked to its old parent in the hub.
+    hub.insert("sensor".into(), have(&desired[2], Some("lower")));
+    let manage = Case::new(desired.clone(), hub.clone()).plan();
+    let Action::FixIdentity { id, fix, .. } = only_action(&manage) else {
+        panic!("{manage:#?}")
+    };
+    assert_eq!(id, "sensor");
+    assert_eq!(fix.device_scope.as_deref(), Some(""));
+    assert_eq!(fix.parent_scopes, None);
+    let observe = Case::new(desired, hub).observe_only().plan();
+    assert_observe_reports_only(&observe, "sensor", "top-layer device");
+}
+
+#[test]
 fn x509_devices_wait_for_certificates_then_register_thumbprints() {
     let mut desired = tree();
     desired[0].auth = DesiredAuth::X509 { thumbprints: None };

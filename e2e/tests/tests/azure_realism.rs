@@ -1,0 +1,268 @@
+//! Where the real IoT Hub is harsher than its swagger, against the emulator's Azure rules: each
+//! case failed on the operator before it followed the rule.
+//!
+//! - query expressions of at most 8,192 characters (long device ids in `IN` lists);
+//! - a bulk create that answers `DeviceRegisteredWithoutTwin` (the device has no tags);
+//! - a Leaf moved to the top of the tree keeps its old `deviceScope` unless it is emptied;
+//! - a configuration edited in the hub is restored by read-modify-write (what else the hub keeps
+//!   stays);
+//! - twin property names IoT Hub refuses are caught in the manifest, before any write;
+//! - at most 100 configurations per hub, checked before any write.
+
+mod common;
+
+use anyhow::{Context as _, ensure};
+use common::{Env, example, hierarchy_yaml};
+use e2e_harness::Checks;
+use serde_json::{Value, json};
+
+/// Leaf ids of 120 characters: 100 of them in one `IN` list would be about 12,500 characters.
+fn long_id(i: usize) -> String {
+    format!("leaf-{i:03}-{}", "x".repeat(111))
+}
+
+async fn long_ids_stay_within_the_query_length_limit(env: &Env) -> anyhow::Result<()> {
+    env.namespace("long").await?;
+    let mut devices = String::from("    - {id: long-gw}\n");
+    for i in 0..100 {
+        devices.push_str(&format!(
+            "    - {{id: {}, parent: long-gw, type: Leaf}}\n",
+            long_id(i)
+        ));
+    }
+    env.apply("long", &hierarchy_yaml("long", "", &devices))
+        .await?;
+    let h = env.wait_condition("long", "long", "Ready", "True").await?;
+    let summary = h.status.and_then(|s| s.summary).context("summary")?;
+    ensure!(summary.registered == 101, "{summary:?}");
+    ensure!(
+        env.hub.admin.device(&long_id(99)).await?.is_some(),
+        "the last leaf is in the hub"
+    );
+    Ok(())
+}
+
+/// The emulator is started with `--inject-registered-without-twin twinless-lower`.
+async fn devices_registered_without_twin_get_their_tags(env: &Env) -> anyhow::Result<()> {
+    env.namespace("twinless").await?;
+    let devices = "    - {id: twinless-top}\n    - {id: twinless-lower, parent: twinless-top}\n";
+    env.apply("twinless", &hierarchy_yaml("twinless", "", devices))
+        .await?;
+    let h = env
+        .wait_condition("twinless", "twinless", "Ready", "True")
+        .await?;
+    let uid = h.metadata.uid.clone().context("uid")?;
+    let twin = env.hub.admin.twin("twinless-lower").await?;
+    ensure!(
+        twin.pointer("/tags/edgeHierarchy/uid")
+            .and_then(Value::as_str)
+            == Some(uid.as_str()),
+        "the ownership tags were written after the warning: {twin}"
+    );
+    Ok(())
+}
+
+async fn a_leaf_moved_to_the_top_is_unlinked(env: &Env) -> anyhow::Result<()> {
+    env.namespace("moving").await?;
+    let under = "    - {id: moving-top}\n    - {id: moving-leaf, parent: moving-top, type: Leaf}\n";
+    env.apply("moving", &hierarchy_yaml("moving", "", under))
+        .await?;
+    env.wait_condition("moving", "moving", "Ready", "True")
+        .await?;
+    let linked = env.hub.admin.device("moving-leaf").await?.context("leaf")?;
+    ensure!(
+        linked["deviceScope"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "the leaf starts linked: {linked}"
+    );
+    let top = "    - {id: moving-top}\n    - {id: moving-leaf, type: Leaf}\n";
+    env.apply("moving", &hierarchy_yaml("moving", "", top))
+        .await?;
+    let leaf = common::wait_for(env, "the leaf's deviceScope emptied", || async {
+        let d = env.hub.admin.device("moving-leaf").await.ok()??;
+        let scope = d["deviceScope"].as_str().unwrap_or_default();
+        scope.is_empty().then_some(d)
+    })
+    .await?;
+    ensure!(
+        leaf["parentScopes"].as_array().is_none_or(|p| p.is_empty()),
+        "no parent left: {leaf}"
+    );
+    env.wait_condition("moving", "moving", "Ready", "True")
+        .await?;
+    Ok(())
+}
+
+/// The hierarchy's configurations in the hub.
+async fn owned_configurations(env: &Env, uid: &str) -> anyhow::Result<Vec<Value>> {
+    let all = env.hub.admin.get_json("configurations").await?;
+    Ok(all
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            c.pointer("/labels/edgeHierarchyUid")
+                .and_then(Value::as_str)
+                == Some(uid)
+        })
+        .collect())
+}
+
+async fn edited_configurations_are_restored_by_read_modify_write(env: &Env) -> anyhow::Result<()> {
+    env.namespace("rmw").await?;
+    let h = env.apply("rmw", &example("tutorial.yaml")).await?;
+    let uid = h.metadata.uid.clone().context("uid")?;
+    env.wait_condition("rmw", "tutorial", "DeploymentsReady", "True")
+        .await?;
+    let mut configuration = owned_configurations(env, &uid)
+        .await?
+        .into_iter()
+        .next()
+        .context("a configuration")?;
+    let id = configuration["id"].as_str().context("id")?.to_string();
+    let priority = configuration["priority"].clone();
+    let etag = configuration["etag"].as_str().map(str::to_string);
+    // Someone raises the priority and adds a label of their own in the portal.
+    configuration["priority"] = json!(99);
+    configuration["labels"]["team"] = json!("line-7");
+    env.hub
+        .admin
+        .put_json(
+            &format!("configurations/{id}"),
+            &configuration,
+            etag.as_deref(),
+        )
+        .await?;
+    env.poke("rmw", "tutorial").await?;
+    let restored = common::wait_for(env, "the priority restored", || async {
+        let c = env
+            .hub
+            .admin
+            .get_json(&format!("configurations/{id}"))
+            .await
+            .ok()?;
+        (c["priority"] == priority).then_some(c)
+    })
+    .await?;
+    ensure!(
+        restored["labels"]["team"] == json!("line-7"),
+        "the hub's own label was kept: {}",
+        restored["labels"]
+    );
+    Ok(())
+}
+
+async fn refused_twin_property_names_stall_before_any_write(env: &Env) -> anyhow::Result<()> {
+    env.namespace("keys").await?;
+    let before = env.hub.admin.stats().await?;
+    let mut object: Value = serde_yaml::from_str(&example("tutorial.yaml"))?;
+    object["spec"]["deployments"][1]["content"]["modulesContent"]["SimulatedTemperatureSensor"] =
+        json!({"properties.desired": {"SendData": true, "line#7": {"speed": 1}}});
+    env.apply("keys", &serde_yaml::to_string(&object)?).await?;
+    let h = env
+        .wait_condition("keys", "tutorial", "Stalled", "True")
+        .await?;
+    let stalled = common::condition(&h, "Stalled")?;
+    ensure!(
+        stalled.reason == "InvalidSpec"
+            && stalled.message.contains("lower-layer")
+            && stalled.message.contains("line#7"),
+        "{stalled:?}"
+    );
+    let after = env.hub.admin.stats().await?;
+    ensure!(
+        common::stat(&after, "writeCalls") == common::stat(&before, "writeCalls"),
+        "nothing was written: {before} -> {after}"
+    );
+    Ok(())
+}
+
+async fn the_hub_wide_configuration_limit_stalls_before_any_write(env: &Env) -> anyhow::Result<()> {
+    env.namespace("full").await?;
+    let existing = env
+        .hub
+        .admin
+        .get_json("configurations")
+        .await?
+        .as_array()
+        .map_or(0, Vec::len);
+    // Someone else's configurations fill the hub to one below its limit of 100.
+    let filler: Vec<String> = (existing..99).map(|i| format!("other-{i}")).collect();
+    for id in &filler {
+        let body = json!({
+            "id": id, "schemaVersion": "1.0", "priority": 1, "targetCondition": "tags.none='x'",
+            "content": {"modulesContent": {"$edgeAgent": {"properties.desired": {"schemaVersion": "1.1"}}}},
+        });
+        env.hub
+            .admin
+            .put_json(&format!("configurations/{id}"), &body, None)
+            .await?;
+    }
+    let h = env.apply("full", &example("tutorial.yaml")).await?;
+    let uid = h.metadata.uid.clone().context("uid")?;
+    let h = env
+        .wait_condition("full", "tutorial", "Stalled", "True")
+        .await?;
+    let stalled = common::condition(&h, "Stalled")?;
+    ensure!(
+        stalled.reason == "InvalidSpec" && stalled.message.contains("limit of 100"),
+        "{stalled:?}"
+    );
+    ensure!(
+        owned_configurations(env, &uid).await?.is_empty(),
+        "no configuration was created"
+    );
+    for id in &filler {
+        env.hub
+            .admin
+            .delete_json(&format!("configurations/{id}"))
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_survives_azures_rules() -> anyhow::Result<()> {
+    let env = Env::start(&["--inject-registered-without-twin", "twinless-lower"]).await?;
+    let mut checks = Checks::new();
+    checks
+        .run(
+            "long device ids stay within the 8,192-character query limit",
+            long_ids_stay_within_the_query_length_limit(&env),
+        )
+        .await;
+    checks
+        .run(
+            "a device registered without its twin gets its tags",
+            devices_registered_without_twin_get_their_tags(&env),
+        )
+        .await;
+    checks
+        .run(
+            "a Leaf moved to the top is unlinked",
+            a_leaf_moved_to_the_top_is_unlinked(&env),
+        )
+        .await;
+    checks
+        .run(
+            "an edited configuration is restored by read-modify-write",
+            edited_configurations_are_restored_by_read_modify_write(&env),
+        )
+        .await;
+    checks
+        .run(
+            "refused twin property names stall before any write",
+            refused_twin_property_names_stall_before_any_write(&env),
+        )
+        .await;
+    // Last: it fills the hub's configuration budget.
+    checks
+        .run(
+            "the hub-wide configuration limit stalls before any write",
+            the_hub_wide_configuration_limit_stalls_before_any_write(&env),
+        )
+        .await;
+    checks.finish()
+}
