@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 # Where cargo puts binaries (CI points CARGO_TARGET_DIR at a cache outside the clone).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo
+.PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo image
 
 all: build
 
@@ -52,3 +52,8 @@ demo: tools build
 ## Benchmarks (printed ratios, never asserted).
 bench: tools venv
 	@scripts/bench.sh
+
+## The operator's container image, built offline (no Docker, no registry) from the release binary:
+## target/image/edge-hierarchy-operator.tar, a docker-archive tagged edge-hierarchy-operator:dev.
+image:
+	@scripts/image.sh
