@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 # Where cargo puts binaries (CI points CARGO_TARGET_DIR at a cache outside the clone).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo
+.PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo image image-check
 
 all: build
 
@@ -52,3 +52,14 @@ demo: tools build
 ## Benchmarks (printed ratios, never asserted).
 bench: tools venv
 	@scripts/bench.sh
+
+## The operator's container image, built offline (no Docker, no registry) from the release binary:
+## target/image/edge-hierarchy-operator.tar, a docker-archive tagged edge-hierarchy-operator:dev.
+image:
+	@scripts/image.sh
+
+## Checks that image (tag, platform, user, entrypoint, the Dockerfile's config) and runs its binary
+## inside it as 65532 on a read-only root. Not part of `make test`: a cold release build takes about
+## ten minutes on two cores; .ci/run calls it after `make test`.
+image-check: image
+	@python3 scripts/image-check.py

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the few Debian packages the tests call (a fresh CI machine has only the toolchains).
+# Installs the few Debian packages the tests and `make image` call (a fresh CI machine has only the toolchains).
 set -euo pipefail
 missing=()
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v unzip >/dev/null 2>&1 || missing+=(unzip)
+# The public roots `make image` puts into the operator's image; `ip` for `make image-check`.
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: please install: ${missing[*]} (needs root)" >&2
