@@ -3,7 +3,6 @@
 //!
 //! - query expressions of at most 8,192 characters (long device ids in `IN` lists);
 //! - a bulk create that answers `DeviceRegisteredWithoutTwin` (the device has no tags);
-//! - a Leaf moved to the top of the tree keeps its old `deviceScope` unless it is emptied;
 //! - a configuration edited in the hub is restored by read-modify-write (what else the hub keeps
 //!   stays);
 //! - twin property names IoT Hub refuses are caught in the manifest, before any write;
@@ -62,61 +61,13 @@ async fn devices_registered_without_twin_get_their_tags(env: &Env) -> anyhow::Re
     Ok(())
 }
 
-async fn a_leaf_moved_to_the_top_is_unlinked(env: &Env) -> anyhow::Result<()> {
-    env.namespace("moving").await?;
-    let under = "    - {id: moving-top}\n    - {id: moving-leaf, parent: moving-top, type: Leaf}\n";
-    env.apply("moving", &hierarchy_yaml("moving", "", under))
-        .await?;
-    env.wait_condition("moving", "moving", "Ready", "True")
-        .await?;
-    let linked = env.hub.admin.device("moving-leaf").await?.context("leaf")?;
-    ensure!(
-        linked["deviceScope"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
-        "the leaf starts linked: {linked}"
-    );
-    let top = "    - {id: moving-top}\n    - {id: moving-leaf, type: Leaf}\n";
-    env.apply("moving", &hierarchy_yaml("moving", "", top))
-        .await?;
-    let leaf = common::wait_for(env, "the leaf's deviceScope emptied", || async {
-        let d = env.hub.admin.device("moving-leaf").await.ok()??;
-        let scope = d["deviceScope"].as_str().unwrap_or_default();
-        scope.is_empty().then_some(d)
-    })
-    .await?;
-    ensure!(
-        leaf["parentScopes"].as_array().is_none_or(|p| p.is_empty()),
-        "no parent left: {leaf}"
-    );
-    env.wait_condition("moving", "moving", "Ready", "True")
-        .await?;
-    Ok(())
-}
-
-/// The hierarchy's configurations in the hub.
-async fn owned_configurations(env: &Env, uid: &str) -> anyhow::Result<Vec<Value>> {
-    let all = env.hub.admin.get_json("configurations").await?;
-    Ok(all
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| {
-            c.pointer("/labels/edgeHierarchyUid")
-                .and_then(Value::as_str)
-                == Some(uid)
-        })
-        .collect())
-}
-
 async fn edited_configurations_are_restored_by_read_modify_write(env: &Env) -> anyhow::Result<()> {
     env.namespace("rmw").await?;
     let h = env.apply("rmw", &example("tutorial.yaml")).await?;
     let uid = h.metadata.uid.clone().context("uid")?;
     env.wait_condition("rmw", "tutorial", "DeploymentsReady", "True")
         .await?;
-    let mut configuration = owned_configurations(env, &uid)
+    let (_, mut configuration) = common::configurations(env, &uid)
         .await?
         .into_iter()
         .next()
@@ -211,7 +162,7 @@ async fn the_hub_wide_configuration_limit_stalls_before_any_write(env: &Env) -> 
         "{stalled:?}"
     );
     ensure!(
-        owned_configurations(env, &uid).await?.is_empty(),
+        common::configurations(env, &uid).await?.is_empty(),
         "no configuration was created"
     );
     for id in &filler {
@@ -237,12 +188,6 @@ async fn operator_survives_azures_rules() -> anyhow::Result<()> {
         .run(
             "a device registered without its twin gets its tags",
             devices_registered_without_twin_get_their_tags(&env),
-        )
-        .await;
-    checks
-        .run(
-            "a Leaf moved to the top is unlinked",
-            a_leaf_moved_to_the_top_is_unlinked(&env),
         )
         .await;
     checks

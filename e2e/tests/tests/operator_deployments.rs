@@ -5,29 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context as _, ensure};
-use common::{Env, example};
+use common::{Env, configurations, example};
 use e2e_harness::Checks;
 use serde_json::{Value, json};
-
-/// The hierarchy's configurations in the hub, by id.
-async fn configurations(env: &Env, uid: &str) -> anyhow::Result<BTreeMap<String, Value>> {
-    let all = env.hub.admin.get_json("configurations").await?;
-    Ok(all
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| {
-            c.pointer("/labels/edgeHierarchyUid")
-                .and_then(Value::as_str)
-                == Some(uid)
-        })
-        .filter_map(|c| Some((c.get("id")?.as_str()?.to_string(), c)))
-        .collect())
-}
 
 async fn agent_desired(env: &Env, device: &str) -> anyhow::Result<Value> {
     let twin = env

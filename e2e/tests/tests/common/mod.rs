@@ -467,3 +467,20 @@ pub fn without_api_proxy(yaml: &str) -> anyhow::Result<String> {
         + start;
     Ok(format!("{}{}", &yaml[..start], &yaml[end..]))
 }
+
+/// The configurations in the hub that the hierarchy with `uid` owns, by id.
+pub async fn configurations(env: &Env, uid: &str) -> anyhow::Result<BTreeMap<String, Value>> {
+    let all = env.hub.admin.get_json("configurations").await?;
+    Ok(all
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            c.pointer("/labels/edgeHierarchyUid")
+                .and_then(Value::as_str)
+                == Some(uid)
+        })
+        .filter_map(|c| Some((c.get("id")?.as_str()?.to_string(), c)))
+        .collect())
+}
