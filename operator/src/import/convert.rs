@@ -146,92 +146,11 @@ pub(crate) fn convert(parsed: Parsed, cx: &Context) -> Result<Import, ImportErro
         );
     }
 
-    let file_of_device: BTreeMap<usize, usize> = files
-        .iter()
-        .enumerate()
-        .flat_map(|(f, file)| file.users.iter().map(move |d| (*d, f)))
-        .collect();
-    let devices: Vec<DeviceSpec> = kept
-        .iter()
-        .map(|&i| {
-            let f = &flat[i];
-            DeviceSpec {
-                id: f.device.id.clone(),
-                parent: f.parent.map(str::to_string),
-                device_type: DeviceType::Edge,
-                deployment: file_of_device
-                    .get(&i)
-                    .filter(|&&n| files[n].content.is_some())
-                    .map(|&n| files[n].name.clone()),
-                layered_deployments: Vec::new(),
-                hostname: f.device.hostname.clone(),
-            }
-        })
-        .collect();
+    let devices = device_specs(&flat, &kept, &files);
     files.retain(|f| f.content.is_some());
-    let config_maps: Vec<DeploymentConfigMap> = files
-        .iter()
-        .map(|f| DeploymentConfigMap {
-            name: format!("{name}-{}", f.name),
-            deployment: f.name.clone(),
-            key: config_map_key(&f.resolved),
-            text: f.text.clone(),
-            source: f.resolved.display().to_string(),
-            devices: f.users.iter().map(|&i| flat[i].device.id.clone()).collect(),
-        })
-        .collect();
-    if config_maps.len() > MAX_DEPLOYMENTS {
-        out.errors.push(ImportError {
-            place: Place::file(&source.file),
-            field: String::new(),
-            problem: format!(
-                "the devices use {} deployment files; one hierarchy holds at most {MAX_DEPLOYMENTS} deployments",
-                config_maps.len()
-            ),
-            fix: "let devices of the same role share a deployment file, or split the tree into several configs".into(),
-        });
-    }
-    let deployments = config_maps
-        .iter()
-        .map(|cm| DeploymentSpec {
-            name: cm.deployment.clone(),
-            priority: 10,
-            layered: false,
-            content: None,
-            config_map_ref: Some(ConfigMapKeyRef {
-                name: cm.name.clone(),
-                key: cm.key.clone(),
-            }),
-        })
-        .collect();
-
-    let spec = EdgeHierarchySpec {
-        iot_hub: IotHubSpec {
-            connection_string_secret_ref: SecretKeyRef {
-                name: CONNECTION_STRING_SECRET.into(),
-                key: CONNECTION_STRING_KEY.into(),
-            },
-            ca_secret_ref: None,
-            rate_limits: None,
-        },
-        policy: PolicySpec {
-            adopt_existing: cx.options.adopt,
-            ..PolicySpec::default()
-        },
-        authentication: parsed.authentication,
-        certificates: CertificatesSpec {
-            root_ca: root_ca.as_ref().map(|r| RootCaSpec {
-                secret_ref: LocalObjectRef {
-                    name: r.secret_name.clone(),
-                },
-            }),
-            ..CertificatesSpec::default()
-        },
-        edge,
-        deployment_mode: DeploymentMode::Automatic,
-        deployments,
-        devices,
-    };
+    let config_maps = config_maps(&files, &flat, &name, source, &mut out);
+    let deployments = deployment_specs(&config_maps);
+    let spec = hierarchy_spec(&parsed, cx, root_ca.as_ref(), edge, deployments, devices);
 
     whole_tree(&spec, &flat, keys, &mut out);
     manifests(&spec, &config_maps, &mut out);
@@ -260,6 +179,119 @@ pub(crate) fn convert(parsed: Parsed, cx: &Context) -> Result<Import, ImportErro
         notes: out.notes,
         warnings: out.warnings,
     })
+}
+
+/// The spec's devices, in the config's order, each with its deployment file's name.
+fn device_specs(flat: &[Flat<'_>], kept: &[usize], files: &[DeploymentFile]) -> Vec<DeviceSpec> {
+    let file_of_device: BTreeMap<usize, usize> = files
+        .iter()
+        .enumerate()
+        .flat_map(|(f, file)| file.users.iter().map(move |d| (*d, f)))
+        .collect();
+    kept.iter()
+        .map(|&i| {
+            let f = &flat[i];
+            DeviceSpec {
+                id: f.device.id.clone(),
+                parent: f.parent.map(str::to_string),
+                device_type: DeviceType::Edge,
+                deployment: file_of_device
+                    .get(&i)
+                    .filter(|&&n| files[n].content.is_some())
+                    .map(|&n| files[n].name.clone()),
+                layered_deployments: Vec::new(),
+                hostname: f.device.hostname.clone(),
+            }
+        })
+        .collect()
+}
+
+/// One ConfigMap per deployment file that devices use; too many for one hierarchy is an error.
+fn config_maps(
+    files: &[DeploymentFile],
+    flat: &[Flat<'_>],
+    name: &str,
+    source: &Source,
+    out: &mut Out,
+) -> Vec<DeploymentConfigMap> {
+    let config_maps: Vec<DeploymentConfigMap> = files
+        .iter()
+        .map(|f| DeploymentConfigMap {
+            name: format!("{name}-{}", f.name),
+            deployment: f.name.clone(),
+            key: config_map_key(&f.resolved),
+            text: f.text.clone(),
+            source: f.resolved.display().to_string(),
+            devices: f.users.iter().map(|&i| flat[i].device.id.clone()).collect(),
+        })
+        .collect();
+    if config_maps.len() > MAX_DEPLOYMENTS {
+        out.errors.push(ImportError {
+            place: Place::file(&source.file),
+            field: String::new(),
+            problem: format!(
+                "the devices use {} deployment files; one hierarchy holds at most {MAX_DEPLOYMENTS} deployments",
+                config_maps.len()
+            ),
+            fix: "let devices of the same role share a deployment file, or split the tree into several configs".into(),
+        });
+    }
+    config_maps
+}
+
+/// A deployment per ConfigMap.
+fn deployment_specs(config_maps: &[DeploymentConfigMap]) -> Vec<DeploymentSpec> {
+    config_maps
+        .iter()
+        .map(|cm| DeploymentSpec {
+            name: cm.deployment.clone(),
+            priority: 10,
+            layered: false,
+            content: None,
+            config_map_ref: Some(ConfigMapKeyRef {
+                name: cm.name.clone(),
+                key: cm.key.clone(),
+            }),
+        })
+        .collect()
+}
+
+/// The hierarchy's spec from what the conversion found.
+fn hierarchy_spec(
+    parsed: &Parsed,
+    cx: &Context,
+    root_ca: Option<&RootCaFiles>,
+    edge: EdgeRuntimeSpec,
+    deployments: Vec<DeploymentSpec>,
+    devices: Vec<DeviceSpec>,
+) -> EdgeHierarchySpec {
+    EdgeHierarchySpec {
+        iot_hub: IotHubSpec {
+            connection_string_secret_ref: SecretKeyRef {
+                name: CONNECTION_STRING_SECRET.into(),
+                key: CONNECTION_STRING_KEY.into(),
+            },
+            ca_secret_ref: None,
+            rate_limits: None,
+        },
+        policy: PolicySpec {
+            adopt_existing: cx.options.adopt,
+            ..PolicySpec::default()
+        },
+        authentication: parsed.authentication,
+        certificates: CertificatesSpec {
+            root_ca: root_ca.map(|r| RootCaSpec {
+                secret_ref: LocalObjectRef {
+                    name: r.secret_name.clone(),
+                },
+            }),
+            ..CertificatesSpec::default()
+        },
+        edge,
+        deployment_mode: DeploymentMode::Automatic,
+        deployments,
+        devices,
+    }
 }
 
 /// Unknown keys, each with its line and, for a likely misspelling, the key meant.
@@ -509,7 +541,6 @@ fn deployment_files(
     cx: &Context,
     out: &mut Out,
 ) -> Vec<DeploymentFile> {
-    let source = cx.source;
     let mut files: Vec<DeploymentFile> = Vec::new();
     for &i in kept {
         let Some(written) = &flat[i].device.deployment else {
@@ -538,98 +569,104 @@ fn deployment_files(
             n += 1;
         }
         f.name = name;
-
-        let user = &flat[f.users[0]];
-        let field = format!("{}.{}", user.device.path, keys.deployment);
-        let place = source.place(&field, Some(&f.written), 0);
-        let others = f
-            .users
-            .iter()
-            .skip(1)
-            .map(|&u| format!("{}.{}", flat[u].device.path, keys.deployment))
-            .collect::<Vec<_>>();
-        let also = if others.is_empty() {
-            String::new()
-        } else {
-            format!(" (also named by {})", others.join(", "))
-        };
-        let text = match cx.files.read_to_string(&f.resolved) {
-            Ok(text) => text,
-            Err(e) => {
-                let folder = resolve(cx.config_path, ".");
-                out.errors.push(ImportError {
-                    place,
-                    field,
-                    problem: format!(
-                        "deployment file {:?} cannot be read as {}: {e}{also}",
-                        f.written,
-                        f.resolved.display()
-                    ),
-                    fix: format!(
-                        "paths are read relative to the folder of the config file ({}), not the folder the tool ran \
-                         in; correct the path or put the file there",
-                        folder.display()
-                    ),
-                });
-                continue;
-            }
-        };
-        let file_label = f.resolved.display().to_string();
-        let mut value: Value = match serde_json::from_str(text.trim_start_matches('\u{feff}')) {
-            Ok(v) => v,
-            Err(e) => {
-                let problem = e.to_string();
-                let problem = match problem.rfind(" at line ") {
-                    Some(at) => problem[..at].to_string(),
-                    None => problem,
-                };
-                out.errors.push(ImportError {
-                    place: Place {
-                        file: file_label,
-                        line: Some(e.line()),
-                        column: Some(e.column()),
-                    },
-                    field: String::new(),
-                    problem: format!(
-                        "the deployment manifest is not valid JSON ({problem}); it is named by {field}{}",
-                        line_note(&place)
-                    ),
-                    fix: "write the manifest as JSON, {\"modulesContent\": {...}}, as `az iot edge set-modules` reads it"
-                        .into(),
-                });
-                continue;
-            }
-        };
-        let mut changed = false;
-        if let Some(inner) = value.get("content").filter(|c| c.is_object()).cloned() {
-            value = inner;
-            changed = true;
-            out.warn(
-                Place::file(&file_label),
-                "content",
-                "the manifest is wrapped in {\"content\": ...}; the ConfigMap holds what is inside",
-            );
-        }
-        if let Some(map) = value.as_object_mut()
-            && !map.contains_key("modulesContent")
-            && let Some(legacy) = map.remove("moduleContent")
-        {
-            map.insert("modulesContent".into(), legacy);
-            changed = true;
-            out.warn(
-                Place::file(&file_label),
-                "moduleContent",
-                "the legacy key moduleContent is written as modulesContent",
-            );
-        }
-        f.text = if changed {
-            serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
-        } else {
-            block_friendly(&text, &value)
-        };
-        f.content = Some(value);
+        load_manifest(f, flat, keys, cx, out);
     }
     files
+}
+
+/// Reads and parses one deployment file into `f.text` and `f.content`; a file that cannot be read
+/// or is not JSON is an error naming the device field that points to it.
+fn load_manifest(f: &mut DeploymentFile, flat: &[Flat], keys: &Keys, cx: &Context, out: &mut Out) {
+    let source = cx.source;
+    let user = &flat[f.users[0]];
+    let field = format!("{}.{}", user.device.path, keys.deployment);
+    let place = source.place(&field, Some(&f.written), 0);
+    let others = f
+        .users
+        .iter()
+        .skip(1)
+        .map(|&u| format!("{}.{}", flat[u].device.path, keys.deployment))
+        .collect::<Vec<_>>();
+    let also = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (also named by {})", others.join(", "))
+    };
+    let text = match cx.files.read_to_string(&f.resolved) {
+        Ok(text) => text,
+        Err(e) => {
+            let folder = resolve(cx.config_path, ".");
+            out.errors.push(ImportError {
+                place,
+                field,
+                problem: format!(
+                    "deployment file {:?} cannot be read as {}: {e}{also}",
+                    f.written,
+                    f.resolved.display()
+                ),
+                fix: format!(
+                    "paths are read relative to the folder of the config file ({}), not the folder the tool ran \
+                     in; correct the path or put the file there",
+                    folder.display()
+                ),
+            });
+            return;
+        }
+    };
+    let file_label = f.resolved.display().to_string();
+    let mut value: Value = match serde_json::from_str(text.trim_start_matches('\u{feff}')) {
+        Ok(v) => v,
+        Err(e) => {
+            let problem = e.to_string();
+            let problem = match problem.rfind(" at line ") {
+                Some(at) => problem[..at].to_string(),
+                None => problem,
+            };
+            out.errors.push(ImportError {
+                place: Place {
+                    file: file_label,
+                    line: Some(e.line()),
+                    column: Some(e.column()),
+                },
+                field: String::new(),
+                problem: format!(
+                    "the deployment manifest is not valid JSON ({problem}); it is named by {field}{}",
+                    line_note(&place)
+                ),
+                fix: "write the manifest as JSON, {\"modulesContent\": {...}}, as `az iot edge set-modules` reads it"
+                    .into(),
+            });
+            return;
+        }
+    };
+    let mut changed = false;
+    if let Some(inner) = value.get("content").filter(|c| c.is_object()).cloned() {
+        value = inner;
+        changed = true;
+        out.warn(
+            Place::file(&file_label),
+            "content",
+            "the manifest is wrapped in {\"content\": ...}; the ConfigMap holds what is inside",
+        );
+    }
+    if let Some(map) = value.as_object_mut()
+        && !map.contains_key("modulesContent")
+        && let Some(legacy) = map.remove("moduleContent")
+    {
+        map.insert("modulesContent".into(), legacy);
+        changed = true;
+        out.warn(
+            Place::file(&file_label),
+            "moduleContent",
+            "the legacy key moduleContent is written as modulesContent",
+        );
+    }
+    f.text = if changed {
+        serde_json::to_string_pretty(&value).unwrap_or_default() + "\n"
+    } else {
+        block_friendly(&text, &value)
+    };
+    f.content = Some(value);
 }
 
 /// The manifest text without trailing blanks and tabs, which JSON ignores outside strings (and

@@ -102,64 +102,9 @@ pub fn render(import: &Import) -> String {
         ),
     );
     out.push_str("#\n");
-    match &import.root_ca {
-        Some(root) => {
-            paragraph(
-                &mut out,
-                &format!(
-                    "Root CA: the operator signs every device's edge CA with the root the config names. Its private \
-                     key is not written here; create the kubernetes.io/tls Secret {} from the files (paths as seen \
-                     from where the import ran):",
-                    root.secret_name
-                ),
-            );
-            command(
-                &mut out,
-                &format!(
-                    "kubectl create secret tls {}{ns} --cert={} --key={}",
-                    root.secret_name,
-                    shell_quote(&root.cert),
-                    shell_quote(&root.key)
-                ),
-            );
-        }
-        None => paragraph(
-            &mut out,
-            &format!(
-                "Root CA: the config names none, so the operator generates one once into Secret {}. Devices set up by \
-                 the tool trust the tool's root and need their new bundle.",
-                root_ca_secret_name(&name)
-            ),
-        ),
-    }
+    root_ca_comment(import, &name, &ns, &mut out);
     out.push_str("#\n");
-    if import.hierarchy.spec.policy.adopt_existing {
-        paragraph(
-            &mut out,
-            &format!(
-                "adoptExisting: devices the {} already created in the hub under these ids are taken over, not \
-                 re-created. The operator issues new edge CAs (and, with X509, identity certificates), so install \
-                 each device's new bundle on it:",
-                tool_name(import.format)
-            ),
-        );
-        command(
-            &mut out,
-            &format!(
-                "kubectl edgehierarchy bundle {name} DEVICE{} -o DEVICE.zip   # then on the device: sudo bash ./install.sh",
-                if ns.is_empty() { " -n NAMESPACE" } else { &ns }
-            ),
-        );
-    } else {
-        paragraph(
-            &mut out,
-            &format!(
-                "Devices the {} already created in the hub show as Conflict and are left untouched; import with \
-                 --adopt to take them over instead.",
-                tool_name(import.format)
-            ),
-        );
-    }
+    adoption_comment(import, &name, &ns, &mut out);
     for note in &import.notes {
         out.push_str("#\n");
         paragraph(&mut out, note);
@@ -188,6 +133,71 @@ pub fn render(import: &Import) -> String {
         out.push_str(&config_map_yaml(cm, import));
     }
     out
+}
+
+/// What to do about the root CA: create its Secret from the files, or let the operator generate one.
+fn root_ca_comment(import: &Import, name: &str, ns: &str, out: &mut String) {
+    match &import.root_ca {
+        Some(root) => {
+            paragraph(
+                out,
+                &format!(
+                    "Root CA: the operator signs every device's edge CA with the root the config names. Its private \
+                     key is not written here; create the kubernetes.io/tls Secret {} from the files (paths as seen \
+                     from where the import ran):",
+                    root.secret_name
+                ),
+            );
+            command(
+                out,
+                &format!(
+                    "kubectl create secret tls {}{ns} --cert={} --key={}",
+                    root.secret_name,
+                    shell_quote(&root.cert),
+                    shell_quote(&root.key)
+                ),
+            );
+        }
+        None => paragraph(
+            out,
+            &format!(
+                "Root CA: the config names none, so the operator generates one once into Secret {}. Devices set up by \
+                 the tool trust the tool's root and need their new bundle.",
+                root_ca_secret_name(name)
+            ),
+        ),
+    }
+}
+
+/// What happens to devices the tool already created.
+fn adoption_comment(import: &Import, name: &str, ns: &str, out: &mut String) {
+    if import.hierarchy.spec.policy.adopt_existing {
+        paragraph(
+            out,
+            &format!(
+                "adoptExisting: devices the {} already created in the hub under these ids are taken over, not \
+                 re-created. The operator issues new edge CAs (and, with X509, identity certificates), so install \
+                 each device's new bundle on it:",
+                tool_name(import.format)
+            ),
+        );
+        command(
+            out,
+            &format!(
+                "kubectl edgehierarchy bundle {name} DEVICE{} -o DEVICE.zip   # then on the device: sudo bash ./install.sh",
+                if ns.is_empty() { " -n NAMESPACE" } else { ns }
+            ),
+        );
+    } else {
+        paragraph(
+            out,
+            &format!(
+                "Devices the {} already created in the hub show as Conflict and are left untouched; import with \
+                 --adopt to take them over instead.",
+                tool_name(import.format)
+            ),
+        );
+    }
 }
 
 fn tool_name(format: Format) -> &'static str {
