@@ -238,13 +238,15 @@ async fn labels_follow_azures_rule_when_checked() {
     let slash = json!({"edgehierarchy.dev/uid": "u-1"});
     let mut with_slash = standard_deployment("*");
     with_slash["labels"] = slash;
-    let lenient = TestHub::lenient().await;
+    // Switched off, the emulator's old leniency.
+    let lenient = TestHub::start(|o| o.realism.check_labels = false).await;
     let accepted = lenient
         .call(Method::PUT, "/configurations/l1", Some(with_slash.clone()))
         .await;
     assert_eq!(accepted.status, 200, "{}", accepted.body);
 
-    let checked = TestHub::start(|o| o.realism.check_labels = true).await;
+    // On by default, as in Azure.
+    let checked = TestHub::lenient().await;
     checked
         .call(Method::PUT, "/configurations/l1", Some(with_slash))
         .await
@@ -278,7 +280,8 @@ fn query_of_length(length: usize) -> String {
 
 #[tokio::test]
 async fn query_expressions_are_at_most_8192_characters() {
-    let hub = TestHub::start(|o| o.realism.max_query_length = 8_192).await;
+    // On by default, as in Azure.
+    let hub = TestHub::lenient().await;
     assert_eq!(query(&hub, &query_of_length(8_192)).await.status, 200);
     let long = query(&hub, &query_of_length(8_193)).await;
     long.assert_error(400, "ArgumentInvalid");
@@ -287,9 +290,9 @@ async fn query_expressions_are_at_most_8192_characters() {
         "{}",
         long.body
     );
-    // No limit unless asked for.
-    let lenient = TestHub::lenient().await;
-    assert_eq!(query(&lenient, &query_of_length(9_000)).await.status, 200);
+    // No limit when switched off.
+    let unlimited = TestHub::start(|o| o.realism.max_query_length = 0).await;
+    assert_eq!(query(&unlimited, &query_of_length(9_000)).await.status, 200);
 }
 
 #[tokio::test]
