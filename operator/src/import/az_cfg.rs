@@ -9,9 +9,8 @@
 use serde::Deserialize;
 
 use super::iotedge_config::root_ca_paths;
-use super::parse::{Device, Keys, Parsed, Source, present};
+use super::parse::{Device, Keys, Parsed, Source, authentication, check_version, present};
 use super::{Format, ImportErrors};
-use crate::api::AuthenticationType;
 
 pub(crate) const KEYS: Keys = Keys {
     device_id: "deviceId",
@@ -137,29 +136,18 @@ fn device(d: AzDevice, path: String) -> Device {
 
 pub(crate) fn parse(source: &Source) -> Result<Parsed, ImportErrors> {
     let (config, unknown): (Config, _) = source.deserialize()?;
-    if config.config_version.trim() != "1.0" {
-        return Err(source.fail(
-            KEYS.config_version,
-            None,
-            format!(
-                "configVersion {:?} is not one this import reads",
-                config.config_version
-            ),
-            "`az iot edge devices create` knows only configVersion \"1.0\"; write that",
-        ));
-    }
-    let authentication = match config.iot_hub.authentication_method.trim() {
-        "symmetricKey" => AuthenticationType::SymmetricKey,
-        "x509Certificate" => AuthenticationType::X509,
-        other => {
-            return Err(source.fail(
-                KEYS.authentication,
-                None,
-                format!("unknown authenticationMethod {other:?}"),
-                "use symmetricKey or x509Certificate",
-            ));
-        }
-    };
+    check_version(
+        source,
+        &KEYS,
+        &config.config_version,
+        "`az iot edge devices create`",
+    )?;
+    let authentication = authentication(
+        source,
+        &KEYS,
+        &config.iot_hub.authentication_method,
+        ["symmetricKey", "x509Certificate"],
+    )?;
     let root_ca = match config.certificates {
         None => None,
         Some(c) => Some(root_ca_paths(

@@ -7,9 +7,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
-use super::parse::{Device, Keys, Parsed, Source, present};
+use super::parse::{Device, Keys, Parsed, Source, authentication, check_version, present};
 use super::{Format, ImportErrors};
-use crate::api::AuthenticationType;
 
 pub(crate) const KEYS: Keys = Keys {
     device_id: "device_id",
@@ -156,29 +155,13 @@ fn device(d: ToolDevice, path: String) -> Device {
 
 pub(crate) fn parse(source: &Source) -> Result<Parsed, ImportErrors> {
     let (config, unknown): (Config, _) = source.deserialize()?;
-    if config.config_version.trim() != "1.0" {
-        return Err(source.fail(
-            KEYS.config_version,
-            None,
-            format!(
-                "config_version {:?} is not one this import reads",
-                config.config_version
-            ),
-            "iotedge_config_cli knows only config_version \"1.0\"; write that",
-        ));
-    }
-    let authentication = match config.iothub.authentication_method.trim() {
-        "symmetric_key" => AuthenticationType::SymmetricKey,
-        "x509_certificate" => AuthenticationType::X509,
-        other => {
-            return Err(source.fail(
-                KEYS.authentication,
-                None,
-                format!("unknown authentication_method {other:?}"),
-                "use symmetric_key or x509_certificate",
-            ));
-        }
-    };
+    check_version(source, &KEYS, &config.config_version, "iotedge_config_cli")?;
+    let authentication = authentication(
+        source,
+        &KEYS,
+        &config.iothub.authentication_method,
+        ["symmetric_key", "x509_certificate"],
+    )?;
     let root_ca = match config.certificates {
         None => None,
         Some(c) => Some(root_ca_paths(

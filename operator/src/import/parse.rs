@@ -58,6 +58,48 @@ pub(crate) struct Parsed {
 }
 
 /// An empty string counts as absent, as both tools treat it (`if device.hostname:`).
+/// Both formats know only config version 1.0; `tool` is the program that writes the format.
+pub(crate) fn check_version(
+    source: &Source,
+    keys: &Keys,
+    version: &str,
+    tool: &str,
+) -> Result<(), ImportErrors> {
+    if version.trim() == "1.0" {
+        return Ok(());
+    }
+    let field = keys.config_version;
+    Err(source.fail(
+        field,
+        None,
+        format!("{field} {version:?} is not one this import reads"),
+        format!("{tool} knows only {field} \"1.0\"; write that"),
+    ))
+}
+
+/// The authentication method in the format's own spelling: `methods` names symmetric key first,
+/// X.509 second.
+pub(crate) fn authentication(
+    source: &Source,
+    keys: &Keys,
+    method: &str,
+    methods: [&str; 2],
+) -> Result<AuthenticationType, ImportErrors> {
+    match method.trim() {
+        m if m == methods[0] => Ok(AuthenticationType::SymmetricKey),
+        m if m == methods[1] => Ok(AuthenticationType::X509),
+        other => {
+            let field = keys.authentication.rsplit('.').next().unwrap_or_default();
+            Err(source.fail(
+                keys.authentication,
+                None,
+                format!("unknown {field} {other:?}"),
+                format!("use {} or {}", methods[0], methods[1]),
+            ))
+        }
+    }
+}
+
 pub(crate) fn present(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
