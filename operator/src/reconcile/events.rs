@@ -6,7 +6,7 @@
 //! the first one's. Each distinct note therefore gets a recorder of its own, so a repeat of the
 //! same note still becomes a series (a count, not a flood) while a new note is a new Event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -196,14 +196,23 @@ pub fn device_notes(rounds: &Rounds, policy: ReconcilePolicy) -> Vec<Note> {
             conflict.clone(),
         ));
     }
-    for (id, failure) in &applied.failures {
-        notes.push(Note::warning(
-            "DeviceWriteFailed",
-            "Sync",
-            format!("device {id:?}: {failure}"),
-        ));
-    }
+    notes.extend(failure_notes(
+        "DeviceWriteFailed",
+        "Sync",
+        &applied.failures,
+    ));
     notes
+}
+
+/// A Warning per device whose part of a step failed, naming the device.
+fn failure_notes<'a>(
+    reason: &'a str,
+    action: &'static str,
+    failures: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = Note> + 'a {
+    failures.iter().map(move |(id, failure)| {
+        Note::warning(reason, action, format!("device {id:?}: {failure}"))
+    })
 }
 
 /// Certificates issued and renewed, bundles written and failed.
@@ -232,13 +241,11 @@ pub fn certificate_notes(certificates: &Certificates, bundles: &Bundles) -> Vec<
         "devices",
         &bundles.updated,
     ));
-    for (id, failure) in &bundles.failures {
-        notes.push(Note::warning(
-            "BundleFailed",
-            "WriteBundles",
-            format!("device {id:?}: {failure}"),
-        ));
-    }
+    notes.extend(failure_notes(
+        "BundleFailed",
+        "WriteBundles",
+        &bundles.failures,
+    ));
     notes
 }
 
