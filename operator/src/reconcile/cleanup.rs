@@ -2,8 +2,6 @@
 //! hub, children first, then its configurations; under Detach or Observe nothing in the hub is
 //! touched and its Secrets are released, so they outlive it with the devices.
 
-use std::collections::BTreeSet;
-
 use kube::runtime::controller::Action as Requeue;
 
 use super::controller::Context;
@@ -11,6 +9,7 @@ use super::credentials::CredentialError;
 use super::error::Error;
 use super::events::{Note, announce};
 use super::secrets::SecretStore;
+use super::sync::previously_registered;
 use super::{deployments, devices};
 use crate::api::{DeletionPolicy, EdgeHierarchy, ReconcilePolicy};
 use crate::ownership::HierarchyIdentity;
@@ -38,7 +37,18 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
         })
     })?;
     let identity = HierarchyIdentity::of(hierarchy);
-    let rounds = devices::converge(&hub, &identity, policy, &[], &BTreeSet::new()).await?;
+    // The devices in the status are deleted too when the ownership query does not show them
+    // yet (a hierarchy deleted right after it created them).
+    let registered = hierarchy
+        .status
+        .as_ref()
+        .map(previously_registered)
+        .unwrap_or_default();
+    let mut read_backs = ctx.take_read_backs(&identity.uid);
+    let rounds =
+        devices::converge(&hub, &identity, policy, &[], &registered, &mut read_backs).await;
+    ctx.keep_read_backs(&identity.uid, read_backs);
+    let rounds = rounds?;
     if !rounds.failures.is_empty() {
         let failures: Vec<String> = rounds
             .failures

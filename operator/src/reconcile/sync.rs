@@ -54,14 +54,18 @@ async fn steps(
         &certificates.sas_keys(),
     );
     let registered_before = previously_registered(previous);
+    let mut read_backs = ctx.take_read_backs(&scope.identity.uid);
     let rounds = devices::converge(
         &scope.hub,
         &scope.identity,
         policy,
         &desired,
         &registered_before,
+        &mut read_backs,
     )
-    .await?;
+    .await;
+    ctx.keep_read_backs(&scope.identity.uid, read_backs);
+    let rounds = rounds?;
     publish(&scope, device_notes(&rounds, policy.reconcile)).await;
 
     // Bundles need the registered devices (their keys and scopes), so they come after the hub.
@@ -125,7 +129,7 @@ async fn first_status(
 }
 
 /// Devices this hierarchy registered before (from its status).
-fn previously_registered(previous: &EdgeHierarchyStatus) -> BTreeSet<String> {
+pub(super) fn previously_registered(previous: &EdgeHierarchyStatus) -> BTreeSet<String> {
     previous
         .devices
         .iter()

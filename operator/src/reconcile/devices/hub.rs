@@ -1,12 +1,14 @@
 //! The hub side of a reconcile: `observe` reads this hierarchy's devices with as few queries as
 //! the quota allows, `apply` carries out a plan's actions. Thin I/O; the decisions are in `plan`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use tracing::{debug, info};
 
 use super::model::HubDevice;
 use super::plan::{Action, IdentityFix, NewAuth, NewDevice};
+use super::read_back::ReadBacks;
 use crate::iothub::query::in_list_queries;
 use crate::iothub::{
     AuthenticationMechanism, AuthenticationType, BulkDeviceOutcome, DeviceCapabilities,
@@ -15,17 +17,30 @@ use crate::iothub::{
 };
 use crate::ownership::{HierarchyIdentity, TAG, owned_devices_condition};
 
+/// The twin fields device planning reads. Queries are billed by answer size in 4 KB chunks
+/// (Learn, "IoT Hub pricing": query results count as messages), and a full twin carries
+/// properties and `$metadata` the device step never looks at.
+pub const DEVICE_FIELDS: &str = "deviceId, etag, deviceEtag, status, capabilities, \
+     authenticationType, x509Thumbprint, deviceScope, parentScopes, tags";
+
 /// Reads the hub devices that are ours (one paged query on the ownership tag) and those with a
 /// spec'd id that the first query did not return (only then, in chunks): these are new, taken
 /// by someone else, or lost their tags.
+///
+/// Queries lag writes, so what was read back after a recent write is laid over their answer,
+/// and a device the hierarchy registered before (`expected`, from its status) that no query
+/// returns is read with a GET: it may be too new for the query, or really gone.
 pub async fn observe(
     client: &HubClient,
     identity: &HierarchyIdentity,
     spec_ids: impl IntoIterator<Item = &str>,
+    expected: &BTreeSet<String>,
+    read_backs: &mut ReadBacks,
 ) -> Result<BTreeMap<String, HubDevice>, HubError> {
+    let now = Instant::now();
     let owned = client
         .query_twins(&format!(
-            "SELECT * FROM devices WHERE {}",
+            "SELECT {DEVICE_FIELDS} FROM devices WHERE {}",
             owned_devices_condition(&identity.uid)
         ))
         .await?;
@@ -36,9 +51,10 @@ pub async fn observe(
         .collect();
     let unseen: Vec<&str> = spec_ids
         .into_iter()
-        .filter(|id| !devices.contains_key(*id))
+        .filter(|id| !devices.contains_key(*id) && !read_backs.knows(id, now))
         .collect();
-    for query in in_list_queries("SELECT * FROM devices WHERE deviceId IN ", unseen, "") {
+    let head = format!("SELECT {DEVICE_FIELDS} FROM devices WHERE deviceId IN ");
+    for query in in_list_queries(&head, unseen, "") {
         let found = client.query_twins(&query).await?;
         devices.extend(
             found
@@ -47,12 +63,71 @@ pub async fn observe(
                 .map(|d| (d.id.clone(), d)),
         );
     }
+    read_backs.overlay(&mut devices, now);
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|id| !devices.contains_key(*id) && !read_backs.knows(id, now))
+        .cloned()
+        .collect();
+    for id in &missing {
+        if let Some(device) = read_back(client, id, read_backs).await? {
+            devices.insert(id.clone(), device);
+        }
+    }
     debug!(
         owned = owned.len(),
+        read = missing.len(),
         total = devices.len(),
         "observed hub devices"
     );
     Ok(devices)
+}
+
+/// GETs the twin of `id` and remembers it (or that it does not exist) as fresher than any
+/// query. A failure of the whole hub is returned; a device-level one leaves nothing known.
+async fn read_back(
+    client: &HubClient,
+    id: &str,
+    read_backs: &mut ReadBacks,
+) -> Result<Option<HubDevice>, HubError> {
+    match client.get_twin(id).await {
+        Ok(twin) => {
+            let device = HubDevice::from_twin(&twin);
+            read_backs.remember(id, device.clone(), Instant::now());
+            Ok(device)
+        }
+        Err(e) if e.is_not_found() => {
+            read_backs.remember(id, None, Instant::now());
+            Ok(None)
+        }
+        Err(e) if is_device_level(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads back every device a round wrote or failed to write, so the next round plans from the
+/// hub as it is now rather than from a query that may not show the write yet. A deleted device
+/// needs no GET.
+pub async fn read_back_writes(
+    client: &HubClient,
+    applied: &Applied,
+    read_backs: &mut ReadBacks,
+) -> Result<(), HubError> {
+    let written: BTreeSet<&String> = applied
+        .created
+        .iter()
+        .chain(&applied.fixed)
+        .chain(&applied.tagged)
+        .chain(applied.failures.keys())
+        .filter(|id| !applied.deleted.contains(id))
+        .collect();
+    for id in written {
+        read_back(client, id, read_backs).await?;
+    }
+    for id in &applied.deleted {
+        read_backs.remember(id, None, Instant::now());
+    }
+    Ok(())
 }
 
 /// What applying a plan did, for status and Events.

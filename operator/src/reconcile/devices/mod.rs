@@ -6,11 +6,13 @@
 pub mod hub;
 pub mod model;
 pub mod plan;
+pub mod read_back;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use model::{DesiredAuth, DesiredDevice, HubDevice, SasKeys, desired_devices};
 pub use plan::{Action, DeviceReport, Plan, PlanInput};
+pub use read_back::ReadBacks;
 
 use crate::api::PolicySpec;
 use crate::iothub::{HubClient, HubError};
@@ -51,20 +53,30 @@ impl Rounds {
     }
 }
 
-/// Observes, plans and applies until the plan is empty, a round writes nothing (every write
-/// failed per device: retrying now would fail the same way), or [`MAX_ROUNDS`] pass. An empty
-/// `desired` removes the hierarchy's devices (when the policy lets it).
+/// Observes, plans and applies until the plan is empty, a round writes nothing and fails on the
+/// same devices as the round before (retrying now would fail the same way), or [`MAX_ROUNDS`]
+/// pass. Every device a round writes is read back before the next one plans, so a round never
+/// plans from a query that does not show the last round's writes yet. An empty `desired`
+/// removes the hierarchy's devices (when the policy lets it).
 pub async fn converge(
     hub: &HubClient,
     identity: &HierarchyIdentity,
     policy: &PolicySpec,
     desired: &[DesiredDevice],
     previously_registered: &BTreeSet<String>,
+    read_backs: &mut ReadBacks,
 ) -> Result<Rounds, HubError> {
     let mut rounds = Rounds::default();
+    read_backs.expire(std::time::Instant::now());
     for _ in 0..MAX_ROUNDS {
-        rounds.observed =
-            hub::observe(hub, identity, desired.iter().map(|d| d.id.as_str())).await?;
+        rounds.observed = hub::observe(
+            hub,
+            identity,
+            desired.iter().map(|d| d.id.as_str()),
+            previously_registered,
+            read_backs,
+        )
+        .await?;
         rounds.last = plan::plan(&PlanInput {
             identity,
             policy,
@@ -81,11 +93,16 @@ pub async fn converge(
             }
         }
         if rounds.last.is_converged() {
+            // Nothing is left to do, so what failed in an earlier round has come right.
+            rounds.failures.clear();
             break;
         }
         let applied = hub::apply(hub, &rounds.last.actions).await?;
+        hub::read_back_writes(hub, &applied, read_backs).await?;
+        // A write that failed on a stale view (409 on a create, 412 on an etag) succeeds once
+        // the round plans from the read-back; the same failures twice in a row will not.
+        let stuck = applied.writes() == 0 && applied.failures.keys().eq(rounds.failures.keys());
         rounds.failures = applied.failures.clone();
-        let stuck = applied.writes() == 0;
         rounds.applied.merge(applied);
         if stuck {
             break;
