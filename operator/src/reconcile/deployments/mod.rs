@@ -152,7 +152,7 @@ pub async fn reconcile(
         .iter()
         .filter(|d| d.deployment.is_some())
         .map(|d| d.id.as_str());
-    let agents = agent_twins(&scope.hub, with_deployment).await?;
+    let agents = agent_twins(&scope.hub, spec.deployment_mode, with_deployment).await?;
     let plan = plan::plan_devices(&DevicePlanInput {
         spec,
         topology,
@@ -228,19 +228,26 @@ async fn apply_configurations(
 }
 
 /// `$edgeAgent` module twins of these devices, by device id, in as few queries as the hub's
-/// limits allow.
+/// limits allow, selecting only what the plan reads (see [`plan::agent_query_fields`]).
 async fn agent_twins<'a>(
     hub: &HubClient,
+    mode: DeploymentMode,
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<BTreeMap<String, AgentTwin>, Error> {
     let mut agents = BTreeMap::new();
-    let head = "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND deviceId IN ";
-    for query in in_list_queries(head, ids, "") {
-        for item in hub.query(&query).await? {
-            // An item that is not an agent twin is not this step's to judge.
-            if let Ok(twin) = serde_json::from_value::<AgentTwin>(item) {
-                agents.insert(twin.device_id.clone(), twin);
-            }
+    let head = format!(
+        "SELECT {} FROM devices.modules WHERE moduleId = '$edgeAgent' AND deviceId IN ",
+        plan::agent_query_fields(mode)
+    );
+    for query in in_list_queries(&head, ids, "") {
+        // A row that is not an agent twin is not this step's to judge.
+        for twin in hub
+            .query(&query)
+            .await?
+            .iter()
+            .filter_map(AgentTwin::from_row)
+        {
+            agents.insert(twin.device_id.clone(), twin);
         }
     }
     Ok(agents)

@@ -189,8 +189,9 @@ pub fn to_configuration(want: &DesiredConfiguration) -> Result<Configuration, De
     })
 }
 
-/// A device's `$edgeAgent` module twin, as a twin query returns it: the desired and reported
-/// properties, and the state of each configuration applied to the device.
+/// What the operator reads of a device's `$edgeAgent` module twin: desired properties (all of
+/// them in PerDevice mode, only `$version` otherwise), the reported properties health needs,
+/// and the state of each configuration applied to the device.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentTwin {
@@ -199,6 +200,70 @@ pub struct AgentTwin {
     pub properties: AgentProperties,
     #[serde(default)]
     pub configurations: BTreeMap<String, AppliedConfiguration>,
+}
+
+/// The `$edgeAgent` reported properties module health reads (deploy::modules_status).
+const AGENT_REPORTED: [&str; 4] = [
+    "lastDesiredVersion",
+    "lastDesiredStatus",
+    "systemModules",
+    "modules",
+];
+
+/// What the agent-twin query selects. A full `$edgeAgent` twin carries `$metadata` for every
+/// desired and reported leaf, tens of KB a device, and queries are billed by answer size; so
+/// only what health needs is selected, and the whole desired properties only in PerDevice mode,
+/// where they are compared with the manifest.
+pub fn agent_query_fields(mode: DeploymentMode) -> String {
+    let mut fields = vec!["deviceId".to_string()];
+    match mode {
+        DeploymentMode::PerDevice => fields.push("properties.desired AS desired".into()),
+        DeploymentMode::Automatic => {
+            fields.push("properties.desired.$version AS desiredVersion".into());
+        }
+    }
+    fields.extend(
+        AGENT_REPORTED
+            .iter()
+            .map(|name| format!("properties.reported.{name} AS {name}")),
+    );
+    fields.push("configurations".into());
+    fields.join(", ")
+}
+
+impl AgentTwin {
+    /// An agent twin from a row of the [`agent_query_fields`] query; `None` for a row that is
+    /// not one (no device id). Fields the hub left out or sent as null are absent.
+    pub fn from_row(row: &Value) -> Option<Self> {
+        let present = |name: &str| row.get(name).filter(|v| !v.is_null());
+        let device_id = present("deviceId")?.as_str()?.to_string();
+        let mut desired = present("desired").cloned().unwrap_or(Value::Null);
+        if let Some(version) = present("desiredVersion") {
+            if !desired.is_object() {
+                desired = Value::Object(Default::default());
+            }
+            desired["$version"] = version.clone();
+        }
+        let reported: serde_json::Map<String, Value> = AGENT_REPORTED
+            .iter()
+            .filter_map(|name| Some((name.to_string(), present(name)?.clone())))
+            .collect();
+        let configurations = present("configurations")
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
+        Some(Self {
+            device_id,
+            properties: AgentProperties {
+                desired,
+                reported: if reported.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(reported)
+                },
+            },
+            configurations,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -476,6 +541,68 @@ mod tests {
             configurations: BTreeMap::new(),
         };
         (id.to_string(), twin)
+    }
+
+    #[test]
+    fn agent_rows_select_only_what_health_needs() {
+        let automatic = agent_query_fields(DeploymentMode::Automatic);
+        assert_eq!(
+            automatic,
+            "deviceId, properties.desired.$version AS desiredVersion, \
+             properties.reported.lastDesiredVersion AS lastDesiredVersion, \
+             properties.reported.lastDesiredStatus AS lastDesiredStatus, \
+             properties.reported.systemModules AS systemModules, \
+             properties.reported.modules AS modules, configurations"
+        );
+        assert!(!automatic.contains("$metadata") && !automatic.contains("*"));
+        assert!(
+            agent_query_fields(DeploymentMode::PerDevice)
+                .contains("properties.desired AS desired,")
+        );
+    }
+
+    #[test]
+    fn an_agent_row_becomes_the_twin_health_reads() {
+        let row = json!({
+            "deviceId": "top-layer",
+            "desiredVersion": 4,
+            "lastDesiredVersion": 4,
+            "lastDesiredStatus": {"code": 200},
+            "systemModules": {"edgeAgent": {"runtimeStatus": "running"}},
+            "modules": null,
+            "configurations": {"h-base-1": {"status": "Applied"}},
+        });
+        let twin = AgentTwin::from_row(&row).unwrap();
+        assert_eq!(twin.device_id, "top-layer");
+        assert_eq!(twin.properties.desired, json!({"$version": 4}));
+        assert_eq!(
+            twin.properties.reported,
+            json!({
+                "lastDesiredVersion": 4,
+                "lastDesiredStatus": {"code": 200},
+                "systemModules": {"edgeAgent": {"runtimeStatus": "running"}},
+            }),
+            "a null field is left out, as if not reported"
+        );
+        assert_eq!(
+            twin.configurations["h-base-1"].status.as_deref(),
+            Some("Applied")
+        );
+
+        // An agent that never reported: every reported field null, so nothing is reported.
+        let silent = json!({"deviceId": "lower-layer", "desiredVersion": 1,
+            "lastDesiredVersion": null, "lastDesiredStatus": null,
+            "systemModules": null, "modules": null, "configurations": null});
+        let twin = AgentTwin::from_row(&silent).unwrap();
+        assert_eq!(twin.properties.reported, Value::Null);
+        assert!(twin.configurations.is_empty());
+
+        // PerDevice rows carry the whole desired properties.
+        let per_device =
+            json!({"deviceId": "d", "desired": {"schemaVersion": "1.1", "$version": 2}});
+        let twin = AgentTwin::from_row(&per_device).unwrap();
+        assert_eq!(twin.properties.desired["schemaVersion"], "1.1");
+        assert!(AgentTwin::from_row(&json!({"desired": {}})).is_none());
     }
 
     #[test]
