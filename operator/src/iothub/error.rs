@@ -227,6 +227,14 @@ impl HubError {
         self.status() == Some(401)
     }
 
+    /// 403 `IoTHubQuotaExceeded` (403002): the hub's daily message quota is used up; every call
+    /// fails until it resets at 00:00 UTC (Learn, "Troubleshoot error 403002").
+    pub fn is_quota_exceeded(&self) -> bool {
+        self.status() == Some(403)
+            && (self.code().is_none()
+                || self.code_is(&["IotHubQuotaExceeded", "IoTHubQuotaExceeded", "403002"]))
+    }
+
     /// 429: the hub throttled the call.
     pub fn is_throttled(&self) -> bool {
         self.status() == Some(429)

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use super::certs::CertError;
 use super::credentials::CredentialError;
 use super::deployments::DeploymentError;
@@ -54,9 +56,13 @@ pub enum Disposition {
         message: String,
         recheck: Option<Duration>,
     },
-    /// The hub failed or could not be reached: `Ready=False` without stalling, a Warning Event,
-    /// and another try after `retry`.
-    Unreachable { message: String, retry: Duration },
+    /// The hub failed, could not be reached or refuses calls for now: `Ready=False` with
+    /// `reason` without stalling, a Warning Event, and another try after `retry`.
+    Unreachable {
+        reason: &'static str,
+        message: String,
+        retry: Duration,
+    },
     /// Anything else: the controller retries with its backoff.
     Retry,
 }
@@ -67,9 +73,18 @@ const STALL_RECHECK: Duration = Duration::from_secs(300);
 /// How soon a hub that failed is tried again.
 const HUB_RETRY: Duration = Duration::from_secs(30);
 
+/// How long until IoT Hub resets daily message quotas (00:00 UTC), plus a minute so the first
+/// call after the wait is past the reset.
+pub fn until_quota_reset(now: Timestamp) -> Duration {
+    const DAY: i64 = 86_400;
+    let seconds = now.as_second();
+    let next_midnight = (seconds.div_euclid(DAY) + 1) * DAY;
+    Duration::from_secs((next_midnight - seconds) as u64 + 60)
+}
+
 impl Error {
-    /// The disposition of this error for a hierarchy with `spec`.
-    pub fn disposition(&self, spec: &EdgeHierarchySpec) -> Disposition {
+    /// The disposition of this error for a hierarchy with `spec`, at `now`.
+    pub fn disposition(&self, spec: &EdgeHierarchySpec, now: Timestamp) -> Disposition {
         let stall = |reason, action, message: String, recheck| Disposition::Stall {
             reason,
             action,
@@ -112,7 +127,24 @@ impl Error {
                     Some(STALL_RECHECK),
                 )
             }
+            // Waiting is all there is to do: calls before the reset fail and would only add to
+            // the count, so the next try is right after it.
+            Error::Hub(e) if e.is_quota_exceeded() => {
+                let retry = until_quota_reset(now);
+                Disposition::Unreachable {
+                    reason: reason::HUB_QUOTA_EXCEEDED,
+                    message: format!(
+                        "the hub's daily message quota is used up ({e}); IoT Hub refuses calls \
+                         until it resets at 00:00 UTC, so the next try is in {} min. To go on \
+                         sooner, add units to the hub or move it to a larger tier, or lengthen \
+                         policy.resyncInterval so each day uses fewer messages",
+                        retry.as_secs().div_ceil(60)
+                    ),
+                    retry,
+                }
+            }
             Error::Hub(e) => Disposition::Unreachable {
+                reason: reason::HUB_UNREACHABLE,
                 message: format!("the hub could not be reached or failed: {e}"),
                 retry: HUB_RETRY,
             },

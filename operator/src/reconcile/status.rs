@@ -18,6 +18,7 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const BAD_CREDENTIALS: &str = "BadCredentials";
     pub const HUB_UNREACHABLE: &str = "HubUnreachable";
+    pub const HUB_QUOTA_EXCEEDED: &str = "HubQuotaExceeded";
     pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
     pub const DRIFT_CORRECTED: &str = "DriftCorrected";
     pub const DRIFT_REPORTED: &str = "DriftReported";

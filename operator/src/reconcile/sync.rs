@@ -14,8 +14,7 @@ use super::error::{Disposition, Error};
 use super::events::{Note, certificate_notes, deployment_notes, device_notes};
 use super::scope::{Scope, now, patch_status};
 use super::status::{
-    SyncOutcome, add_certificates, add_deployments, blocked_status, initial_status, reason,
-    synced_status,
+    SyncOutcome, add_certificates, add_deployments, blocked_status, initial_status, synced_status,
 };
 use super::{bundles, certs, deployments, devices};
 use crate::api::validate;
@@ -171,7 +170,7 @@ async fn settle(
     error: Error,
 ) -> Result<Requeue, Error> {
     let generation = hierarchy.metadata.generation;
-    match error.disposition(&hierarchy.spec) {
+    match error.disposition(&hierarchy.spec, Timestamp::now()) {
         Disposition::Retry => Err(error),
         Disposition::Stall {
             reason,
@@ -188,16 +187,13 @@ async fn settle(
             }
             Ok(recheck.map_or_else(Requeue::await_change, Requeue::requeue))
         }
-        Disposition::Unreachable { message, retry } => {
-            let status = blocked_status(
-                previous,
-                reason::HUB_UNREACHABLE,
-                &message,
-                false,
-                generation,
-                &now(),
-            );
-            let note = Note::warning(reason::HUB_UNREACHABLE, "Sync", message);
+        Disposition::Unreachable {
+            reason,
+            message,
+            retry,
+        } => {
+            let status = blocked_status(previous, reason, &message, false, generation, &now());
+            let note = Note::warning(reason, "Sync", message);
             ctx.events.publish_all(hierarchy, vec![note]).await;
             patch_status(&ctx.client, hierarchy, &status).await?;
             Ok(Requeue::requeue(retry))

@@ -12,6 +12,11 @@ fn spec() -> EdgeHierarchySpec {
         .spec
 }
 
+/// 2026-12-01T12:00:00Z.
+fn noon() -> Timestamp {
+    "2026-12-01T12:00:00Z".parse().unwrap()
+}
+
 fn hub_status(status: u16) -> HubError {
     HubError::Api {
         operation: HubOperation::Query,
@@ -36,7 +41,7 @@ fn reason_of(d: Disposition) -> (&'static str, Option<Duration>) {
 fn an_invalid_spec_stalls_until_the_spec_changes() {
     let error = Error::InvalidSpec(Violations(Vec::new()));
     assert_eq!(
-        reason_of(error.disposition(&spec())),
+        reason_of(error.disposition(&spec(), noon())),
         (reason::INVALID_SPEC, None)
     );
 }
@@ -45,7 +50,7 @@ fn an_invalid_spec_stalls_until_the_spec_changes() {
 fn invalid_manifests_stall_and_are_looked_at_again() {
     let error = Error::InvalidManifests(Vec::new());
     assert_eq!(
-        reason_of(error.disposition(&spec())),
+        reason_of(error.disposition(&spec(), noon())),
         (reason::INVALID_SPEC, Some(STALL_RECHECK))
     );
 }
@@ -58,11 +63,11 @@ fn missing_credentials_and_a_rejected_key_stall_as_bad_credentials() {
         field: "connectionStringSecretRef",
     });
     assert_eq!(
-        reason_of(missing.disposition(&spec())).0,
+        reason_of(missing.disposition(&spec(), noon())).0,
         reason::BAD_CREDENTIALS
     );
     let rejected = Error::Hub(hub_status(401));
-    match rejected.disposition(&spec()) {
+    match rejected.disposition(&spec(), noon()) {
         Disposition::Stall {
             reason, message, ..
         } => {
@@ -82,7 +87,7 @@ fn a_bad_root_ca_stalls_but_a_failed_issue_is_retried() {
         secret: "my-root".into(),
     });
     assert_eq!(
-        reason_of(bad.disposition(&spec())).0,
+        reason_of(bad.disposition(&spec(), noon())).0,
         reason::INVALID_ROOT_CA
     );
     let pki = Error::Certificates(CertError::Pki(
@@ -91,13 +96,18 @@ fn a_bad_root_ca_stalls_but_a_failed_issue_is_retried() {
             reason: "y".into(),
         },
     ));
-    assert_eq!(pki.disposition(&spec()), Disposition::Retry);
+    assert_eq!(pki.disposition(&spec(), noon()), Disposition::Retry);
 }
 
 #[test]
 fn a_failing_hub_is_unreachable_and_retried_soon() {
-    match Error::Hub(hub_status(503)).disposition(&spec()) {
-        Disposition::Unreachable { message, retry } => {
+    match Error::Hub(hub_status(503)).disposition(&spec(), noon()) {
+        Disposition::Unreachable {
+            reason: got,
+            message,
+            retry,
+        } => {
+            assert_eq!(got, reason::HUB_UNREACHABLE);
             assert!(message.starts_with("the hub could not be reached or failed"));
             assert_eq!(retry, HUB_RETRY);
         }
@@ -108,14 +118,55 @@ fn a_failing_hub_is_unreachable_and_retried_soon() {
 #[test]
 fn kubernetes_and_deployment_failures_are_retried_with_backoff() {
     let render = Error::from(DeploymentError::Render("x".into()));
-    assert_eq!(render.disposition(&spec()), Disposition::Retry);
+    assert_eq!(render.disposition(&spec(), noon()), Disposition::Retry);
     let hub = Error::from(DeploymentError::Hub(hub_status(500)));
     assert!(
         matches!(hub, Error::Hub(_)),
         "a hub failure in a step is the hub's"
     );
     assert_eq!(
-        Error::CleanupIncomplete("d: 412".into()).disposition(&spec()),
+        Error::CleanupIncomplete("d: 412".into()).disposition(&spec(), noon()),
         Disposition::Retry
     );
+}
+
+#[test]
+fn a_used_up_daily_quota_waits_until_the_reset_at_midnight_utc() {
+    let quota = HubError::Api {
+        operation: HubOperation::Query,
+        target: HubTarget::Hub,
+        status: 403,
+        code: Some("IotHubQuotaExceeded".into()),
+        message: "Total number of messages on IotHub exceeded the allocated quota".into(),
+        retry_after: None,
+    };
+    match Error::Hub(quota).disposition(&spec(), noon()) {
+        Disposition::Unreachable {
+            reason: got,
+            message,
+            retry,
+        } => {
+            assert_eq!(got, reason::HUB_QUOTA_EXCEEDED);
+            // Twelve hours to midnight, and a minute past it.
+            assert_eq!(retry, Duration::from_secs(12 * 3600 + 60));
+            assert!(
+                message.contains("00:00 UTC") && message.contains("721 min"),
+                "{message}"
+            );
+            assert!(message.contains("add units"), "{message}");
+        }
+        other => panic!("expected a wait, got {other:?}"),
+    }
+    let late: Timestamp = "2026-12-01T23:59:30Z".parse().unwrap();
+    assert_eq!(until_quota_reset(late), Duration::from_secs(90));
+    // Another 403 (a policy without the right, say) is not the quota.
+    let forbidden = HubError::Api {
+        operation: HubOperation::Query,
+        target: HubTarget::Hub,
+        status: 403,
+        code: Some("IotHubSuspended".into()),
+        message: "suspended".into(),
+        retry_after: None,
+    };
+    assert!(!forbidden.is_quota_exceeded());
 }
