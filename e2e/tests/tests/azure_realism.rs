@@ -6,7 +6,9 @@
 //! - a configuration edited in the hub is restored by read-modify-write (what else the hub keeps
 //!   stays);
 //! - twin property names IoT Hub refuses are caught in the manifest, before any write;
-//! - at most 100 configurations per hub, checked before any write.
+//! - at most 100 configurations per hub, checked before any write;
+//! - a Leaf moved to the top of the tree has its `deviceScope` cleared (the hub keeps it
+//!   otherwise).
 
 mod common;
 
@@ -174,6 +176,49 @@ async fn the_hub_wide_configuration_limit_stalls_before_any_write(env: &Env) -> 
     Ok(())
 }
 
+async fn a_leaf_moved_to_the_top_is_detached(env: &Env) -> anyhow::Result<()> {
+    env.namespace("moved").await?;
+    let behind = "    - {id: moved-gw}\n    - {id: moved-sensor, parent: moved-gw, type: Leaf}\n";
+    env.apply("moved", &hierarchy_yaml("moved", "", behind))
+        .await?;
+    env.wait_condition("moved", "moved", "Ready", "True")
+        .await?;
+    let gateway = env
+        .hub
+        .admin
+        .device("moved-gw")
+        .await?
+        .context("moved-gw")?;
+    let sensor = env
+        .hub
+        .admin
+        .device("moved-sensor")
+        .await?
+        .context("moved-sensor")?;
+    ensure!(
+        sensor["deviceScope"] == gateway["deviceScope"] && gateway["deviceScope"].is_string(),
+        "behind its gateway the sensor has the gateway's scope: {sensor}"
+    );
+    let on_top = "    - {id: moved-gw}\n    - {id: moved-sensor, type: Leaf}\n";
+    env.apply("moved", &hierarchy_yaml("moved", "", on_top))
+        .await?;
+    env.wait_condition("moved", "moved", "Ready", "True")
+        .await?;
+    let sensor = env
+        .hub
+        .admin
+        .device("moved-sensor")
+        .await?
+        .context("moved-sensor")?;
+    let scope = sensor["deviceScope"].as_str().unwrap_or_default();
+    let parents = sensor["parentScopes"].as_array().map_or(0, Vec::len);
+    ensure!(
+        scope.is_empty() && parents == 0,
+        "on top the sensor has no parent link: {sensor}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_survives_azures_rules() -> anyhow::Result<()> {
     let env = Env::start(&["--inject-registered-without-twin", "twinless-lower"]).await?;
@@ -200,6 +245,12 @@ async fn operator_survives_azures_rules() -> anyhow::Result<()> {
         .run(
             "refused twin property names stall before any write",
             refused_twin_property_names_stall_before_any_write(&env),
+        )
+        .await;
+    checks
+        .run(
+            "a Leaf moved to the top of the tree is detached",
+            a_leaf_moved_to_the_top_is_detached(&env),
         )
         .await;
     // Last: it fills the hub's configuration budget.

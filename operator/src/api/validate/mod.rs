@@ -418,15 +418,9 @@ fn check_device_fields(
                 "remove deployment and layeredDeployments, or make it an Edge device",
             ));
         }
-        if d.parent.is_none() {
-            out.push(violation(
-                device_field(id, "parent"),
-                id,
-                "a Leaf device has no parent; it can only reach the hub through an Edge gateway"
-                    .into(),
-                "name its Edge gateway as parent",
-            ));
-        }
+        // A Leaf without a parent is a device that talks to the hub itself (a top-layer
+        // sensor, or one moved out from behind its gateway): IoT Hub allows it, and the device
+        // step then clears the parent link it had.
     }
     if let Some(name) = &d.deployment {
         match deployments.get(name.as_str()) {

@@ -298,7 +298,7 @@ fn base_and_layered_deployments_cannot_swap_roles() {
 }
 
 #[test]
-fn leaf_with_deployment_or_without_parent_is_rejected() {
+fn leaf_with_deployment_is_rejected_and_one_without_parent_talks_to_the_hub() {
     let mut l = leaf("sensor", "top");
     l.deployment = Some("base".into());
     assert_single(
@@ -307,9 +307,11 @@ fn leaf_with_deployment_or_without_parent_is_rejected() {
         "Leaf",
     );
 
+    // Moved out from behind its gateway: a device of the top layer, valid as IoT Hub has it.
     let mut l = leaf("sensor", "top");
     l.parent = None;
-    assert_single(&spec(vec![l]), "spec.devices[sensor].parent", "no parent");
+    let topology = validate(&spec(vec![edge("top", None), l])).unwrap();
+    assert_eq!(topology.layer["sensor"], 1);
 }
 
 #[test]
