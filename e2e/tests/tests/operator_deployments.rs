@@ -74,7 +74,16 @@ async fn tutorial_configurations_per_layer(env: &Env) -> anyhow::Result<()> {
             == Some("mcr.microsoft.com/azureiotedge-api-proxy:1.1"),
         "{top}"
     );
-    let lower = agent_desired(env, "lower-layer").await?;
+    // Each layer's configuration is applied at the hub's next evaluation after it exists.
+    let lower = common::wait_for(
+        env,
+        "lower-layer's $edgeAgent desired properties",
+        || async {
+            let d = agent_desired(env, "lower-layer").await.ok()?;
+            module_image(&d, "SimulatedTemperatureSensor").map(|_| d)
+        },
+    )
+    .await?;
     ensure!(
         module_image(&lower, "SimulatedTemperatureSensor").as_deref()
             == Some("$upstream:443/azureiotedge-simulated-temperature-sensor:1.5"),
@@ -413,6 +422,15 @@ async fn per_device_mode_applies_manifests(env: &Env) -> anyhow::Result<()> {
     );
     // A manifest replaced by hand is re-applied.
     env.hub.admin.post_json("devices/p-low/applyConfigurationContent", &json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"schemaVersion": "1.1", "runtime": {"type": "docker", "settings": {}}, "systemModules": {}, "modules": {}}}}})).await?;
+    common::wait_query_shows(
+        env,
+        "SELECT * FROM devices.modules WHERE deviceId = 'p-low' AND moduleId = '$edgeAgent'",
+        |twin| {
+            twin.pointer("/properties/desired/modules/SimulatedTemperatureSensor")
+                .is_none()
+        },
+    )
+    .await?;
     env.poke("perdev", "perdevice").await?;
     common::wait_for(env, "p-low's manifest re-applied", || async {
         let d = agent_desired(env, "p-low").await.ok()?;

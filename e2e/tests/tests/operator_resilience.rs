@@ -1,5 +1,7 @@
-//! The operator against a throttling hub (an S1 emulator with one unit) and through a crash:
-//! it converges with few 429s, and a SIGKILL mid-reconcile leaves no duplicate and no orphan.
+//! The operator against a throttling hub (an S1 emulator with one unit, which queues requests over
+//! a limit for a second before it answers 429, and then without `Retry-After`, as Azure may) and
+//! through a crash: it converges with few 429s; told the hub is larger than it is, it still
+//! converges on its own backoff; and a SIGKILL mid-reconcile leaves no duplicate and no orphan.
 
 mod common;
 
@@ -65,6 +67,53 @@ async fn converges_under_s1_quotas(env: &Env) -> anyhow::Result<()> {
     ensure!(
         throttled * 20 < calls,
         "{throttled} of {calls} calls were throttled (5% allowed); stats: {after}"
+    );
+    Ok(())
+}
+
+/// One gateway and 120 sensors under a spec that says the hub is an S3: the operator's own
+/// pacing lets the 121 creates go out faster than the S1 hub's 100 registry operations a minute,
+/// so the hub answers 429 without `Retry-After` and only the operator's fallback backoff paces
+/// the retries.
+async fn converges_on_its_own_backoff_when_the_hub_is_smaller_than_declared(
+    env: &Env,
+) -> anyhow::Result<()> {
+    env.namespace("overdrive").await?;
+    let mut devices = String::from("    - {id: od-gw}\n");
+    for s in 0..120 {
+        devices.push_str(&format!(
+            "    - {{id: od-sensor-{s:03}, parent: od-gw, type: Leaf}}\n"
+        ));
+    }
+    let yaml = format!(
+        "apiVersion: edgehierarchy.dev/v1alpha1\nkind: EdgeHierarchy\nmetadata:\n  name: overdrive\nspec:\n  iotHub:\n    connectionStringSecretRef: {{name: iothub-service, key: connectionString}}\n    caSecretRef: {{name: iothub-ca}}\n    rateLimits: {{sku: S3}}\n  devices:\n{devices}"
+    );
+    let before = env.hub.admin.stats().await?;
+    env.apply("overdrive", &yaml).await?;
+    let api = env.hierarchies("overdrive");
+    wait_until(
+        Duration::from_secs(600),
+        Duration::from_secs(1),
+        "overdrive/overdrive to be Ready",
+        || async {
+            let h = api.get("overdrive").await.ok()?;
+            let ready = h
+                .status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(())
+        },
+    )
+    .await
+    .with_context(|| env.describe("overdrive", "overdrive"))?;
+    assert_hub_matches(env, "overdrive", "overdrive").await?;
+    let after = env.hub.admin.stats().await?;
+    let throttled = stat(&after, "throttled") - stat(&before, "throttled");
+    eprintln!("overdrive: {throttled} calls answered 429 without Retry-After");
+    ensure!(
+        throttled > 0,
+        "the hub throttled the operator, so its fallback backoff was what paced it: {after}"
     );
     Ok(())
 }
@@ -167,12 +216,28 @@ async fn sigkill_mid_reconcile_leaves_no_duplicate_or_orphan(env: &mut Env) -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_survives_throttling_and_crashes() -> anyhow::Result<()> {
-    let mut env = Env::start(&["--sku", "S1", "--units", "1", "--strict"]).await?;
+    let mut env = Env::start(&[
+        "--sku",
+        "S1",
+        "--units",
+        "1",
+        "--strict",
+        "--throttle-shaping-ms",
+        "1000",
+        "--no-retry-after",
+    ])
+    .await?;
     let mut checks = Checks::new();
     checks
         .run(
             "converges on an S1 hub with fewer than 5% throttled calls",
             converges_under_s1_quotas(&env),
+        )
+        .await;
+    checks
+        .run(
+            "converges on its own backoff when the hub is smaller than declared",
+            converges_on_its_own_backoff_when_the_hub_is_smaller_than_declared(&env),
         )
         .await;
     checks
