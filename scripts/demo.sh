@@ -45,7 +45,9 @@ wait_for_line "$demo/control-plane.log" '^ready KUBECONFIG=' 120
 export KUBECONFIG="$demo/cluster/kubeconfig"
 
 echo "demo: starting the IoT Hub emulator"
-"$bin/iothub-emulator" --port 0 --dir "$demo/hub" --hub demo-hub >"$demo/emulator.log" 2>&1 &
+# Azure's timing, except that configurations are evaluated every 15 s instead of every five
+# minutes, so the demo's modules show up while you watch.
+"$bin/iothub-emulator" --port 0 --dir "$demo/hub" --hub demo-hub --config-eval-interval-secs 15 >"$demo/emulator.log" 2>&1 &
 pids+=($!)
 wait_for_line "$demo/emulator.log" '^ready' 30
 

@@ -33,10 +33,32 @@ def emulator_binary() -> pathlib.Path:
     return path
 
 
+# The emulator's timing defaults follow Azure (queries lag writes by 3 s, configurations are
+# evaluated every 300 s, requests over a throttle are queued 5 s, 429s carry no Retry-After).
+# These tests check one request at a time, so they run with immediate timing unless a test asks
+# for a value itself (`make_hub("--query-lag-ms", "1500")`); test_realism.py checks the defaults.
+IMMEDIATE_TIMING = {
+    "--query-lag-ms": "0",
+    "--config-eval-interval-secs": "0",
+    "--throttle-shaping-ms": "0",
+    "--no-retry-after": "false",
+}
+
+
+def with_immediate_timing(extra_args):
+    """`extra_args` plus IMMEDIATE_TIMING for every flag it does not give itself."""
+    given = {a.split("=", 1)[0] for a in extra_args}
+    args = list(extra_args)
+    for flag, value in IMMEDIATE_TIMING.items():
+        if flag not in given:
+            args.append(f"{flag}={value}")
+    return args
+
+
 class RunningEmulator:
     """One emulator process with its state directory and logs."""
 
-    def __init__(self, extra_args):
+    def __init__(self, extra_args, immediate=True):
         binary = emulator_binary()  # before mkdtemp, so a missing binary leaves nothing behind
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="iothub-emulator-"))
         self.stdout_path = self.dir / "emulator.stdout"
@@ -44,7 +66,7 @@ class RunningEmulator:
         state_dir = self.dir / "state"
         state_dir.mkdir()
         self.state_dir = state_dir
-        args = [str(binary), "--port", "0", "--dir", str(state_dir), *extra_args]
+        args = [str(binary), "--port", "0", "--dir", str(state_dir), *(with_immediate_timing(extra_args) if immediate else extra_args)]
         self.args = args
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -84,8 +106,9 @@ class RunningEmulator:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_hub(extra_args):
-    emulator = RunningEmulator(extra_args)
+def start_hub(extra_args, timing="immediate"):
+    """`timing="azure"` keeps the emulator's own (Azure's) timing defaults."""
+    emulator = RunningEmulator(extra_args, immediate=timing == "immediate")
     try:
         hub = Hub.from_state_dir(emulator.state_dir, extra_args)
     except Exception as error:  # noqa: BLE001 - the message carries the emulator's logs
@@ -128,7 +151,8 @@ def s1_hub():
 
 @pytest.fixture()
 def make_hub():
-    """Starts emulators with extra flags for one test (`make_hub("--query-lag-ms", "1500")`).
+    """Starts emulators with extra flags for one test (`make_hub("--query-lag-ms", "1500")`),
+    with immediate timing unless `timing="azure"`.
 
     REQUESTS_CA_BUNDLE points at the CA of the most recently started one until the test ends,
     then the previous value (a session emulator's) comes back.
@@ -136,8 +160,8 @@ def make_hub():
     started = []
     previous = os.environ.get("REQUESTS_CA_BUNDLE")
 
-    def make(*args):
-        emulator, running = start_hub([str(a) for a in args])
+    def make(*args, timing="immediate"):
+        emulator, running = start_hub([str(a) for a in args], timing)
         started.append(emulator)
         os.environ["REQUESTS_CA_BUNDLE"] = str(running.ca_path)
         return running

@@ -324,8 +324,22 @@ def test_bulk_create_can_register_a_device_without_its_twin(make_hub):
 
 # The preset -------------------------------------------------------------------------------------
 
+def test_timing_defaults_follow_azure(make_hub):
+    hub = make_hub(timing="azure")
+    counters = stats(hub)
+    assert counters["configurationEvaluation"]["intervalSecs"] == 300
+    assert counters["messages"]["dailyQuota"] is None  # no tier given, so no quota
+    rm = hub.registry_manager()
+    device_id = unique("lag")
+    rm.create_device_with_sas(device_id, "", "", "enabled")
+    by_id = f"SELECT * FROM devices WHERE deviceId = '{device_id}'"
+    assert query_ids(rm, by_id) == [], "queries lag writes by default (3 s)"
+    assert rm.get_twin(device_id).device_id == device_id, "a GET sees the write at once"
+    assert wait_until(lambda: query_ids(rm, by_id)) == [device_id]
+
+
 def test_azure_preset_turns_the_behaviours_on(make_hub):
-    hub = make_hub("--azure", "--query-lag-ms", "800")
+    hub = make_hub("--azure", "--query-lag-ms", "800", timing="azure")
     rm, cm = hub.registry_manager(), hub.configuration_manager()
     counters = stats(hub)
     assert counters["messages"]["dailyQuota"] == 400_000  # S1, one unit

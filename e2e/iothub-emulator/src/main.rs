@@ -38,8 +38,8 @@ struct Cli {
     /// reject request bodies that do not match the swagger models.
     #[arg(long)]
     strict: bool,
-    /// Turn every realism behaviour on with Azure's values (and --sku S1 unless given); the
-    /// flags below override single values.
+    /// An S1 hub unless --sku says otherwise (the realism flags already default to Azure's
+    /// values; they override single values).
     #[arg(long)]
     azure: bool,
     /// Twin queries see writes only this many milliseconds later (GET sees them at once).
@@ -89,12 +89,9 @@ impl Cli {
         self.sku.or(self.azure.then_some(Sku::S1))
     }
 
-    /// `--azure` or this round's defaults, then every flag given explicitly.
+    /// Azure's behaviour for the SKU in force, then every flag given explicitly.
     fn realism(&self) -> Realism {
-        let mut realism = match self.sku() {
-            Some(sku) if self.azure => Realism::azure(sku, self.units),
-            _ => Realism::default(),
-        };
+        let mut realism = Realism::azure(self.sku(), self.units);
         if let Some(v) = self.query_lag_ms {
             realism.query_lag_ms = v;
         }
@@ -212,17 +209,22 @@ mod tests {
     }
 
     #[test]
-    fn defaults_keep_this_rounds_behaviour() {
+    fn defaults_follow_azure() {
         let plain = cli(&[]);
-        assert_eq!(plain.realism(), Realism::default());
+        assert_eq!(plain.realism(), Realism::azure(None, 1));
+        assert_eq!(plain.realism().query_lag_ms, 3_000);
+        assert_eq!(plain.realism().config_eval_interval_secs, 300);
+        assert!(!plain.realism().retry_after);
         assert_eq!(plain.sku(), None);
+        let s2 = cli(&["--sku", "S2", "--units", "2"]);
+        assert_eq!(s2.realism().daily_message_quota, Some(12_000_000));
     }
 
     #[test]
     fn azure_preset_with_explicit_overrides() {
         let azure = cli(&["--azure"]);
         assert_eq!(azure.sku(), Some(Sku::S1));
-        assert_eq!(azure.realism(), Realism::azure(Sku::S1, 1));
+        assert_eq!(azure.realism(), Realism::azure(Some(Sku::S1), 1));
         let tuned = cli(&[
             "--azure",
             "--sku",

@@ -1,9 +1,10 @@
 //! Behaviours of the real IoT Hub that its swagger does not show, each behind a knob.
 //!
-//! [`Realism::default`] keeps what the emulator did before these knobs existed wherever the
-//! operator's current tests depend on it (no query lag, synchronous configuration evaluation,
-//! lenient labels, no message quota, no traffic shaping); [`Realism::azure`] is the `--azure`
-//! preset with Azure's documented values. The README's tables name the public source of each.
+//! [`Realism::azure`] has Azure's documented values and is what the command line starts from;
+//! its flags tune single values (tests shorten the timing ones). [`Realism::default`] is the
+//! immediate variant the emulator's own HTTP tests embed: no query lag, evaluation on every
+//! change, no shaping, `Retry-After` on 429s; the character rules and limits stay on. The
+//! README's tables name the public source of each behaviour.
 
 use std::collections::BTreeSet;
 
@@ -126,8 +127,7 @@ pub struct Realism {
 }
 
 impl Default for Realism {
-    /// This round's defaults: Azure's rules where the operator survives them,
-    /// the emulator's old behaviour elsewhere.
+    /// Azure's rules with immediate timing, for tests that check one request at a time.
     fn default() -> Self {
         Self {
             query_lag_ms: 0,
@@ -147,9 +147,9 @@ impl Default for Realism {
 }
 
 impl Realism {
-    /// The `--azure` preset for a hub of `units` units of `sku`. Injected warnings stay off:
-    /// Azure documents the warning, not how often it comes.
-    pub fn azure(sku: Sku, units: u64) -> Self {
+    /// Azure's behaviour for a hub of `units` units of `sku` (no daily quota without a tier).
+    /// Injected warnings stay off: Azure documents the warning, not how often it comes.
+    pub fn azure(sku: Option<Sku>, units: u64) -> Self {
         Self {
             query_lag_ms: AZURE_QUERY_LAG_MS,
             config_eval_interval_secs: AZURE_CONFIG_EVAL_INTERVAL_SECS,
@@ -157,7 +157,8 @@ impl Realism {
             max_query_length: AZURE_MAX_QUERY_LENGTH,
             check_literals: true,
             check_twin_keys: true,
-            daily_message_quota: Some(daily_messages_per_unit(sku).saturating_mul(units.max(1))),
+            daily_message_quota: sku
+                .map(|sku| daily_messages_per_unit(sku).saturating_mul(units.max(1))),
             throttle_shaping_ms: AZURE_THROTTLE_SHAPING_MS,
             retry_after: false,
             max_configurations: DEFAULT_MAX_CONFIGURATIONS,
@@ -188,9 +189,10 @@ mod tests {
         assert_eq!(daily_messages_per_unit(Sku::S2), 6_000_000);
         assert_eq!(daily_messages_per_unit(Sku::S3), 300_000_000);
         assert_eq!(
-            Realism::azure(Sku::S1, 3).daily_message_quota,
+            Realism::azure(Some(Sku::S1), 3).daily_message_quota,
             Some(1_200_000)
         );
+        assert_eq!(Realism::azure(None, 1).daily_message_quota, None);
         assert_eq!(Realism::default().daily_message_quota, None);
     }
 

@@ -62,8 +62,9 @@ impl std::fmt::Debug for EmulatorOptions {
 }
 
 impl EmulatorOptions {
-    /// Defaults: free port, hub `emulator`, no quotas, no latency, no faults, lenient, this
-    /// round's [`Realism::default`].
+    /// Defaults for embedding in tests: free port, hub `emulator`, no quotas, no latency, no
+    /// faults, lenient, and [`Realism::default`] (Azure's rules, immediate timing). The command
+    /// line starts from Azure's timing instead.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             port: 0,
