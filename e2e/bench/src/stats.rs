@@ -37,6 +37,21 @@ pub struct HubStats {
     /// Requests answered 429.
     #[serde(default)]
     pub throttled: u64,
+    /// Messages billed against the hub's daily quota (4 KB chunks).
+    #[serde(default)]
+    pub messages: Messages,
+}
+
+/// The emulator's message meter: what Azure would bill against the daily quota.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Messages {
+    /// Billed messages since the last reset.
+    #[serde(default)]
+    pub total: u64,
+    /// Operation name -> billed messages.
+    #[serde(default)]
+    pub by_operation: BTreeMap<String, u64>,
 }
 
 impl HubStats {
