@@ -8,7 +8,7 @@ use tracing::{debug, info};
 
 use super::model::HubDevice;
 use super::plan::{Action, IdentityFix, NewAuth, NewDevice};
-use super::read_back::ReadBacks;
+use super::read_back::{ReadBacks, Replaced};
 use crate::iothub::query::in_list_queries;
 use crate::iothub::{
     AuthenticationMechanism, AuthenticationType, BulkDeviceOutcome, DeviceCapabilities,
@@ -70,7 +70,8 @@ pub async fn observe(
         .cloned()
         .collect();
     for id in &missing {
-        if let Some(device) = read_back(client, id, read_backs).await? {
+        // Nothing of ours replaced it: any answer a query gives later is at least as new.
+        if let Some(device) = read_back(client, id, Replaced::default(), read_backs).await? {
             devices.insert(id.clone(), device);
         }
     }
@@ -83,21 +84,23 @@ pub async fn observe(
     Ok(devices)
 }
 
-/// GETs the twin of `id` and remembers it (or that it does not exist) as fresher than any
-/// query. A failure of the whole hub is returned; a device-level one leaves nothing known.
+/// GETs the twin of `id` and remembers it (or that it does not exist) as fresher than any query
+/// answer that shows the etags in `replaced`. A failure of the whole hub is returned; a
+/// device-level one leaves nothing known.
 async fn read_back(
     client: &HubClient,
     id: &str,
+    replaced: Replaced,
     read_backs: &mut ReadBacks,
 ) -> Result<Option<HubDevice>, HubError> {
     match client.get_twin(id).await {
         Ok(twin) => {
             let device = HubDevice::from_twin(&twin);
-            read_backs.remember(id, device.clone(), Instant::now());
+            read_backs.remember(id, device.clone(), replaced, Instant::now());
             Ok(device)
         }
         Err(e) if e.is_not_found() => {
-            read_backs.remember(id, None, Instant::now());
+            read_backs.remember(id, None, replaced, Instant::now());
             Ok(None)
         }
         Err(e) if is_device_level(&e) => Ok(None),
@@ -106,11 +109,13 @@ async fn read_back(
 }
 
 /// Reads back every device a round wrote or failed to write, so the next round plans from the
-/// hub as it is now rather than from a query that may not show the write yet. A deleted device
-/// needs no GET.
+/// hub as it is now rather than from a query that may not show the write yet. `observed` is
+/// what the round planned from: the etags it holds are the ones the writes replaced. A deleted
+/// device needs no GET.
 pub async fn read_back_writes(
     client: &HubClient,
     applied: &Applied,
+    observed: &BTreeMap<String, HubDevice>,
     read_backs: &mut ReadBacks,
 ) -> Result<(), HubError> {
     let written: BTreeSet<&String> = applied
@@ -122,10 +127,11 @@ pub async fn read_back_writes(
         .filter(|id| !applied.deleted.contains(id))
         .collect();
     for id in written {
-        read_back(client, id, read_backs).await?;
+        read_back(client, id, Replaced::of(observed.get(id)), read_backs).await?;
     }
     for id in &applied.deleted {
-        read_backs.remember(id, None, Instant::now());
+        let replaced = Replaced::of(observed.get(id));
+        read_backs.remember(id, None, replaced, Instant::now());
     }
     Ok(())
 }

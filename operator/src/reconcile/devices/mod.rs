@@ -98,7 +98,7 @@ pub async fn converge(
             break;
         }
         let applied = hub::apply(hub, &rounds.last.actions).await?;
-        hub::read_back_writes(hub, &applied, read_backs).await?;
+        hub::read_back_writes(hub, &applied, &rounds.observed, read_backs).await?;
         // A write that failed on a stale view (409 on a create, 412 on an etag) succeeds once
         // the round plans from the read-back; the same failures twice in a row will not.
         let stuck = applied.writes() == 0 && applied.failures.keys().eq(rounds.failures.keys());
