@@ -513,6 +513,7 @@ impl HubClient {
                 call.headers.push(("x-ms-continuation", token.clone()));
             }
             let reply = self.execute(call).await?;
+            self.inner.counters.record_billed(op, reply.body.len());
             let page: Vec<serde_json::Value> = decode(op, &target, &reply)?;
             items.extend(page);
             let next = reply
@@ -619,7 +620,12 @@ impl HubClient {
 
     async fn twin_call(&self, call: Call) -> Result<Twin, HubError> {
         let (op, target) = (call.operation, call.target.clone());
+        let sent = call.body.as_ref().map(Vec::len);
         let reply = self.execute(call).await?;
+        // A read is billed by the twin returned, a write by the patch sent.
+        self.inner
+            .counters
+            .record_billed(op, sent.unwrap_or(reply.body.len()));
         let mut twin: Twin = decode(op, &target, &reply)?;
         fill_etag(&mut twin.etag, &reply.headers);
         Ok(twin)

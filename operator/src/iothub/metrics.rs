@@ -31,6 +31,20 @@ impl CallResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
+/// Size of one message IoT Hub bills against its daily quota.
+pub const BILLED_CHUNK_BYTES: usize = 4 * 1024;
+
+/// Messages IoT Hub bills for `bytes` of a query answer or twin: 4 KB chunks, at least one
+/// (Learn, "Azure IoT Hub billing information").
+pub fn billed_messages(bytes: usize) -> u64 {
+    bytes.div_ceil(BILLED_CHUNK_BYTES).max(1) as u64
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     operation: String,
     status: String,
@@ -54,6 +68,8 @@ pub struct HubCallCounters {
     calls: Mutex<BTreeMap<(HubOperation, CallResult), u64>>,
     rate_limit_wait: Mutex<Duration>,
     family: Family<CallLabels, Counter>,
+    billed: Mutex<BTreeMap<HubOperation, u64>>,
+    billed_family: Family<OperationLabel, Counter>,
 }
 
 impl HubCallCounters {
@@ -76,6 +92,32 @@ impl HubCallCounters {
                 status: result.label(),
             })
             .inc();
+    }
+
+    /// Records the messages IoT Hub bills for `bytes` moved by `operation` (a query page, a
+    /// twin read or write): what the operator's polling costs of the daily quota.
+    pub fn record_billed(&self, operation: HubOperation, bytes: usize) {
+        let messages = billed_messages(bytes);
+        *self
+            .billed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(operation)
+            .or_default() += messages;
+        self.billed_family
+            .get_or_create(&OperationLabel {
+                operation: operation.as_str().to_string(),
+            })
+            .inc_by(messages);
+    }
+
+    /// Billed messages recorded so far, over all operations.
+    pub fn billed(&self) -> u64 {
+        self.billed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
     }
 
     /// Adds time spent waiting for the client-side rate limiter.
@@ -145,6 +187,11 @@ impl HubCallCounters {
             "IoT Hub service API calls by operation and HTTP status (retries counted separately)",
             self.family.clone(),
         );
+        registry.register(
+            "iothub_billed_messages",
+            "Messages IoT Hub bills against its daily quota for the operator's query answers and twin reads and writes (4 KB chunks, estimated from the bytes moved)",
+            self.billed_family.clone(),
+        );
     }
 }
 
@@ -170,6 +217,25 @@ mod tests {
                 result: CallResult::Status(200),
                 count: 2
             }
+        );
+    }
+
+    #[test]
+    fn billed_messages_are_4_kb_chunks_per_call() {
+        assert_eq!(billed_messages(0), 1);
+        assert_eq!(billed_messages(4096), 1);
+        assert_eq!(billed_messages(4097), 2);
+        let counters = HubCallCounters::new();
+        counters.record_billed(HubOperation::Query, 10_000);
+        counters.record_billed(HubOperation::GetTwin, 300);
+        assert_eq!(counters.billed(), 4);
+        let mut registry = Registry::default();
+        counters.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"iothub_billed_messages_total{operation="query"} 3"#),
+            "{text}"
         );
     }
 

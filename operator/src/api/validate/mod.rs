@@ -409,18 +409,18 @@ fn check_device_fields(
         }
         _ => {}
     }
-    if d.device_type == DeviceType::Leaf {
-        if d.deployment.is_some() || !d.layered_deployments.is_empty() {
-            out.push(violation(
-                device_field(id, "deployment"),
-                id,
-                "a Leaf device runs no modules but has a deployment".into(),
-                "remove deployment and layeredDeployments, or make it an Edge device",
-            ));
-        }
-        // A Leaf without a parent is a device that talks to the hub itself (a top-layer
-        // sensor, or one moved out from behind its gateway): IoT Hub allows it, and the device
-        // step then clears the parent link it had.
+    // A Leaf may have no parent: it then talks to the hub itself (a top-layer sensor, or one
+    // moved out from behind its gateway), which IoT Hub allows; the device step clears the
+    // parent link it had.
+    if d.device_type == DeviceType::Leaf
+        && (d.deployment.is_some() || !d.layered_deployments.is_empty())
+    {
+        out.push(violation(
+            device_field(id, "deployment"),
+            id,
+            "a Leaf device runs no modules but has a deployment".into(),
+            "remove deployment and layeredDeployments, or make it an Edge device",
+        ));
     }
     if let Some(name) = &d.deployment {
         match deployments.get(name.as_str()) {
