@@ -44,11 +44,17 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
         .as_ref()
         .map(previously_registered)
         .unwrap_or_default();
-    let mut read_backs = ctx.take_read_backs(&identity.uid);
-    let rounds =
-        devices::converge(&hub, &identity, policy, &[], &registered, &mut read_backs).await;
-    ctx.keep_read_backs(&identity.uid, read_backs);
-    let rounds = rounds?;
+    let memory = ctx.memories.of(&identity.uid);
+    let mut memory = memory.lock().await;
+    let rounds = devices::converge(
+        &hub,
+        &identity,
+        policy,
+        &[],
+        &registered,
+        &mut memory.devices,
+    )
+    .await?;
     if !rounds.failures.is_empty() {
         let failures: Vec<String> = rounds
             .failures
@@ -79,5 +85,7 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
     ctx.events
         .publish_all(hierarchy, notes.into_iter().collect())
         .await;
+    drop(memory);
+    ctx.memories.forget(&identity.uid);
     Ok(Requeue::await_change())
 }

@@ -18,9 +18,9 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::credentials::{self, HubClients};
-use super::devices::ReadBacks;
 use super::error::Error;
 use super::events::EventPublisher;
+use super::memory::Memories;
 use super::{cleanup, sync};
 use crate::api::EdgeHierarchy;
 use crate::iothub::HubCallCounters;
@@ -40,8 +40,8 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failed reconciles per hierarchy, for the retry backoff.
     pub failures: Mutex<HashMap<String, u32>>,
-    /// Devices read back after recent writes, per hierarchy uid (see `devices::read_back`).
-    read_backs: Mutex<HashMap<String, ReadBacks>>,
+    /// What each hierarchy's reconciles read back after their writes (see `memory`).
+    pub memories: Memories,
 }
 
 impl Context {
@@ -59,28 +59,10 @@ impl Context {
             hubs: HubClients::new(client.clone(), counters),
             crypto: crate::pki::CryptoPool::with_available_parallelism(),
             failures: Default::default(),
-            read_backs: Default::default(),
+            memories: Default::default(),
             metrics,
             client,
         }
-    }
-}
-
-impl Context {
-    /// The read-backs of the hierarchy `uid` for one reconcile (one reconcile of a hierarchy
-    /// runs at a time); give them back with [`Context::keep_read_backs`].
-    pub fn take_read_backs(&self, uid: &str) -> ReadBacks {
-        let mut all = self.read_backs.lock().unwrap_or_else(|e| e.into_inner());
-        all.remove(uid).unwrap_or_default()
-    }
-
-    /// Keeps the read-backs for the next reconcile (nothing is kept when there are none).
-    pub fn keep_read_backs(&self, uid: &str, read_backs: ReadBacks) {
-        if read_backs.is_empty() {
-            return;
-        }
-        let mut all = self.read_backs.lock().unwrap_or_else(|e| e.into_inner());
-        all.insert(uid.to_string(), read_backs);
     }
 }
 

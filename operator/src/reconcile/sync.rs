@@ -53,18 +53,17 @@ async fn steps(
         &certificates.sas_keys(),
     );
     let registered_before = previously_registered(previous);
-    let mut read_backs = ctx.take_read_backs(&scope.identity.uid);
+    let memory = ctx.memories.of(&scope.identity.uid);
+    let mut memory = memory.lock().await;
     let rounds = devices::converge(
         &scope.hub,
         &scope.identity,
         policy,
         &desired,
         &registered_before,
-        &mut read_backs,
+        &mut memory.devices,
     )
-    .await;
-    ctx.keep_read_backs(&scope.identity.uid, read_backs);
-    let rounds = rounds?;
+    .await?;
     publish(&scope, device_notes(&rounds, policy.reconcile)).await;
 
     // Bundles need the registered devices (their keys and scopes), so they come after the hub.
@@ -81,8 +80,15 @@ async fn steps(
 
     let registered: BTreeSet<String> = owned.keys().cloned().collect();
     let known = deployments::plan::known_configurations(previous);
-    let deployed =
-        deployments::reconcile(&scope, &topology, &manifests, &registered, &known).await?;
+    let deployed = deployments::reconcile(
+        &scope,
+        &topology,
+        &manifests,
+        &registered,
+        &known,
+        &mut memory.agents,
+    )
+    .await?;
     publish(&scope, deployment_notes(&deployed, policy.reconcile)).await;
 
     let order: Vec<String> = desired.iter().map(|d| d.id.clone()).collect();

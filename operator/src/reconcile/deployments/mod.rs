@@ -10,8 +10,10 @@
 //! devices, whose twins are read after the configurations changed so they show the result.
 
 pub mod plan;
+pub mod read_back;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
@@ -27,6 +29,7 @@ use crate::iothub::query::in_list_queries;
 use crate::iothub::{Configuration, HubClient, HubError};
 use crate::ownership::is_owned_configuration;
 use plan::{AgentTwin, ConfigurationPlan, DevicePlanInput};
+use read_back::AgentReadBacks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeploymentError {
@@ -107,6 +110,7 @@ pub async fn reconcile(
     manifests: &Manifests,
     registered: &BTreeSet<String>,
     known_configurations: &BTreeSet<String>,
+    read_backs: &mut AgentReadBacks,
 ) -> Result<DeploymentOutcome, Error> {
     let spec = &scope.hierarchy.spec;
     let manage = spec.policy.reconcile == ReconcilePolicy::Manage;
@@ -152,7 +156,10 @@ pub async fn reconcile(
         .iter()
         .filter(|d| d.deployment.is_some())
         .map(|d| d.id.as_str());
-    let agents = agent_twins(&scope.hub, spec.deployment_mode, with_deployment).await?;
+    let mut agents = agent_twins(&scope.hub, spec.deployment_mode, with_deployment).await?;
+    let now = Instant::now();
+    read_backs.expire(now);
+    read_backs.overlay(&mut agents, now);
     let plan = plan::plan_devices(&DevicePlanInput {
         spec,
         topology,
@@ -165,6 +172,11 @@ pub async fn reconcile(
     for (id, content) in &plan.apply {
         scope.hub.apply_configuration_content(id, content).await?;
         out.applied.push(id.clone());
+        // Read back, so the next reconcile does not take a lagging query for a missing apply.
+        let twin = scope.hub.get_module_twin(id, "$edgeAgent").await?;
+        if let Some(agent) = AgentTwin::from_twin(&twin) {
+            read_backs.remember(agent, Instant::now());
+        }
     }
     out.modules = plan.modules;
     out.deployments = plan.deployments;

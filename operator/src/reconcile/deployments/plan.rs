@@ -215,12 +215,13 @@ const AGENT_REPORTED: [&str; 4] = [
 /// only what health needs is selected, and the whole desired properties only in PerDevice mode,
 /// where they are compared with the manifest.
 pub fn agent_query_fields(mode: DeploymentMode) -> String {
-    let mut fields = vec!["deviceId".to_string()];
-    match mode {
-        DeploymentMode::PerDevice => fields.push("properties.desired AS desired".into()),
-        DeploymentMode::Automatic => {
-            fields.push("properties.desired.$version AS desiredVersion".into());
-        }
+    let mut fields = vec![
+        "deviceId".to_string(),
+        // On its own: a projected object need not carry its `$` members.
+        "properties.desired.$version AS desiredVersion".to_string(),
+    ];
+    if mode == DeploymentMode::PerDevice {
+        fields.push("properties.desired AS desired".into());
     }
     fields.extend(
         AGENT_REPORTED
@@ -232,6 +233,13 @@ pub fn agent_query_fields(mode: DeploymentMode) -> String {
 }
 
 impl AgentTwin {
+    /// The agent twin as a GET of the `$edgeAgent` module twin returns it. The swagger's twin
+    /// has no `configurations`, so neither has this: only PerDevice mode, which has no
+    /// configurations, reads agent twins back.
+    pub fn from_twin(twin: &crate::iothub::Twin) -> Option<Self> {
+        serde_json::from_value(serde_json::to_value(twin).ok()?).ok()
+    }
+
     /// An agent twin from a row of the [`agent_query_fields`] query; `None` for a row that is
     /// not one (no device id). Fields the hub left out or sent as null are absent.
     pub fn from_row(row: &Value) -> Option<Self> {
@@ -557,8 +565,26 @@ mod tests {
         assert!(!automatic.contains("$metadata") && !automatic.contains("*"));
         assert!(
             agent_query_fields(DeploymentMode::PerDevice)
-                .contains("properties.desired AS desired,")
+                .contains("AS desiredVersion, properties.desired AS desired,")
         );
+    }
+
+    #[test]
+    fn a_module_twin_from_a_get_becomes_an_agent_twin() {
+        let twin: crate::iothub::Twin = serde_json::from_value(json!({
+            "deviceId": "p-low", "moduleId": "$edgeAgent", "etag": "AAAA",
+            "properties": {
+                "desired": {"schemaVersion": "1.1", "$version": 4, "$metadata": {}},
+                "reported": {"lastDesiredVersion": 4, "$version": 2},
+            },
+            "configurations": {"c1": {"status": "Applied"}},
+        }))
+        .unwrap();
+        let agent = AgentTwin::from_twin(&twin).unwrap();
+        assert_eq!(agent.device_id, "p-low");
+        assert_eq!(agent.properties.desired["$version"], 4);
+        assert_eq!(agent.properties.reported["lastDesiredVersion"], 4);
+        assert!(agent.configurations.is_empty(), "the twin model has none");
     }
 
     #[test]
@@ -597,11 +623,12 @@ mod tests {
         assert_eq!(twin.properties.reported, Value::Null);
         assert!(twin.configurations.is_empty());
 
-        // PerDevice rows carry the whole desired properties.
+        // PerDevice rows carry the whole desired properties; the version comes on its own.
         let per_device =
-            json!({"deviceId": "d", "desired": {"schemaVersion": "1.1", "$version": 2}});
+            json!({"deviceId": "d", "desiredVersion": 3, "desired": {"schemaVersion": "1.1"}});
         let twin = AgentTwin::from_row(&per_device).unwrap();
         assert_eq!(twin.properties.desired["schemaVersion"], "1.1");
+        assert_eq!(twin.properties.desired["$version"], 3);
         assert!(AgentTwin::from_row(&json!({"desired": {}})).is_none());
     }
 
