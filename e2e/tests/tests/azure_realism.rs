@@ -8,7 +8,11 @@
 //! - twin property names IoT Hub refuses are caught in the manifest, before any write;
 //! - at most 100 configurations per hub, checked before any write;
 //! - a Leaf moved to the top of the tree has its `deviceScope` cleared (the hub keeps it
-//!   otherwise).
+//!   otherwise);
+//! - query answers are billed by size: a resync selects only what it reads, well under what the
+//!   same queries with `SELECT *` are billed;
+//! - a used-up daily message quota (403 `IotHubQuotaExceeded`) is its own condition, with a wait
+//!   until the reset.
 
 mod common;
 
@@ -219,6 +223,55 @@ async fn a_leaf_moved_to_the_top_is_detached(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Billed messages so far (the emulator's meter).
+async fn billed(env: &Env) -> anyhow::Result<u64> {
+    let stats = env.hub.admin.stats().await?;
+    stats["messages"]["total"]
+        .as_u64()
+        .context("messages.total")
+}
+
+async fn a_resync_is_billed_for_what_it_reads_only(env: &Env) -> anyhow::Result<()> {
+    env.namespace("billed").await?;
+    let h = env.apply("billed", &example("factory.yaml")).await?;
+    let uid = h.metadata.uid.clone().context("uid")?;
+    env.wait_condition("billed", "factory", "DeploymentsReady", "True")
+        .await?;
+    let before = billed(env).await?;
+    env.resync("billed", "factory").await?;
+    let resync = billed(env).await? - before;
+
+    // The same two reads a resync makes, as full twins.
+    let ids: Vec<String> = h
+        .spec
+        .devices
+        .iter()
+        .map(|d| format!("'{}'", d.id))
+        .collect();
+    let before = billed(env).await?;
+    env.hub
+        .admin
+        .query(&format!(
+            "SELECT * FROM devices WHERE tags.edgeHierarchy.uid = '{uid}'"
+        ))
+        .await?;
+    env.hub
+        .admin
+        .query(&format!(
+            "SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent' AND deviceId IN [{}]",
+            ids.join(", ")
+        ))
+        .await?;
+    let full = billed(env).await? - before;
+    eprintln!("one resync of 36 devices: {resync} messages; the same reads as SELECT *: {full}");
+    ensure!(
+        resync > 0 && resync * 2 <= full,
+        "a resync is billed {resync} messages, the same queries with SELECT * {full}: it should \
+         select only what it reads"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_survives_azures_rules() -> anyhow::Result<()> {
     let env = Env::start(&["--inject-registered-without-twin", "twinless-lower"]).await?;
@@ -249,6 +302,12 @@ async fn operator_survives_azures_rules() -> anyhow::Result<()> {
         .await;
     checks
         .run(
+            "a resync is billed for what it reads only",
+            a_resync_is_billed_for_what_it_reads_only(&env),
+        )
+        .await;
+    checks
+        .run(
             "a Leaf moved to the top of the tree is detached",
             a_leaf_moved_to_the_top_is_detached(&env),
         )
@@ -261,4 +320,50 @@ async fn operator_survives_azures_rules() -> anyhow::Result<()> {
         )
         .await;
     checks.finish()
+}
+
+/// A hub with a daily quota of 40 messages: the first hierarchy uses it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_daily_quota_is_reported_and_waited_out() -> anyhow::Result<()> {
+    let env = Env::start(&["--daily-message-quota", "40"]).await?;
+    env.namespace("quota").await?;
+    env.apply("quota", &example("factory.yaml")).await?;
+    let h = env
+        .wait_status("quota", "factory", "the quota condition", |s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "HubQuotaExceeded")
+        })
+        .await?;
+    let ready = h
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .context("Ready")?;
+    ensure!(
+        ready.status == "False"
+            && ready.message.contains("daily message quota")
+            && ready.message.contains("00:00 UTC")
+            && ready.message.contains("add units"),
+        "{ready:?}"
+    );
+    ensure!(
+        !h.conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True"),
+        "the quota resets by itself, so the hierarchy is not stalled: {:?}",
+        h.conditions
+    );
+    env.wait_event("quota", "factory", "HubQuotaExceeded", "00:00 UTC")
+        .await?;
+    // It waits for the reset rather than retrying: no more requests are refused.
+    let rejected = |stats: &Value| stats["messages"]["rejected"].as_u64().unwrap_or(0);
+    let first = rejected(&env.hub.admin.stats().await?);
+    tokio::time::sleep(std::time::Duration::from_secs(45)).await;
+    let later = rejected(&env.hub.admin.stats().await?);
+    ensure!(
+        later == first,
+        "the operator kept calling a hub whose quota is used up: {first} then {later} refused"
+    );
+    Ok(())
 }

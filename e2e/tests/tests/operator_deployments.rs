@@ -425,10 +425,9 @@ async fn per_device_mode_applies_manifests(env: &Env) -> anyhow::Result<()> {
     common::wait_query_shows(
         env,
         "SELECT * FROM devices.modules WHERE deviceId = 'p-low' AND moduleId = '$edgeAgent'",
-        |twin| {
-            twin.pointer("/properties/desired/modules/SimulatedTemperatureSensor")
-                .is_none()
-        },
+        // The hand-made manifest's empty systemModules: before the operator's own apply shows,
+        // the query has no systemModules at all.
+        |twin| twin.pointer("/properties/desired/systemModules") == Some(&json!({})),
     )
     .await?;
     env.poke("perdev", "perdevice").await?;
