@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use futures::StreamExt;
 use tracing::{debug, info};
 
 use super::model::HubDevice;
@@ -64,17 +65,13 @@ pub async fn observe(
         );
     }
     read_backs.overlay(&mut devices, now);
-    let missing: Vec<String> = expected
+    let missing: Vec<&str> = expected
         .iter()
         .filter(|id| !devices.contains_key(*id) && !read_backs.knows(id, now))
-        .cloned()
+        .map(String::as_str)
         .collect();
-    for id in &missing {
-        // Nothing of ours replaced it: any answer a query gives later is at least as new.
-        if let Some(device) = read_back(client, id, Replaced::default(), read_backs).await? {
-            devices.insert(id.clone(), device);
-        }
-    }
+    // Nothing of ours replaced them: any answer a query gives later is at least as new.
+    devices.extend(read_back(client, &missing, |_| Replaced::default(), read_backs).await?);
     debug!(
         owned = owned.len(),
         read = missing.len(),
@@ -84,28 +81,50 @@ pub async fn observe(
     Ok(devices)
 }
 
-/// GETs the twin of `id` and remembers it (or that it does not exist) as fresher than any query
-/// answer that shows the etags in `replaced`. A failure of the whole hub is returned; a
-/// device-level one leaves nothing known.
-async fn read_back(
-    client: &HubClient,
-    id: &str,
-    replaced: Replaced,
-    read_backs: &mut ReadBacks,
-) -> Result<Option<HubDevice>, HubError> {
+/// How many read-back GETs are in flight at once (the client's rate limiter still paces them).
+const READ_BACK_CONCURRENCY: usize = 16;
+
+/// What a GET tells of a device: `Some(None)` that it does not exist, `None` nothing (the GET
+/// failed for this device alone).
+type FreshRead = Option<Option<HubDevice>>;
+
+/// GETs the twin of `id`. A failure of the whole hub is returned.
+async fn get_fresh(client: &HubClient, id: &str) -> Result<FreshRead, HubError> {
     match client.get_twin(id).await {
-        Ok(twin) => {
-            let device = HubDevice::from_twin(&twin);
-            read_backs.remember(id, device.clone(), replaced, Instant::now());
-            Ok(device)
-        }
-        Err(e) if e.is_not_found() => {
-            read_backs.remember(id, None, replaced, Instant::now());
-            Ok(None)
-        }
+        Ok(twin) => Ok(Some(HubDevice::from_twin(&twin))),
+        Err(e) if e.is_not_found() => Ok(Some(None)),
         Err(e) if is_device_level(&e) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// GETs the twins of `ids` (several at a time) and remembers each as fresher than any query
+/// answer that shows the etags `replaced` gives for it.
+async fn read_back(
+    client: &HubClient,
+    ids: &[&str],
+    replaced: impl Fn(&str) -> Replaced,
+    read_backs: &mut ReadBacks,
+) -> Result<BTreeMap<String, HubDevice>, HubError> {
+    // Owned ids, so the stream's futures are Send for any lifetime (the controller needs it).
+    let owned: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    let reads: Vec<(String, Result<FreshRead, HubError>)> = futures::stream::iter(owned)
+        .map(|id| async move {
+            let read = get_fresh(client, &id).await;
+            (id, read)
+        })
+        .buffer_unordered(READ_BACK_CONCURRENCY)
+        .collect()
+        .await;
+    let mut found = BTreeMap::new();
+    for (id, read) in reads {
+        let Some(device) = read? else { continue };
+        read_backs.remember(&id, device.clone(), replaced(&id), Instant::now());
+        if let Some(device) = device {
+            found.insert(id, device);
+        }
+    }
+    Ok(found)
 }
 
 /// Reads back every device a round wrote or failed to write, so the next round plans from the
@@ -118,20 +137,20 @@ pub async fn read_back_writes(
     observed: &BTreeMap<String, HubDevice>,
     read_backs: &mut ReadBacks,
 ) -> Result<(), HubError> {
-    let written: BTreeSet<&String> = applied
+    let written: BTreeSet<&str> = applied
         .created
         .iter()
         .chain(&applied.fixed)
         .chain(&applied.tagged)
         .chain(applied.failures.keys())
         .filter(|id| !applied.deleted.contains(id))
+        .map(String::as_str)
         .collect();
-    for id in written {
-        read_back(client, id, Replaced::of(observed.get(id)), read_backs).await?;
-    }
+    let written: Vec<&str> = written.into_iter().collect();
+    let replaced = |id: &str| Replaced::of(observed.get(id));
+    read_back(client, &written, replaced, read_backs).await?;
     for id in &applied.deleted {
-        let replaced = Replaced::of(observed.get(id));
-        read_backs.remember(id, None, replaced, Instant::now());
+        read_backs.remember(id, None, replaced(id), Instant::now());
     }
     Ok(())
 }
