@@ -72,6 +72,7 @@ async fn steps(
         &owned,
         &certificates,
         &rounds.applied.created,
+        None,
     )
     .await?;
     publish(&scope, certificate_notes(&certificates, &bundles)).await;
