@@ -9,7 +9,8 @@
 //! - [`status`] and [`conditions`]: the status, pure; [`events`]: Events, pure notes plus one
 //!   publisher.
 //! - [`scope`]: what a reconcile works with; [`secrets`]: the operator's own Secrets;
-//!   [`credentials`]: hub clients from the user's Secrets.
+//!   [`credentials`]: hub clients from the user's Secrets; [`registry_auth`]: registry logins
+//!   from the user's Secrets.
 
 pub mod bundles;
 pub mod certs;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod registry_auth;
 pub mod scope;
 pub mod secrets;
 pub mod status;
