@@ -33,7 +33,7 @@ deps:
 
 ## Regenerate the CRD from the Rust types (never edit crds/ by hand).
 crd:
-	$(CARGO) run --quiet -p edge-hierarchy-operator -- crd > crds/edgehierarchy.yaml
+	$(CARGO) run --quiet -p edge-hierarchy-operator --bin edge-hierarchy-operator -- crd > crds/edgehierarchy.yaml
 	@if [ -d charts/edge-hierarchy-operator/crds ]; then cp crds/edgehierarchy.yaml charts/edge-hierarchy-operator/crds/; fi
 
 lint:

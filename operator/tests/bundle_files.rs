@@ -14,6 +14,7 @@ use edge_hierarchy_operator::bundle::{
     TRUST_BUNDLE_FILE, bundle_files, bundle_fingerprint, mode_for_path, write_archive,
     write_tar_gz, write_zip,
 };
+use edge_hierarchy_operator::deploy::{Password, RegistryLogin};
 use edge_hierarchy_operator::pki::{
     IdentitySigner, IssuedCertificate, PrivateKey, generate_key, generate_root_ca, issue_edge_ca,
     issue_identity_certificate,
@@ -73,6 +74,7 @@ fn tutorial_device(device_id: &str) -> BundleInput {
             "$upstream:443/azureiotedge-agent:1.5".into()
         },
         upstream_port: 443,
+        agent_auth: None,
     }
 }
 
@@ -169,6 +171,54 @@ fn x509_lower_layer_with_hostnames_matches_golden_files() {
 // ---------------------------------------------------------------------------------------------
 // config.toml
 
+#[test]
+fn agent_auth_is_the_agent_config_auth_table_after_the_image() {
+    for (device, address) in [
+        ("top-layer", "mcr.microsoft.com"),
+        ("lower-layer", "$upstream:443"),
+    ] {
+        let config = text(
+            &bundle_files(&with_agent_auth(device)).unwrap(),
+            "config.toml",
+        );
+        let image = if device == "top-layer" {
+            "mcr.microsoft.com/azureiotedge-agent:1.5"
+        } else {
+            "$upstream:443/azureiotedge-agent:1.5"
+        };
+        let expected = format!(
+            "[agent.config]\nimage = \"{image}\"\n\n\
+             [agent.config.auth]\nserveraddress = \"{address}\"\nusername = \"puller\"\n\
+             password = \"PLACEHOLDER-registry-pass\\\"word\"\n\n[connect]\n"
+        );
+        assert!(config.contains(&expected), "{device}:\n{config}");
+        // The golden bundles, without agentAuth, stay as they were.
+        let plain = text(
+            &bundle_files(&tutorial_device(device)).unwrap(),
+            "config.toml",
+        );
+        assert!(!plain.contains("[agent.config.auth]"), "{plain}");
+    }
+}
+
+#[test]
+fn agent_auth_values_are_checked_and_debug_hides_the_password() {
+    let input = with_agent_auth("lower-layer");
+    let debug = format!("{input:?}");
+    assert!(!debug.contains("PLACEHOLDER-registry"), "{debug}");
+    let mut bad = input.clone();
+    bad.agent_auth.as_mut().unwrap().username = "a\nb".into();
+    match bundle_files(&bad) {
+        Err(e @ BundleError::InvalidInput { .. }) => {
+            assert!(e.to_string().contains("agent auth username"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut bad = input;
+    bad.agent_auth.as_mut().unwrap().password = Password::new("");
+    assert!(bundle_files(&bad).is_err());
+}
+
 fn variants() -> Vec<(String, BundleInput)> {
     let mut out = Vec::new();
     for device in ["top-layer", "lower-layer"] {
@@ -190,11 +240,36 @@ fn variants() -> Vec<(String, BundleInput)> {
             }
         }
     }
+    for device in ["top-layer", "lower-layer"] {
+        out.push((format!("{device} agent auth"), with_agent_auth(device)));
+    }
+    // Last: odd_device_ids_get_safe_file_names takes it from the end.
     let mut odd = tutorial_device("lower-layer");
     odd.device_id = "Line#7 'press' (v2)@hall=3".into();
     odd.hierarchy = "factory".into();
     out.push(("odd device id".into(), odd));
     out
+}
+
+const REGISTRY_PASSWORD: &str = "PLACEHOLDER-registry-pass\"word";
+
+/// A device whose agent image comes from a private registry; below the top layer the login,
+/// like the image, goes to `$upstream:443` (the bundle plan decides the address).
+fn with_agent_auth(device_id: &str) -> BundleInput {
+    let input = tutorial_device(device_id);
+    let address = if input.is_top_layer() {
+        "mcr.microsoft.com"
+    } else {
+        "$upstream:443"
+    };
+    BundleInput {
+        agent_auth: Some(RegistryLogin {
+            address: address.into(),
+            username: "puller".into(),
+            password: Password::new(REGISTRY_PASSWORD),
+        }),
+        ..input
+    }
 }
 
 fn str_at<'a>(table: &'a toml::Table, path: &str) -> &'a str {
@@ -308,6 +383,27 @@ fn config_toml_parses_and_carries_the_aziot_edge_keys() {
             input.agent_image,
             "{case}"
         );
+        match &input.agent_auth {
+            Some(login) => {
+                assert_eq!(
+                    str_at(&table, "agent.config.auth.serveraddress"),
+                    login.address
+                );
+                assert_eq!(str_at(&table, "agent.config.auth.username"), login.username);
+                assert_eq!(
+                    str_at(&table, "agent.config.auth.password"),
+                    login.password.expose()
+                );
+                assert_eq!(
+                    table["agent"]["config"]["auth"].as_table().unwrap().len(),
+                    3
+                );
+            }
+            None => assert!(
+                table["agent"]["config"].get("auth").is_none(),
+                "{case}: auth without agent_auth"
+            ),
+        }
         assert_eq!(
             str_at(&table, "connect.workload_uri"),
             "unix:///var/run/iotedge/workload.sock"

@@ -62,6 +62,7 @@ fn child_trust_bundle(h: &Hierarchy, roots: Vec<String>) -> String {
         edge_ca: h.child_edge_ca.clone(),
         agent_image: "$upstream:443/azureiotedge-agent:1.5".into(),
         upstream_port: 443,
+        agent_auth: None,
     };
     let files = bundle_files(&input).unwrap();
     let file = files

@@ -71,19 +71,20 @@ async fn converges_under_s1_quotas(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Two gateways and 120 sensors under a spec that says the hub is an S3: the operator's own
-/// pacing lets the 122 creates go out faster than the S1 hub's 100 registry operations a minute,
-/// so the hub answers 429 without `Retry-After` and only the operator's fallback backoff paces
-/// the retries.
+/// Three gateways and 250 sensors under a spec that says the hub is an S3: the operator's own
+/// pacing sends the 250 sensor creates at once (bulks of 100), the S1 hub takes 100 registry
+/// operations a minute and queues a request for at most a second, so it answers 429 without
+/// `Retry-After` and only the operator's fallback backoff paces the retries.
 async fn converges_on_its_own_backoff_when_the_hub_is_smaller_than_declared(
     env: &Env,
 ) -> anyhow::Result<()> {
     env.namespace("overdrive").await?;
-    let mut devices = String::from("    - {id: od-gw-0}\n    - {id: od-gw-1}\n");
-    for s in 0..120 {
+    let mut devices =
+        String::from("    - {id: od-gw-0}\n    - {id: od-gw-1}\n    - {id: od-gw-2}\n");
+    for s in 0..250 {
         devices.push_str(&format!(
             "    - {{id: od-sensor-{s:03}, parent: od-gw-{}, type: Leaf}}\n",
-            s % 2
+            s % 3
         ));
     }
     let yaml = format!(

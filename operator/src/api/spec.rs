@@ -339,6 +339,48 @@ pub struct EdgeRuntimeSpec {
     #[serde(default = "default_upstream_registries")]
     #[schemars(length(max = 32))]
     pub upstream_registries: Vec<String>,
+    /// Credentials for pulling agentImage from a private registry, written into every device's
+    /// config.toml as `[agent.config.auth]`. Below the top layer the server address written is
+    /// `$upstream:<upstreamPort>` when the image is pulled through the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_auth: Option<AgentAuthSpec>,
+}
+
+/// Registry credentials for the bootstrap pull of the edgeAgent image.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentAuthSpec {
+    /// The registry of agentImage as the image names it, for example `myregistry.azurecr.io`.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[^\s]+$"))]
+    pub server_address: String,
+    /// The Secret holding the user name and password.
+    pub secret_ref: RegistrySecretRef,
+}
+
+/// A Secret of the hierarchy's namespace holding a registry user name and password. The
+/// operator reads it at every reconcile, and a change to it re-reconciles the hierarchy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the user name within the Secret.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: String,
+    /// Key of the password within the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
 }
 
 impl Default for EdgeRuntimeSpec {
@@ -347,6 +389,7 @@ impl Default for EdgeRuntimeSpec {
             agent_image: default_agent_image(),
             upstream_port: default_upstream_port(),
             upstream_registries: default_upstream_registries(),
+            agent_auth: None,
         }
     }
 }
@@ -393,6 +436,29 @@ pub struct DeploymentSpec {
     /// The deployment manifest from a ConfigMap key holding its JSON; a change re-renders it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_ref: Option<ConfigMapKeyRef>,
+    /// Registry credentials added to the manifest's `$edgeAgent` `registryCredentials` from
+    /// Secrets, so no password is written in the manifest. A name the manifest already uses is
+    /// refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 20))]
+    pub registry_credentials: Vec<RegistryCredentialSpec>,
+}
+
+/// One entry of a deployment's `registryCredentials`, its user name and password from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredentialSpec {
+    /// Name of the entry under `registryCredentials` (no `.`, `$`, `#` or spaces).
+    #[schemars(length(min = 1, max = 63), pattern(r"^[^.$#\s]+$"))]
+    pub name: String,
+    /// The registry host the credentials are for, as module images name it, for example
+    /// `myregistry.azurecr.io`. Below the top layer a registry of upstreamRegistries becomes
+    /// `$upstream:<upstreamPort>`, like the images.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[^\s]+$"))]
+    pub address: String,
+    /// The Secret holding the user name and password.
+    pub secret_ref: RegistrySecretRef,
 }
 
 fn default_priority() -> i32 {

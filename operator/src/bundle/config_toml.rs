@@ -82,6 +82,15 @@ pub fn render_config_toml(input: &BundleInput) -> String {
         "[agent.config]\nimage = {}\n\n",
         toml_string(&input.agent_image)
     ));
+    if let Some(login) = &input.agent_auth {
+        // aziot-edged resolves a leading `$upstream` here as in the image.
+        out.push_str(&format!(
+            "[agent.config.auth]\nserveraddress = {}\nusername = {}\npassword = {}\n\n",
+            toml_string(&login.address),
+            toml_string(&login.username),
+            toml_string(login.password.expose())
+        ));
+    }
 
     out.push_str(
         "[connect]\n\

@@ -27,6 +27,7 @@ pub use config_toml::render_config_toml;
 pub use install_sh::render_install_sh;
 pub use readme::render_readme;
 
+use crate::deploy::RegistryLogin;
 use crate::pki::{IssuedCertificate, PrivateKey};
 
 /// Where `install.sh` puts certificates (owner `aziotcs`, 0644), as IoT Edge's docs lay out.
@@ -100,6 +101,9 @@ pub struct BundleInput {
     pub agent_image: String,
     /// Port of the parent's API proxy (README and the `iotedge check` hint).
     pub upstream_port: u16,
+    /// Registry login for pulling `agent_image` (`[agent.config.auth]`), its address already
+    /// the one this device must use (see `deploy::agent_server_address`).
+    pub agent_auth: Option<RegistryLogin>,
 }
 
 impl BundleInput {
@@ -346,6 +350,20 @@ fn validate(input: &BundleInput) -> Result<(), BundleError> {
             "agent image",
             "is empty or contains control characters".into(),
         ));
+    }
+    if let Some(login) = &input.agent_auth {
+        for (field, value) in [
+            ("agent auth server address", login.address.as_str()),
+            ("agent auth username", login.username.as_str()),
+            ("agent auth password", login.password.expose()),
+        ] {
+            if value.is_empty() || value.chars().any(char::is_control) {
+                return Err(invalid(
+                    field,
+                    "is empty or contains control characters".into(),
+                ));
+            }
+        }
     }
     if let DeviceAuth::SymmetricKey { shared_access_key } = &input.auth
         && (shared_access_key.is_empty()

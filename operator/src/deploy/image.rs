@@ -83,6 +83,42 @@ pub fn upstream_image(image: &str, edge: &EdgeRuntimeSpec) -> Option<String> {
     Some(format!("{UPSTREAM}:{}/{path}", edge.upstream_port))
 }
 
+/// `$upstream:<upstreamPort>` for a registry credential `address` whose registry is one of
+/// `edge.upstreamRegistries` (Docker Hub's names only when `docker.io` is listed); `None` when
+/// it stays as it is.
+///
+/// Below the top layer such images are pulled as `$upstream:<port>/...`, and edgeAgent uses a
+/// credential for an image only when the credential's address, with `$upstream` resolved to the
+/// parent, equals the image's registry host (Azure/iotedge `edge-agent`,
+/// `CombinedDockerConfigProvider` and `DockerUtil.FirstAuthConfig`). So the credential follows the
+/// image.
+pub fn upstream_address(address: &str, edge: &EdgeRuntimeSpec) -> Option<String> {
+    if address.trim().starts_with(UPSTREAM) {
+        return None;
+    }
+    let listed = edge
+        .upstream_registries
+        .iter()
+        .any(|r| same_registry(r, address));
+    listed.then(|| format!("{UPSTREAM}:{}", edge.upstream_port))
+}
+
+/// Whether two names of registries mean the same one: case, an `https://` prefix, a trailing `/`
+/// and Docker Hub's several names (`docker.io`, `index.docker.io`, Docker's credential form
+/// `https://index.docker.io/v1/`) aside.
+pub fn same_registry(a: &str, b: &str) -> bool {
+    fn canonical(name: &str) -> String {
+        let host = normalise_registry(name);
+        let host = host.strip_suffix("/v1").unwrap_or(&host);
+        if is_docker_hub(host) {
+            DOCKER_HUB.to_string()
+        } else {
+            host.to_string()
+        }
+    }
+    canonical(a) == canonical(b)
+}
+
 /// Docker Hub's repository path: official images live under `library/`.
 fn docker_hub_path(path: &str) -> String {
     if path.contains('/') {

@@ -8,6 +8,7 @@
 //! - [`plan`]: the IoT Hub configurations of Automatic mode, with their ids; they find their
 //!   devices through the ownership tags of `crate::ownership`.
 //! - [`merge`]: the single manifest of PerDevice mode (base + layered deployments).
+//! - [`registry`]: registry logins from Secrets, added to manifests and the agent's auth.
 //! - [`gateway`]: whether every parent lets its children pull images.
 //! - [`health`]: module health from `$edgeAgent` reported properties, and deployment readiness
 //!   from configuration system metrics.
@@ -18,6 +19,7 @@ pub mod image;
 pub mod manifest;
 pub mod merge;
 pub mod plan;
+pub mod registry;
 pub mod render;
 mod schema;
 
@@ -32,4 +34,7 @@ pub use manifest::{
 };
 pub use merge::merged_manifest;
 pub use plan::{DesiredConfiguration, automatic_configurations, configuration_id};
+pub use registry::{
+    DeploymentLogins, Password, RegistryLogin, add_registry_credentials, agent_server_address,
+};
 pub use render::{Variant, render_content};

@@ -1,12 +1,13 @@
 //! Rendering a manifest for a layer: below the top layer, images from `upstreamRegistries` are
-//! pulled through the parent, so they become `$upstream:<upstreamPort>/<path>`.
+//! pulled through the parent, so they become `$upstream:<upstreamPort>/<path>`, and registry
+//! credentials for those registries get the address `$upstream:<upstreamPort>` to match them.
 
 use std::fmt;
 
 use serde_json::Value;
 
-use super::image::upstream_image;
-use super::manifest::{DESIRED, EDGE_AGENT, LAYERED_MODULE_PREFIX};
+use super::image::{upstream_address, upstream_image};
+use super::manifest::{DESIRED, EDGE_AGENT, LAYERED_CREDENTIAL_PREFIX, LAYERED_MODULE_PREFIX};
 use crate::api::EdgeRuntimeSpec;
 
 /// Which rendering of a deployment a device gets. Rendered content differs between them, so each
@@ -48,9 +49,11 @@ impl fmt::Display for Variant {
 ///
 /// Top: returned unchanged. Lower: every `settings.image` under `$edgeAgent` — system modules and
 /// modules of the full `properties.desired` form, and `properties.desired.modules.<m>` entries of
-/// the layered form — is replaced by [`upstream_image`] when that applies. Other values are left
-/// as they are; rendering twice gives the same result. Malformed parts are skipped, not fixed
-/// (validation reports them).
+/// the layered form — is replaced by [`upstream_image`] when that applies, and every registry
+/// credential's `address` (`runtime.settings.registryCredentials.<n>`, or the layered
+/// `properties.desired.runtime.settings.registryCredentials.<n>` entry) by [`upstream_address`].
+/// Other values are left as they are; rendering twice gives the same result. Malformed parts are
+/// skipped, not fixed (validation reports them).
 pub fn render_content(content: &Value, variant: Variant, edge: &EdgeRuntimeSpec) -> Value {
     let mut rendered = content.clone();
     if variant == Variant::Top {
@@ -72,11 +75,30 @@ pub fn render_content(content: &Value, variant: Variant, edge: &EdgeRuntimeSpec)
                     }
                 }
             }
+            if let Some(credentials) = value
+                .pointer_mut("/runtime/settings/registryCredentials")
+                .and_then(Value::as_object_mut)
+            {
+                for credential in credentials.values_mut() {
+                    rewrite_credential_address(credential, edge);
+                }
+            }
         } else if key.starts_with(LAYERED_MODULE_PREFIX) {
             rewrite_module_image(value, edge);
+        } else if key.starts_with(LAYERED_CREDENTIAL_PREFIX) {
+            rewrite_credential_address(value, edge);
         }
     }
     rendered
+}
+
+fn rewrite_credential_address(credential: &mut Value, edge: &EdgeRuntimeSpec) {
+    let Some(address) = credential.get_mut("address") else {
+        return;
+    };
+    if let Some(rewritten) = address.as_str().and_then(|a| upstream_address(a, edge)) {
+        *address = Value::String(rewritten);
+    }
 }
 
 fn rewrite_module_image(module: &mut Value, edge: &EdgeRuntimeSpec) {

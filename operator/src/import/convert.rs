@@ -252,6 +252,7 @@ fn deployment_specs(config_maps: &[DeploymentConfigMap]) -> Vec<DeploymentSpec> 
                 name: cm.name.clone(),
                 key: cm.key.clone(),
             }),
+            registry_credentials: Vec::new(),
         })
         .collect()
 }

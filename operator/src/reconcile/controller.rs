@@ -96,9 +96,10 @@ pub async fn run(
         );
     let controller = Controller::for_stream(trigger, reader);
     let store = controller.store();
-    // Hub credentials live in Secrets the user owns: a change to one re-reconciles every
-    // hierarchy that refers to it, so fixing a bad key takes effect at once. Only metadata is
-    // watched; the data is read when needed.
+    // Hub credentials, the root CA and registry logins live in Secrets the user owns: a change
+    // to one re-reconciles every hierarchy that refers to it, so fixing a bad key or rotating a
+    // registry password takes effect at once. Only metadata is watched; the data is read when
+    // needed.
     let secrets = Api::<PartialObjectMeta<Secret>>::all(client.clone());
     let controller = controller
         .watches(secrets, watcher::Config::default(), move |secret| {

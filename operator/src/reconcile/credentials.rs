@@ -66,9 +66,12 @@ pub enum CredentialError {
     Cleanup { detail: String },
 }
 
-/// Whether a hierarchy names `secret` as its connection string, hub CA or root CA Secret (a
-/// change to any of them must take effect at once).
+/// Whether a hierarchy names `secret` as its connection string, hub CA, root CA or a registry
+/// credentials Secret (a change to any of them must take effect at once).
 pub fn refers_to_secret(hierarchy: &EdgeHierarchy, secret: &str) -> bool {
+    if super::registry_auth::secret_names(&hierarchy.spec).contains(secret) {
+        return true;
+    }
     let hub = &hierarchy.spec.iot_hub;
     if hierarchy
         .spec

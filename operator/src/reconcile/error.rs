@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use super::certs::CertError;
 use super::credentials::CredentialError;
 use super::deployments::DeploymentError;
+use super::registry_auth::RegistryAuthErrors;
 use super::status::reason;
 use crate::api::{EdgeHierarchySpec, Violations};
 use crate::deploy::ManifestError;
@@ -30,6 +31,8 @@ pub enum Error {
     Certificates(#[from] CertError),
     #[error(transparent)]
     Deployments(DeploymentError),
+    #[error(transparent)]
+    RegistryAuth(RegistryAuthErrors),
     #[error("could not delete every device from the hub: {0}; retrying")]
     CleanupIncomplete(String),
     #[error("finalizer: {0}")]
@@ -97,6 +100,14 @@ impl Error {
                 reason::INVALID_SPEC,
                 "Validate",
                 self.to_string(),
+                Some(STALL_RECHECK),
+            ),
+            // The spec names a registry Secret that is missing or incomplete. Like the hub
+            // credentials, the Secret watch brings a fix in at once; the recheck is a fallback.
+            Error::RegistryAuth(e) => stall(
+                reason::INVALID_SPEC,
+                "ReadRegistryCredentials",
+                e.to_string(),
                 Some(STALL_RECHECK),
             ),
             // A fix to the Secret triggers a reconcile through the Secret watch; the recheck is

@@ -9,8 +9,9 @@
 //! - [`status`] and [`conditions`]: the status, pure; [`events`]: Events, pure notes plus one
 //!   publisher.
 //! - [`scope`]: what a reconcile works with; [`secrets`]: the operator's own Secrets;
-//!   [`credentials`]: hub clients from the user's Secrets; [`memory`]: what a hierarchy's
-//!   reconciles read back after their own writes.
+//!   [`credentials`]: hub clients from the user's Secrets; [`registry_auth`]: registry logins
+//!   from the user's Secrets; [`memory`]: what a hierarchy's reconciles read back after their
+//!   own writes.
 
 pub mod bundles;
 pub mod certs;
@@ -25,6 +26,7 @@ pub mod events;
 #[cfg(test)]
 mod fixtures;
 pub mod memory;
+pub mod registry_auth;
 pub mod scope;
 pub mod secrets;
 pub mod status;

@@ -16,9 +16,10 @@ use super::scope::{Scope, now, patch_status};
 use super::status::{
     SyncOutcome, add_certificates, add_deployments, blocked_status, initial_status, synced_status,
 };
-use super::{bundles, certs, deployments, devices};
+use super::{bundles, certs, deployments, devices, registry_auth};
 use crate::api::validate;
 use crate::api::{EdgeHierarchy, EdgeHierarchyStatus, condition_type, duration::parse_duration};
+use crate::deploy;
 
 /// How soon a reconcile that left work undone (a device waiting, a write that failed) runs again.
 const UNFINISHED_REQUEUE: Duration = Duration::from_secs(10);
@@ -37,9 +38,13 @@ async fn steps(
     ctx: &Context,
     previous: &EdgeHierarchyStatus,
 ) -> Result<Requeue, Error> {
-    // The spec, and the manifests it points to, are checked before anything touches the hub.
+    // The spec, the manifests it points to and its registry Secrets are checked before anything
+    // touches the hub or writes a Secret.
     let topology = validate(&hierarchy.spec).map_err(Error::InvalidSpec)?;
     let manifests = deployments::resolve(&ctx.client, hierarchy).await?;
+    let logins = registry_auth::read(&ctx.client, hierarchy).await?;
+    let manifests = deploy::add_registry_credentials(manifests, &logins.deployments)
+        .map_err(Error::InvalidManifests)?;
     let scope = Scope::new(hierarchy, ctx, ctx.hubs.client_for(hierarchy).await?);
     let policy = &hierarchy.spec.policy;
 
@@ -74,6 +79,7 @@ async fn steps(
         &owned,
         &certificates,
         &rounds.applied.created,
+        logins.agent.as_ref(),
     )
     .await?;
     publish(&scope, certificate_notes(&certificates, &bundles)).await;

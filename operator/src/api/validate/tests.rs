@@ -29,6 +29,7 @@ fn deployment(name: &str, layered: bool) -> DeploymentSpec {
         layered,
         content: Some(serde_json::json!({"modulesContent": {}})),
         config_map_ref: None,
+        registry_credentials: Vec::new(),
     }
 }
 

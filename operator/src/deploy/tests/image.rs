@@ -174,3 +174,37 @@ fn reported_images_compare_as_the_agent_resolves_them() {
     ));
     assert!(!same_image("mcr.microsoft.com/x:1", "other.io/x:1"));
 }
+
+#[test]
+fn credential_addresses_of_mirrored_registries_become_upstream() {
+    let e = edge(&["mcr.microsoft.com", "https://MyACR.azurecr.io/"], 8443);
+    assert_eq!(
+        upstream_address("mcr.microsoft.com", &e).as_deref(),
+        Some("$upstream:8443")
+    );
+    assert_eq!(
+        upstream_address("myacr.azurecr.io", &e).as_deref(),
+        Some("$upstream:8443")
+    );
+    assert_eq!(upstream_address("other.azurecr.io", &e), None);
+    assert_eq!(upstream_address("$upstream:8443", &e), None, "idempotent");
+    // Docker Hub only when it is listed, under any of its names.
+    assert_eq!(upstream_address("https://index.docker.io/v1/", &e), None);
+    let hub = edge(&["docker.io"], 443);
+    assert_eq!(
+        upstream_address("https://index.docker.io/v1/", &hub).as_deref(),
+        Some("$upstream:443")
+    );
+}
+
+#[test]
+fn registry_names_compare_without_case_scheme_or_docker_hub_aliases() {
+    assert!(same_registry(
+        "MyACR.azurecr.io",
+        "https://myacr.azurecr.io/"
+    ));
+    assert!(same_registry("docker.io", "https://index.docker.io/v1/"));
+    assert!(same_registry("registry-1.docker.io", "index.docker.io"));
+    assert!(!same_registry("myacr.azurecr.io", "myacr.azurecr.io:5000"));
+    assert!(!same_registry("a.azurecr.io", "b.azurecr.io"));
+}

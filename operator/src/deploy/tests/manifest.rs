@@ -337,6 +337,7 @@ fn from_config_map(name: &str, cm: &str, key: &str) -> DeploymentSpec {
             name: cm.into(),
             key: key.into(),
         }),
+        registry_credentials: Vec::new(),
     }
 }
 
@@ -389,6 +390,7 @@ fn layered(name: &str, priority: i32, module: &str) -> DeploymentSpec {
         layered: true,
         content: Some(json!({"modulesContent": {"$edgeAgent": agent}})),
         config_map_ref: None,
+        registry_credentials: Vec::new(),
     }
 }
 

@@ -29,6 +29,7 @@ fn layered(name: &str, priority: i32, content: Value) -> DeploymentSpec {
         layered: true,
         content: Some(content),
         config_map_ref: None,
+        registry_credentials: Vec::new(),
     }
 }
 

@@ -114,10 +114,37 @@ fn malformed_content_is_left_alone() {
         json!({"modulesContent": {"$edgeAgent": []}}),
         json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"modules": {"m": {"settings": {"image": 7}}, "n": 1}}}}}),
         json!({"modulesContent": {"$edgeAgent": {"properties.desired.modules.m": {"settings": "x"}}}}),
+        json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"runtime": {"settings": {"registryCredentials": {"a": {"address": 5}, "b": 1}}}}}}}),
+        json!({"modulesContent": {"$edgeAgent": {"properties.desired.runtime.settings.registryCredentials.c": "mcr.microsoft.com"}}}),
     ] {
         assert_eq!(render_content(&c, Variant::Lower, &edge), c);
     }
     // Module twins named like images are not touched: only $edgeAgent module settings are.
     let twin = json!({"modulesContent": {"m": {"properties.desired": {"settings": {"image": "mcr.microsoft.com/x"}}}}});
     assert_eq!(render_content(&twin, Variant::Lower, &edge), twin);
+}
+
+#[test]
+fn layered_credentials_of_mirrored_registries_point_at_upstream_below_the_top() {
+    let content = json!({"modulesContent": {"$edgeAgent": {
+        "properties.desired.runtime.settings.registryCredentials.mcr": {"username": "u", "password": "p", "address": "mcr.microsoft.com"},
+        "properties.desired.runtime.settings.registryCredentials.own": {"username": "u", "password": "p", "address": "own.example.com"},
+    }}});
+    let edge = crate::api::EdgeRuntimeSpec::default();
+    let lower = render_content(&content, Variant::Lower, &edge);
+    let agent = &lower["modulesContent"]["$edgeAgent"];
+    assert_eq!(
+        agent["properties.desired.runtime.settings.registryCredentials.mcr"]["address"],
+        json!("$upstream:443")
+    );
+    assert_eq!(
+        agent["properties.desired.runtime.settings.registryCredentials.own"]["address"],
+        json!("own.example.com")
+    );
+    assert_eq!(
+        render_content(&lower, Variant::Lower, &edge),
+        lower,
+        "idempotent"
+    );
+    assert_eq!(render_content(&content, Variant::Top, &edge), content);
 }

@@ -16,6 +16,7 @@ use super::devices::HubDevice;
 use super::error::Error;
 use super::scope::Scope;
 use crate::api::{BundleStatus, Topology};
+use crate::deploy::RegistryLogin;
 use crate::iothub::{HubClient, HubError};
 use crate::names::BUNDLE_COMPONENT;
 use plan::BundlePlanInput;
@@ -36,6 +37,7 @@ pub async fn reconcile(
     registered: &BTreeMap<String, HubDevice>,
     certs: &Certificates,
     created_now: &[String],
+    agent_auth: Option<&RegistryLogin>,
 ) -> Result<Bundles, Error> {
     let existing = scope.secrets.list_component(BUNDLE_COMPONENT).await?;
     let created_now: BTreeSet<String> = created_now.iter().cloned().collect();
@@ -50,6 +52,7 @@ pub async fn reconcile(
         certs,
         created_now: &created_now,
         existing: &existing,
+        agent_auth,
     };
     let mut read_keys = BTreeMap::new();
     for id in plan::keys_to_read(&input) {

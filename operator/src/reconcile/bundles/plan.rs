@@ -13,6 +13,7 @@ use kube::ResourceExt;
 
 use crate::api::{AuthenticationType, BundleStatus, DeviceSpec, DeviceType, EdgeHierarchySpec};
 use crate::bundle::{BundleInput, DeviceAuth, bundle_files, bundle_fingerprint};
+use crate::deploy::{RegistryLogin, agent_server_address};
 use crate::names::{
     BUNDLE_COMPONENT, DEVICE_ID_ANNOTATION, FINGERPRINT_ANNOTATION, REVISION_ANNOTATION,
     SCOPE_ANNOTATION, bundle_secret_name,
@@ -36,6 +37,8 @@ pub struct BundlePlanInput<'a> {
     pub created_now: &'a BTreeSet<String>,
     /// The hierarchy's bundle Secrets, by device id.
     pub existing: &'a BTreeMap<String, Secret>,
+    /// `spec.edge.agentAuth` with its user name and password read from the Secret.
+    pub agent_auth: Option<&'a RegistryLogin>,
 }
 
 /// What the bundle step does.
@@ -220,6 +223,10 @@ fn bundle_input(
         auth,
         trust_bundle: input.certs.trust_bundle.clone(),
         edge_ca: c.edge_ca.clone(),
+        agent_auth: input.agent_auth.map(|login| RegistryLogin {
+            address: agent_server_address(&agent_image, &login.address),
+            ..login.clone()
+        }),
         agent_image,
         upstream_port: edge.upstream_port,
     }

@@ -80,6 +80,7 @@ fn input<'a>(
         certs: &w.certs,
         created_now,
         existing,
+        agent_auth: None,
     }
 }
 
@@ -193,4 +194,89 @@ fn key_is_read_back_from_a_bundle_config() {
         None
     );
     assert_eq!(key_from_config("not toml ["), None);
+}
+
+fn config_of(plan: &BundlePlan, id: &str) -> toml::Value {
+    let (_, write) = plan.writes.iter().find(|(d, _)| d == id).unwrap();
+    toml::from_str(&String::from_utf8_lossy(&write.data["config.toml"])).unwrap()
+}
+
+#[test]
+fn agent_auth_reaches_every_device_with_the_address_its_image_is_pulled_from() {
+    let mut w = world();
+    w.spec.edge.agent_image = "myacr.azurecr.io/azureiotedge-agent:1.5".into();
+    w.spec.edge.upstream_registries = vec!["mcr.microsoft.com".into(), "myacr.azurecr.io".into()];
+    let login = RegistryLogin {
+        address: "myacr.azurecr.io".into(),
+        username: "puller".into(),
+        password: crate::deploy::Password::new("s3cret-pw"),
+    };
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let first = BundlePlanInput {
+        agent_auth: Some(&login),
+        ..input(&w, &created, &none)
+    };
+    let plan = plan_bundles(&first, &BTreeMap::new());
+    let top = config_of(&plan, "top-layer");
+    assert_eq!(
+        top["agent"]["config"]["image"].as_str(),
+        Some("myacr.azurecr.io/azureiotedge-agent:1.5")
+    );
+    let auth = top["agent"]["config"]["auth"].as_table().unwrap();
+    let mut keys: Vec<(&str, &str)> = auth
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("password", "s3cret-pw"),
+            ("serveraddress", "myacr.azurecr.io"),
+            ("username", "puller"),
+        ]
+    );
+    // Below the top layer the image and the login both go to the parent, as `$upstream`.
+    let lower = config_of(&plan, "lower-layer");
+    assert_eq!(
+        lower["agent"]["config"]["image"].as_str(),
+        Some("$upstream:443/azureiotedge-agent:1.5")
+    );
+    assert_eq!(
+        lower["agent"]["config"]["auth"]["serveraddress"].as_str(),
+        Some("$upstream:443")
+    );
+    assert_eq!(
+        lower["agent"]["config"]["auth"]["password"].as_str(),
+        Some("s3cret-pw")
+    );
+    assert!(!format!("{plan:?}").contains("s3cret-pw"));
+
+    // A rotated password rewrites the bundles with a new revision.
+    let existing = written(&plan);
+    let rotated = RegistryLogin {
+        password: crate::deploy::Password::new("rotated-pw"),
+        ..login.clone()
+    };
+    let nothing_new = BTreeSet::new();
+    let again = BundlePlanInput {
+        agent_auth: Some(&rotated),
+        ..input(&w, &nothing_new, &existing)
+    };
+    let plan = plan_bundles(&again, &BTreeMap::new());
+    assert_eq!(plan.writes.len(), 2);
+    assert_eq!(plan.status["lower-layer"].revision, 2);
+}
+
+#[test]
+fn without_agent_auth_config_toml_has_no_auth_table() {
+    let w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let plan = plan_bundles(&input(&w, &created, &none), &BTreeMap::new());
+    for id in ["top-layer", "lower-layer"] {
+        let config = config_of(&plan, id);
+        assert!(config["agent"]["config"].get("auth").is_none(), "{id}");
+    }
 }
