@@ -2,7 +2,7 @@
 //! eventually consistent). Against an emulator whose queries see a write only 30 s after it, the
 //! operator must not lean on a query to see what it just wrote:
 //!
-//! - a five-layer chain is created in one reconcile (each layer's scope read back, not waited
+//! - a five-layer chain (and a Leaf of the top layer) is created in one reconcile (each layer's scope read back, not waited
 //!   for from the query);
 //! - a corrected drift is not corrected again from the stale query answer with an old etag (no
 //!   412) on the reconciles that follow;
@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 /// Longer than any check below takes, so every query in them answers from before the writes.
 const LAG: &str = "30000";
 
-/// `<prefix>-1` (top) ... `<prefix>-5` Edge devices in a chain, and a Leaf under the last.
+/// `<prefix>-1` (top) ... `<prefix>-5` Edge devices in a chain, a Leaf under the last, and a
+/// Leaf of the top layer (no parent, so no scope either: only the status's state names it).
 fn chain(prefix: &str) -> (String, Vec<String>) {
     let mut ids = Vec::new();
     let mut devices = String::new();
@@ -38,6 +39,9 @@ fn chain(prefix: &str) -> (String, Vec<String>) {
         "    - {{id: {leaf}, parent: {prefix}-5, type: Leaf}}\n"
     ));
     ids.push(leaf);
+    let direct = format!("{prefix}-direct");
+    devices.push_str(&format!("    - {{id: {direct}, type: Leaf}}\n"));
+    ids.push(direct);
     (devices, ids)
 }
 
@@ -60,7 +64,7 @@ async fn a_deep_chain_is_created_in_one_reconcile(env: &Env) -> anyhow::Result<(
         .await?;
     let h = env.wait_condition("deep", "deep", "Ready", "True").await?;
     let summary = h.status.and_then(|s| s.summary).context("summary")?;
-    ensure!(summary.registered == 6, "{summary:?}");
+    ensure!(summary.registered == 7, "{summary:?}");
     let created: Vec<String> = env
         .events("deep", "deep")
         .await?
@@ -68,7 +72,7 @@ async fn a_deep_chain_is_created_in_one_reconcile(env: &Env) -> anyhow::Result<(
         .filter(|e| e.starts_with("Created:"))
         .collect();
     ensure!(
-        created.len() == 1 && created[0].contains("created 6 devices"),
+        created.len() == 1 && created[0].contains("created 7 devices"),
         "one reconcile created every layer (a layer per reconcile would mean waiting on the query): {created:?}"
     );
     for id in &ids {

@@ -18,7 +18,9 @@ use super::status::{
 };
 use super::{bundles, certs, deployments, devices, registry_auth};
 use crate::api::validate;
-use crate::api::{EdgeHierarchy, EdgeHierarchyStatus, condition_type, duration::parse_duration};
+use crate::api::{
+    DeviceState, EdgeHierarchy, EdgeHierarchyStatus, condition_type, duration::parse_duration,
+};
 use crate::deploy;
 
 /// How soon a reconcile that left work undone (a device waiting, a write that failed) runs again.
@@ -139,12 +141,21 @@ async fn first_status(
     Ok(status)
 }
 
-/// Devices this hierarchy registered before (from its status).
+/// Devices this hierarchy registered before (from its status): those with a scope (Edge
+/// devices, and Leaf devices behind a gateway), and those it found in the hub as its own (a
+/// Leaf of the top layer has no scope). A Conflict is someone else's and never counts.
 pub(super) fn previously_registered(previous: &EdgeHierarchyStatus) -> BTreeSet<String> {
     previous
         .devices
         .iter()
-        .filter(|d| d.device_scope.is_some())
+        .filter(|d| {
+            d.state != DeviceState::Conflict
+                && (d.device_scope.is_some()
+                    || matches!(
+                        d.state,
+                        DeviceState::Ready | DeviceState::Drifted | DeviceState::Deleting
+                    ))
+        })
         .map(|d| d.id.clone())
         .collect()
 }
@@ -216,6 +227,39 @@ async fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_devices_are_those_with_a_scope_or_found_as_ours() {
+        use crate::api::DeviceStatus;
+        let device = |id: &str, state, scope: Option<&str>| DeviceStatus {
+            id: id.into(),
+            state,
+            device_scope: scope.map(str::to_string),
+            ..DeviceStatus::default()
+        };
+        let status = EdgeHierarchyStatus {
+            devices: vec![
+                device("gw", DeviceState::Ready, Some("ms-azure-iot-edge://gw-1")),
+                device(
+                    "behind",
+                    DeviceState::Pending,
+                    Some("ms-azure-iot-edge://gw-1"),
+                ),
+                device("top-leaf", DeviceState::Ready, None),
+                device("drifted-leaf", DeviceState::Drifted, None),
+                device("new", DeviceState::Pending, None),
+                device("failed", DeviceState::Error, None),
+                device(
+                    "theirs",
+                    DeviceState::Conflict,
+                    Some("ms-azure-iot-edge://x-1"),
+                ),
+            ],
+            ..EdgeHierarchyStatus::default()
+        };
+        let ids: Vec<String> = previously_registered(&status).into_iter().collect();
+        assert_eq!(ids, ["behind", "drifted-leaf", "gw", "top-leaf"]);
+    }
 
     #[test]
     fn unfinished_work_comes_back_in_ten_seconds() {
