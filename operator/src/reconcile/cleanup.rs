@@ -28,6 +28,7 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
         ctx.events
             .publish_all(hierarchy, vec![Note::normal("Detached", "Delete", note)])
             .await;
+        ctx.memories.forget(&HierarchyIdentity::of(hierarchy).uid);
         return Ok(Requeue::await_change());
     }
     let hub = ctx.hubs.client_for(hierarchy).await.map_err(|e| {

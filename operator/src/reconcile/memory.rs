@@ -35,3 +35,25 @@ impl Memories {
         all.remove(uid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn one_memory_per_hierarchy_until_it_is_forgotten() {
+        let memories = Memories::default();
+        let first = memories.of("uid-1");
+        first.lock().await.devices.remember(
+            "d",
+            None,
+            crate::reconcile::devices::read_back::Replaced::default(),
+            Instant::now(),
+        );
+        assert!(!memories.of("uid-1").lock().await.devices.is_empty());
+        assert!(memories.of("uid-2").lock().await.devices.is_empty());
+        memories.forget("uid-1");
+        assert!(memories.of("uid-1").lock().await.devices.is_empty());
+    }
+}
