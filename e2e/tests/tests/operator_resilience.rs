@@ -36,18 +36,16 @@ fn throttled_hierarchy() -> String {
     )
 }
 
-async fn converges_under_s1_quotas(env: &Env) -> anyhow::Result<()> {
-    env.namespace("throttle").await?;
-    let before = env.hub.admin.stats().await?;
-    env.apply("throttle", &throttled_hierarchy()).await?;
-    let api = env.hierarchies("throttle");
-    // 150 registry operations at 100 a minute take at least 90 s; allow for the machine.
+/// Waits up to 10 minutes for Ready=True: at S1's 100 registry operations a minute a few hundred
+/// devices take minutes, more than [`common::CONVERGE`].
+async fn wait_ready_throttled(env: &Env, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let api = env.hierarchies(namespace);
     wait_until(
         Duration::from_secs(600),
         Duration::from_secs(1),
-        "throttle/throttled to be Ready",
+        &format!("{namespace}/{name} to be Ready"),
         || async {
-            let h = api.get("throttled").await.ok()?;
+            let h = api.get(name).await.ok()?;
             let ready = h
                 .status?
                 .conditions
@@ -57,7 +55,15 @@ async fn converges_under_s1_quotas(env: &Env) -> anyhow::Result<()> {
         },
     )
     .await
-    .with_context(|| env.describe("throttle", "throttled"))?;
+    .with_context(|| env.describe(namespace, name))
+}
+
+async fn converges_under_s1_quotas(env: &Env) -> anyhow::Result<()> {
+    env.namespace("throttle").await?;
+    let before = env.hub.admin.stats().await?;
+    env.apply("throttle", &throttled_hierarchy()).await?;
+    // 150 registry operations at 100 a minute take at least 90 s; allow for the machine.
+    wait_ready_throttled(env, "throttle", "throttled").await?;
     assert_hub_matches(env, "throttle", "throttled").await?;
     let after = env.hub.admin.stats().await?;
     let calls = stat(&after, "total") - stat(&before, "total");
@@ -92,23 +98,7 @@ async fn converges_on_its_own_backoff_when_the_hub_is_smaller_than_declared(
     );
     let before = env.hub.admin.stats().await?;
     env.apply("overdrive", &yaml).await?;
-    let api = env.hierarchies("overdrive");
-    wait_until(
-        Duration::from_secs(600),
-        Duration::from_secs(1),
-        "overdrive/overdrive to be Ready",
-        || async {
-            let h = api.get("overdrive").await.ok()?;
-            let ready = h
-                .status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            ready.then_some(())
-        },
-    )
-    .await
-    .with_context(|| env.describe("overdrive", "overdrive"))?;
+    wait_ready_throttled(env, "overdrive", "overdrive").await?;
     assert_hub_matches(env, "overdrive", "overdrive").await?;
     let after = env.hub.admin.stats().await?;
     let throttled = stat(&after, "throttled") - stat(&before, "throttled");

@@ -105,18 +105,32 @@ impl HubAdmin {
         }
     }
 
+    /// The device twin (a GET: queries lag writes, GETs do not); fails when there is none.
     pub async fn twin(&self, id: &str) -> anyhow::Result<Value> {
-        let (status, body) = self
-            .send(
-                self.http
-                    .get(self.url(&format!("twins/{}", Self::segment(id)))),
-                "GET twin",
-            )
-            .await?;
-        if status != 200 {
-            bail!("GET twin {id}: {status} {body}");
+        self.twin_if_any(id)
+            .await?
+            .with_context(|| format!("GET twin {id}: 404, no such device"))
+    }
+
+    /// The device twin, or None when the device does not exist. A 429 is waited out, as a
+    /// client would.
+    async fn twin_if_any(&self, id: &str) -> anyhow::Result<Option<Value>> {
+        for _ in 0..10 {
+            let (status, body) = self
+                .send(
+                    self.http
+                        .get(self.url(&format!("twins/{}", Self::segment(id)))),
+                    "GET twin",
+                )
+                .await?;
+            match status {
+                200 => return Ok(Some(body)),
+                404 => return Ok(None),
+                429 => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                _ => bail!("GET twin {id}: {status} {body}"),
+            }
         }
-        Ok(body)
+        bail!("GET twin {id}: still throttled after 10 tries")
     }
 
     /// Read-modify-write of a device identity, as the portal does.
@@ -230,34 +244,15 @@ impl HubAdmin {
         }
     }
 
-    /// The twins of `ids` that exist, by id, each read with a GET: queries lag writes (the
-    /// emulator runs with a query lag), GETs do not. A 429 is waited out, as a client would.
+    /// The twins of `ids` that exist, by id, each read with a GET (see [`HubAdmin::twin`]).
     pub async fn twins(
         &self,
         ids: &[&str],
     ) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
         let mut twins = std::collections::BTreeMap::new();
         for id in ids {
-            for attempt in 1.. {
-                let (status, body) = self
-                    .send(
-                        self.http
-                            .get(self.url(&format!("twins/{}", Self::segment(id)))),
-                        "GET twin",
-                    )
-                    .await?;
-                match status {
-                    200 => {
-                        twins.insert(id.to_string(), body);
-                    }
-                    404 => {}
-                    429 if attempt < 10 => {
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        continue;
-                    }
-                    _ => bail!("GET twin {id}: {status} {body}"),
-                }
-                break;
+            if let Some(twin) = self.twin_if_any(id).await? {
+                twins.insert(id.to_string(), twin);
             }
         }
         Ok(twins)
