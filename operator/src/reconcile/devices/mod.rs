@@ -109,5 +109,13 @@ pub async fn converge(
         }
     }
     rounds.drift.retain(|_, d| !d.is_empty());
+    // A write that failed and came right in a later round is no failure to report: after a
+    // crash, a create the killed process had sent is refused (the device exists), read back,
+    // and found to be ours.
+    let outstanding = &rounds.failures;
+    rounds
+        .applied
+        .failures
+        .retain(|id, _| outstanding.contains_key(id));
     Ok(rounds)
 }
