@@ -180,40 +180,32 @@ async fn the_hub_wide_configuration_limit_stalls_before_any_write(env: &Env) -> 
     Ok(())
 }
 
-async fn a_leaf_moved_to_the_top_is_detached(env: &Env) -> anyhow::Result<()> {
-    env.namespace("moved").await?;
-    let behind = "    - {id: moved-gw}\n    - {id: moved-sensor, parent: moved-gw, type: Leaf}\n";
-    env.apply("moved", &hierarchy_yaml("moved", "", behind))
+/// Applies the `moved` hierarchy with `devices`, waits until Ready and returns the hub's
+/// identities of its gateway and its sensor.
+async fn moved_applied(env: &Env, devices: &str) -> anyhow::Result<(Value, Value)> {
+    env.apply("moved", &hierarchy_yaml("moved", "", devices))
         .await?;
     env.wait_condition("moved", "moved", "Ready", "True")
         .await?;
-    let gateway = env
-        .hub
-        .admin
-        .device("moved-gw")
-        .await?
-        .context("moved-gw")?;
-    let sensor = env
-        .hub
-        .admin
-        .device("moved-sensor")
-        .await?
-        .context("moved-sensor")?;
+    let mut found = Vec::new();
+    for id in ["moved-gw", "moved-sensor"] {
+        found.push(env.hub.admin.device(id).await?.context(id)?);
+    }
+    let sensor = found.pop().context("moved-sensor")?;
+    let gateway = found.pop().context("moved-gw")?;
+    Ok((gateway, sensor))
+}
+
+async fn a_leaf_moved_to_the_top_is_detached(env: &Env) -> anyhow::Result<()> {
+    env.namespace("moved").await?;
+    let behind = "    - {id: moved-gw}\n    - {id: moved-sensor, parent: moved-gw, type: Leaf}\n";
+    let (gateway, sensor) = moved_applied(env, behind).await?;
     ensure!(
         sensor["deviceScope"] == gateway["deviceScope"] && gateway["deviceScope"].is_string(),
         "behind its gateway the sensor has the gateway's scope: {sensor}"
     );
     let on_top = "    - {id: moved-gw}\n    - {id: moved-sensor, type: Leaf}\n";
-    env.apply("moved", &hierarchy_yaml("moved", "", on_top))
-        .await?;
-    env.wait_condition("moved", "moved", "Ready", "True")
-        .await?;
-    let sensor = env
-        .hub
-        .admin
-        .device("moved-sensor")
-        .await?
-        .context("moved-sensor")?;
+    let (_, sensor) = moved_applied(env, on_top).await?;
     let scope = sensor["deviceScope"].as_str().unwrap_or_default();
     let parents = sensor["parentScopes"].as_array().map_or(0, Vec::len);
     ensure!(
