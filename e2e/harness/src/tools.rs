@@ -14,13 +14,24 @@ pub const TOOLS_BIN_ENV: &str = "EHO_TOOLS_BIN";
 /// The Go-built tools the control plane needs.
 pub const CONTROL_PLANE_TOOLS: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
 
-/// The workspace root (this crate lives in `<root>/e2e/harness`).
+/// The workspace root.
+///
+/// Taken first from the `CARGO_MANIFEST_DIR` cargo sets when it runs a test or bench of a crate
+/// in `<root>/e2e/<crate>`, because the cargo target folder is shared between clones and a
+/// cached build of this crate remembers the clone it was compiled in. Otherwise the folder this
+/// crate was compiled in (`<root>/e2e/harness`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .expect("e2e/harness has two parent folders")
-        .to_path_buf()
+    let at_run_time = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| dir.ancestors().nth(2).map(Path::to_path_buf))
+        .filter(|root| root.join("e2e/tools/build.sh").is_file());
+    at_run_time.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .nth(2)
+            .expect("e2e/harness has two parent folders")
+            .to_path_buf()
+    })
 }
 
 /// The folder holding etcd, kube-apiserver, kube-controller-manager and helm.

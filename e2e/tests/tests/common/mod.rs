@@ -152,10 +152,20 @@ impl Env {
             "metadata": {"name": name},
             "stringData": {key: value},
         });
-        let _ = secrets.delete(name, &Default::default()).await;
-        secrets
-            .create(&PostParams::default(), &serde_json::from_value(secret)?)
-            .await?;
+        let mut secret: Secret = serde_json::from_value(secret)?;
+        // Replaced in place, as `kubectl apply` would: deleting first would let the operator
+        // see a moment with no Secret at all and report that instead of the new content.
+        match secrets.get_opt(name).await? {
+            Some(existing) => {
+                secret.metadata.resource_version = existing.metadata.resource_version;
+                secrets
+                    .replace(name, &PostParams::default(), &secret)
+                    .await?;
+            }
+            None => {
+                secrets.create(&PostParams::default(), &secret).await?;
+            }
+        }
         Ok(())
     }
 
