@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::operation::HubOperation;
+use super::operation::{HubOperation, OperationClass};
 
 /// How one HTTP attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,6 +45,11 @@ pub fn billed_messages(bytes: usize) -> u64 {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     operation: String,
     status: String,
@@ -70,6 +75,8 @@ pub struct HubCallCounters {
     family: Family<CallLabels, Counter>,
     billed: Mutex<BTreeMap<HubOperation, u64>>,
     billed_family: Family<OperationLabel, Counter>,
+    class_family: Family<ClassLabel, Counter>,
+    throttled_family: Family<ClassLabel, Counter>,
 }
 
 impl HubCallCounters {
@@ -92,6 +99,13 @@ impl HubCallCounters {
                 status: result.label(),
             })
             .inc();
+        let class = ClassLabel {
+            class: operation.class().as_str().to_string(),
+        };
+        self.class_family.get_or_create(&class).inc();
+        if result == CallResult::Status(429) {
+            self.throttled_family.get_or_create(&class).inc();
+        }
     }
 
     /// Records the messages IoT Hub bills for `bytes` moved by `operation` (a query page, a
@@ -180,8 +194,17 @@ impl HubCallCounters {
             .sum()
     }
 
-    /// Registers `iothub_calls_total{operation, status}` in a prometheus-client registry.
+    /// Registers the call, class, throttling and billing counters in a prometheus-client
+    /// registry. Every class is present from the start, so a rate over a class that has not
+    /// been throttled yet is 0 rather than absent.
     pub fn register(&self, registry: &mut Registry) {
+        for class in OperationClass::ALL {
+            let label = ClassLabel {
+                class: class.as_str().to_string(),
+            };
+            drop(self.class_family.get_or_create(&label));
+            drop(self.throttled_family.get_or_create(&label));
+        }
         registry.register(
             "iothub_calls",
             "IoT Hub service API calls by operation and HTTP status (retries counted separately)",
@@ -191,6 +214,16 @@ impl HubCallCounters {
             "iothub_billed_messages",
             "Messages IoT Hub bills against its daily quota for the operator's query answers and twin reads and writes (4 KB chunks, estimated from the bytes moved)",
             self.billed_family.clone(),
+        );
+        registry.register(
+            "iothub_class_calls",
+            "IoT Hub service API calls by the hub's throttle class (registry, query, twin_read, twin_update, configuration): the operator's use of each per-minute quota",
+            self.class_family.clone(),
+        );
+        registry.register(
+            "iothub_throttled",
+            "IoT Hub answers of 429 Too Many Requests by throttle class",
+            self.throttled_family.clone(),
         );
     }
 }
@@ -251,5 +284,27 @@ mod tests {
             text.contains(r#"iothub_calls_total{operation="delete_device",status="204"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn counts_calls_and_429s_by_throttle_class() {
+        let counters = HubCallCounters::new();
+        let mut registry = Registry::default();
+        counters.register(&mut registry);
+        counters.record(HubOperation::CreateOrUpdateDevice, CallResult::Status(200));
+        counters.record(HubOperation::BulkDevices, CallResult::Status(429));
+        counters.record(HubOperation::GetTwin, CallResult::Status(200));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"iothub_class_calls_total{class="registry"} 2"#,
+            r#"iothub_class_calls_total{class="twin_read"} 1"#,
+            r#"iothub_class_calls_total{class="query"} 0"#,
+            r#"iothub_throttled_total{class="registry"} 1"#,
+            r#"iothub_throttled_total{class="twin_read"} 0"#,
+            r#"iothub_throttled_total{class="configuration"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -136,7 +136,14 @@ async fn reconcile(hierarchy: Arc<EdgeHierarchy>, ctx: Arc<Context>) -> Result<R
     let result = finalizer(&api, FINALIZER, hierarchy, |event| async {
         match event {
             FinalizerEvent::Apply(h) => sync::sync(&h, &ctx).await,
-            FinalizerEvent::Cleanup(h) => cleanup::cleanup(&h, &ctx).await,
+            FinalizerEvent::Cleanup(h) => {
+                let done = cleanup::cleanup(&h, &ctx).await;
+                if done.is_ok() {
+                    ctx.metrics
+                        .forget_hierarchy(&h.namespace().unwrap_or_default(), &h.name_any());
+                }
+                done
+            }
         }
     })
     .await

@@ -43,14 +43,15 @@ pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Writes the whole status by server-side apply (the operator owns every status field).
+/// Writes the whole status by server-side apply (the operator owns every status field), and
+/// hands what was written to the fleet gauges of /metrics.
 pub async fn patch_status(
-    client: &kube::Client,
+    ctx: &Context,
     hierarchy: &EdgeHierarchy,
     status: &EdgeHierarchyStatus,
 ) -> Result<(), kube::Error> {
-    let api: Api<EdgeHierarchy> =
-        Api::namespaced(client.clone(), &hierarchy.namespace().unwrap_or_default());
+    let namespace = hierarchy.namespace().unwrap_or_default();
+    let api: Api<EdgeHierarchy> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = json!({
         "apiVersion": EdgeHierarchy::api_version(&()),
         "kind": EdgeHierarchy::kind(&()),
@@ -62,5 +63,7 @@ pub async fn patch_status(
         &Patch::Apply(&patch),
     )
     .await?;
+    ctx.metrics
+        .observe_status(&namespace, &hierarchy.name_any(), status);
     Ok(())
 }

@@ -111,7 +111,7 @@ async fn steps(
     let mut status = synced_status(previous, &outcome, generation, &at);
     add_certificates(&mut status, &certificates, &bundles, generation, &at);
     add_deployments(&mut status, &deployed, policy.reconcile, generation, &at);
-    patch_status(&ctx.client, hierarchy, &status).await?;
+    patch_status(ctx, hierarchy, &status).await?;
 
     let unfinished = !rounds.converged() || !bundles.failures.is_empty();
     Ok(next_requeue(
@@ -137,7 +137,7 @@ async fn first_status(
         return Ok(previous);
     }
     let status = initial_status(&previous, hierarchy.metadata.generation, &now());
-    patch_status(&ctx.client, hierarchy, &status).await?;
+    patch_status(ctx, hierarchy, &status).await?;
     Ok(status)
 }
 
@@ -206,7 +206,7 @@ async fn settle(
             if status != *previous {
                 let note = Note::warning(reason, action, message);
                 ctx.events.publish_all(hierarchy, vec![note]).await;
-                patch_status(&ctx.client, hierarchy, &status).await?;
+                patch_status(ctx, hierarchy, &status).await?;
             }
             Ok(recheck.map_or_else(Requeue::await_change, Requeue::requeue))
         }
@@ -218,7 +218,7 @@ async fn settle(
             let status = blocked_status(previous, reason, &message, false, generation, &now());
             let note = Note::warning(reason, "Sync", message);
             ctx.events.publish_all(hierarchy, vec![note]).await;
-            patch_status(&ctx.client, hierarchy, &status).await?;
+            patch_status(ctx, hierarchy, &status).await?;
             Ok(Requeue::requeue(retry))
         }
     }

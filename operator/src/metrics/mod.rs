@@ -1,5 +1,9 @@
 //! Prometheus metrics and health endpoints of the operator: `/metrics` (OpenMetrics text),
 //! `/healthz` (the process serves) and `/readyz` (the controller runs).
+//!
+//! docs/monitoring.md lists every metric; [`fleet`] holds the per-hierarchy gauges.
+
+pub mod fleet;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +21,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::api::EdgeHierarchyStatus;
 use crate::iothub::HubCallCounters;
+use fleet::Fleet;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -29,6 +35,7 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<OutcomeLabels, Counter>,
     duration: Histogram,
+    fleet: Arc<Fleet>,
     ready: AtomicBool,
 }
 
@@ -48,10 +55,13 @@ impl Metrics {
             duration.clone(),
         );
         hub_calls.register(&mut registry);
+        let fleet = Arc::new(Fleet::default());
+        registry.register_collector(Box::new(fleet.clone()));
         Self {
             registry,
             reconciles,
             duration,
+            fleet,
             ready: AtomicBool::new(false),
         }
     }
@@ -65,6 +75,16 @@ impl Metrics {
             })
             .inc();
         self.duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records the status just written for the hierarchy `namespace/name`.
+    pub fn observe_status(&self, namespace: &str, name: &str, status: &EdgeHierarchyStatus) {
+        self.fleet.observe(namespace, name, status);
+    }
+
+    /// Drops the gauges of a hierarchy that is gone.
+    pub fn forget_hierarchy(&self, namespace: &str, name: &str) {
+        self.fleet.forget(namespace, name);
     }
 
     /// Marks the controller as running (for `/readyz`).
