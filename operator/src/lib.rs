@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod names;
 pub mod ownership;
 pub mod pki;
+pub mod plugin;
 pub mod reconcile;
 pub mod tree;

@@ -30,6 +30,11 @@ pub const BUNDLE_COMPONENT: &str = "bundle";
 pub const ROOT_CA_COMPONENT: &str = "root-ca";
 /// Annotation counting how often a Secret's content was issued or rewritten.
 pub const REVISION_ANNOTATION: &str = "edgehierarchy.dev/revision";
+/// Annotation a user (or `kubectl edgehierarchy renew`) puts on a device's certificate Secret to
+/// have it re-issued now: the value is the [`REVISION_ANNOTATION`] to replace. Naming the
+/// revision makes the request happen once: the re-issued Secret has the next revision, so a
+/// request left behind never matches again.
+pub const RENEW_ANNOTATION: &str = "edgehierarchy.dev/renew-revision";
 /// Annotation on a certificate Secret: SHA-256 thumbprint of the root that signed it.
 pub const ROOT_ANNOTATION: &str = "edgehierarchy.dev/root-thumbprint";
 /// Annotation on a certificate Secret: the identity thumbprint before the last renewal.

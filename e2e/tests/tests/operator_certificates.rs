@@ -286,6 +286,120 @@ async fn renewal_bumps_revision_and_bundle(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the kubectl plugin against the test cluster.
+fn plugin(env: &Env, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(workspace_bin("kubectl-edgehierarchy")?)
+        .args(args)
+        .env("KUBECONFIG", env.cluster.kubeconfig_path())
+        .output()?)
+}
+
+/// `renew` re-issues one device's certificates once, `status` shows the new revision and the
+/// Event, and the plugin's errors are one kubectl-like line.
+async fn plugin_renews_and_reports_one_device(env: &Env) -> anyhow::Result<()> {
+    let revision = |certs: &BTreeMap<String, Secret>, id: &str| -> anyhow::Result<String> {
+        certs
+            .get(id)
+            .and_then(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()?
+                    .get("edgehierarchy.dev/revision")
+                    .cloned()
+            })
+            .with_context(|| format!("{id}: no revision annotation"))
+    };
+    let before = secrets_of(env, "certs", "plant", "certs").await?;
+    let (low, top) = (revision(&before, "c-low")?, revision(&before, "c-top")?);
+    let run = plugin(
+        env,
+        &["renew", "plant", "c-low", "-n", "certs", "--wait", "120"],
+    )?;
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    ensure!(
+        run.status.success(),
+        "renew: {stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let after = secrets_of(env, "certs", "plant", "certs").await?;
+    let renewed = revision(&after, "c-low")?;
+    ensure!(
+        renewed.parse::<u32>()? == low.parse::<u32>()? + 1,
+        "c-low went from revision {low} to {renewed}"
+    );
+    ensure!(
+        stdout.contains(&format!("re-issued: certificate revision {renewed}")),
+        "{stdout}"
+    );
+    ensure!(
+        data(after.get("c-low").context("cert")?, "tls.crt")?
+            != data(before.get("c-low").context("cert")?, "tls.crt")?,
+        "the certificate did not change"
+    );
+    // Only the device asked for, and only once: the request stays on the Secret but names the
+    // revision it replaced.
+    env.wait_condition("certs", "plant", "Ready", "True")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = secrets_of(env, "certs", "plant", "certs").await?;
+    ensure!(
+        revision(&settled, "c-low")? == renewed && revision(&settled, "c-top")? == top,
+        "renewal repeated or spread: c-low {} c-top {} (was {renewed}, {top})",
+        revision(&settled, "c-low")?,
+        revision(&settled, "c-top")?
+    );
+    env.wait_event("certs", "plant", "CertificateRenewed", "c-low")
+        .await?;
+    let run = plugin(env, &["status", "plant", "c-low", "-n", "certs"])?;
+    let report = String::from_utf8_lossy(&run.stdout).into_owned();
+    ensure!(
+        run.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for part in [
+        "Device c-low (Edge) of certs/plant".to_string(),
+        "State:        Ready".to_string(),
+        "Layer:        2 (parent c-top)".to_string(),
+        format!("revision {renewed}"),
+        "CertificateRenewed".to_string(),
+    ] {
+        ensure!(
+            report.contains(&part),
+            "status lacks {part:?}:
+{report}"
+        );
+    }
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["tree", "nope", "-n", "certs"],
+            "error: edgehierarchy \"nope\" not found in namespace \"certs\"; list them with `kubectl get edgehierarchies -n certs`\n",
+        ),
+        (
+            &["status", "nope", "c-low", "-n", "certs"],
+            "error: edgehierarchy \"nope\" not found in namespace \"certs\"; list them with `kubectl get edgehierarchies -n certs`\n",
+        ),
+        (
+            &["status", "plant", "nope", "-n", "certs"],
+            "error: edgehierarchy \"plant\" in namespace \"certs\" has no device \"nope\"; list its devices with `kubectl edgehierarchy tree plant -n certs`\n",
+        ),
+        (
+            &["renew", "plant", "nope", "-n", "certs"],
+            "error: edgehierarchy \"plant\" in namespace \"certs\" has no device \"nope\"; list its devices with `kubectl edgehierarchy tree plant -n certs`\n",
+        ),
+    ];
+    for (args, expected) in cases {
+        let run = plugin(env, args)?;
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        ensure!(
+            run.status.code() == Some(1) && stderr == expected && run.stdout.is_empty(),
+            "{args:?}: exit {:?}, stderr {stderr:?}",
+            run.status.code()
+        );
+    }
+    Ok(())
+}
+
 /// A client certificate identity for the emulator's device endpoint.
 async fn device_twin_with_cert(
     env: &Env,
@@ -779,6 +893,14 @@ async fn operator_manages_certificates_and_bundles() -> anyhow::Result<()> {
             issued_verified_and_downloadable(&env),
         )
         .await;
+    if issued {
+        checks
+            .run(
+                "the plugin renews one device on request and reports it",
+                plugin_renews_and_reports_one_device(&env),
+            )
+            .await;
+    }
     checks
         .run(
             "renewal bumps the revision, the bundle and emits an Event",

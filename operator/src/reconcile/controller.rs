@@ -24,7 +24,9 @@ use super::memory::Memories;
 use super::{cleanup, sync};
 use crate::api::EdgeHierarchy;
 use crate::iothub::HubCallCounters;
-use crate::names::{FINALIZER, MANAGER};
+use crate::names::{
+    CERTS_COMPONENT, COMPONENT_LABEL, FINALIZER, HIERARCHY_LABEL, MANAGER, RENEW_ANNOTATION,
+};
 
 /// Hierarchies reconciled at once.
 const CONCURRENCY: u16 = 4;
@@ -98,17 +100,22 @@ pub async fn run(
     let store = controller.store();
     // Hub credentials, the root CA and registry logins live in Secrets the user owns: a change
     // to one re-reconciles every hierarchy that refers to it, so fixing a bad key or rotating a
-    // registry password takes effect at once. Only metadata is watched; the data is read when
-    // needed.
+    // registry password takes effect at once. A certificate Secret carrying a renewal request
+    // re-reconciles its own hierarchy. Only metadata is watched; the data is read when needed.
     let secrets = Api::<PartialObjectMeta<Secret>>::all(client.clone());
     let controller = controller
         .watches(secrets, watcher::Config::default(), move |secret| {
             let namespace = secret.namespace();
             let name = secret.name_any();
+            let renewal_of = renewal_request_hierarchy(&secret);
             store
                 .state()
                 .into_iter()
-                .filter(|h| h.namespace() == namespace && credentials::refers_to_secret(h, &name))
+                .filter(|h| {
+                    h.namespace() == namespace
+                        && (credentials::refers_to_secret(h, &name)
+                            || renewal_of.as_deref() == Some(h.name_any().as_str()))
+                })
                 .map(|h| ObjectRef::from_obj(h.as_ref()))
                 .collect::<Vec<_>>()
         })
@@ -153,6 +160,15 @@ async fn reconcile(hierarchy: Arc<EdgeHierarchy>, ctx: Arc<Context>) -> Result<R
     }
     ctx.metrics.reconciled(started, result.is_ok());
     result
+}
+
+/// The hierarchy whose certificate Secret this is, when it carries a renewal request.
+fn renewal_request_hierarchy(secret: &PartialObjectMeta<Secret>) -> Option<String> {
+    let labels = secret.labels();
+    let certs = labels.get(COMPONENT_LABEL).map(String::as_str) == Some(CERTS_COMPONENT);
+    (certs && secret.annotations().contains_key(RENEW_ANNOTATION))
+        .then(|| labels.get(HIERARCHY_LABEL).cloned())
+        .flatten()
 }
 
 fn failure_key(hierarchy: &EdgeHierarchy) -> String {

@@ -12,7 +12,8 @@ use kube::ResourceExt;
 use super::{CertError, DeviceCertificates, SAS_PRIMARY, SAS_SECONDARY};
 use crate::api::{DeviceType, RootCaSpec};
 use crate::names::{
-    PREVIOUS_IDENTITY_ANNOTATION, REVISION_ANNOTATION, ROOT_ANNOTATION, certificate_secret_name,
+    PREVIOUS_IDENTITY_ANNOTATION, RENEW_ANNOTATION, REVISION_ANNOTATION, ROOT_ANNOTATION,
+    certificate_secret_name,
 };
 use crate::pki::{
     IssuedCertificate, PrivateKey, RootCa, RootCaError, import_root_ca, inspect_certificate_pem,
@@ -210,15 +211,29 @@ fn revision(secret: &Secret) -> Option<u32> {
     secret.annotations().get(REVISION_ANNOTATION)?.parse().ok()
 }
 
+/// Whether someone asked for this revision of the Secret to be replaced ([`RENEW_ANNOTATION`]).
+pub fn renewal_requested(secret: &Secret) -> bool {
+    let annotations = secret.annotations();
+    match (
+        annotations.get(RENEW_ANNOTATION),
+        annotations.get(REVISION_ANNOTATION),
+    ) {
+        (Some(requested), Some(current)) => requested.trim() == current,
+        _ => false,
+    }
+}
+
 /// The device's certificates from its Secret, or `None` when they must be (re-)issued: missing,
-/// unreadable, due for renewal, or signed by another root.
+/// unreadable, due for renewal, signed by another root, or asked to be renewed.
 fn reusable(
     secret: &Secret,
     secret_name: &str,
     device: &WantedDevice,
     input: &CertPlanInput<'_>,
 ) -> Option<DeviceCertificates> {
-    if secret.annotations().get(ROOT_ANNOTATION) != Some(&input.root.info.sha256_thumbprint) {
+    if secret.annotations().get(ROOT_ANNOTATION) != Some(&input.root.info.sha256_thumbprint)
+        || renewal_requested(secret)
+    {
         return None;
     }
     let load = |cert_key: &str, key_key: &str| -> Option<IssuedCertificate> {

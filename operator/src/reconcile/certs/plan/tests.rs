@@ -256,3 +256,41 @@ fn a_generated_root_is_made_once_and_never_replaced_silently() {
     let error = plan_root(None, "h-root-ca", Some(&damaged), now()).unwrap_err();
     assert!(matches!(error, CertError::GeneratedRootDamaged { .. }) && error.needs_person());
 }
+
+fn with_annotation(mut secret: Secret, key: &str, value: &str) -> Secret {
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.to_string(), value.to_string());
+    secret
+}
+
+#[test]
+fn a_renewal_request_for_the_current_revision_reissues_once() {
+    let root = root("h");
+    let requested = with_annotation(edge_secret(&root, "top", 10, 3), RENEW_ANNOTATION, "3");
+    let existing = BTreeMap::from([("top".to_string(), requested)]);
+    let plan = plan_with(&root, &[edge("top")], &existing, false);
+    assert!(plan.reuse.is_empty());
+    let job = &plan.issue[0];
+    assert_eq!((job.revision, job.renewal), (4, true));
+    assert_eq!(job.sas_keys, SasKeyPlan::Keep(keys()));
+    // The request stays on the Secret after the re-issue; it names revision 3, not 4.
+    let renewed = with_annotation(edge_secret(&root, "top", 0, 4), RENEW_ANNOTATION, "3");
+    let existing = BTreeMap::from([("top".to_string(), renewed)]);
+    let plan = plan_with(&root, &[edge("top")], &existing, false);
+    assert!(plan.issue.is_empty());
+    assert_eq!(plan.reuse["top"].revision, 4);
+}
+
+#[test]
+fn a_renewal_request_that_is_not_a_revision_changes_nothing() {
+    let root = root("h");
+    for value in ["", "now", "2"] {
+        let requested = with_annotation(edge_secret(&root, "top", 10, 3), RENEW_ANNOTATION, value);
+        let existing = BTreeMap::from([("top".to_string(), requested)]);
+        let plan = plan_with(&root, &[edge("top")], &existing, false);
+        assert!(plan.issue.is_empty(), "{value:?}");
+    }
+}
