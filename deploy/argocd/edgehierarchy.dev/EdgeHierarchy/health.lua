@@ -1,8 +1,9 @@
 -- Argo CD health check for EdgeHierarchy (edgehierarchy.dev/v1alpha1).
 --
 -- Install it into argocd-cm as resource.customizations.health.edgehierarchy.dev_EdgeHierarchy
--- (see docs/gitops.md). It uses only the Lua base library: Argo CD opens no string, math or
--- table functions beyond that for checks configured in argocd-cm, and none are needed here.
+-- (see docs/gitops.md). It uses only the Lua base library (ipairs, comparisons, `..`): for checks
+-- configured in argocd-cm Argo CD opens just base, package, table and an os with time and date,
+-- so there is no string or math library (and no string methods) to rely on.
 -- Tested with `gitops-health argo-test` against health_test.yaml (e2e/tools/gitops-health).
 --
 -- The conditions are the operator's (operator/src/api/status.rs): Ready, Reconciling, Stalled,
