@@ -11,7 +11,8 @@
 #   4. the dashboard (dashboards/edge-hierarchy.json) parses as JSON, has the datasource,
 #      namespace, hierarchy and daily_quota variables, and templates/dashboard-configmap.yaml
 #      carries it unchanged;
-#   5. with --metrics FILE: `promtool check metrics < FILE` (exposition lint), and every
+#   5. with --metrics FILE: `promtool check metrics` (exposition lint) on FILE, converted from
+#      OpenMetrics to the classic text format promtool reads, and that every
 #      edge_hierarchy_* name the rules and the dashboard use is in FILE, as a sample or as a
 #      family declared with # TYPE (a counter X serves X_total, a histogram X_bucket/_sum/_count).
 #
