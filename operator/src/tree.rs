@@ -85,6 +85,7 @@ pub fn render(hierarchy: &EdgeHierarchy) -> String {
                 .drift
                 .iter()
                 .chain(s.modules.iter().flat_map(|m| m.failing.iter()))
+                .chain(s.modules.iter().flat_map(|m| m.pending.iter()))
             {
                 let _ = writeln!(out, "{child_prefix}   ! {item}");
             }
@@ -155,6 +156,7 @@ mod tests {
                         desired: 3,
                         running: 2,
                         failing: vec!["SimulatedTemperatureSensor: backoff".into()],
+                        pending: Vec::new(),
                     }),
                     drift: vec![
                         "device is disabled in the hub; not corrected (reconcile: Observe)".into(),

@@ -184,4 +184,8 @@ pub struct ModulesStatus {
     /// Modules not running, each as `name: status (description)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<String>,
+    /// Modules not running yet for a reason that passes by itself: the edge agent has not
+    /// reported, has not created the module, or has not processed the current deployment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }

@@ -93,9 +93,10 @@ fn details(reported: &Value) -> String {
 ///
 /// `desired` counts the modules the manifest wants running (system modules included); `running`
 /// those reported running with the desired image (when the agent reports one). `failing` lists, as
-/// `name: status (details)`: modules not running, not yet created, on an old image, or running
-/// though desired stopped; and as `edgeAgent: ...` a rejected or not yet processed deployment, or
-/// an agent that has not reported at all (then nothing counts as running).
+/// `name: status (details)`: modules not running, on an old image, or running though desired
+/// stopped, and as `edgeAgent: ...` a rejected deployment. `pending` lists what passes by itself:
+/// modules not created yet, a deployment not processed yet, or an agent that has not reported at
+/// all (then nothing counts as running).
 pub fn modules_status(
     desired_manifest: &Value,
     desired_version: Option<i64>,
@@ -112,7 +113,8 @@ pub fn modules_status(
         return ModulesStatus {
             desired,
             running: 0,
-            failing: vec![
+            failing: Vec::new(),
+            pending: vec![
                 "edgeAgent: not reported yet (the device's edge agent has not sent reported properties: \
                  is the runtime installed from the bundle, and can it reach its parent or the hub?)"
                     .into(),
@@ -120,6 +122,7 @@ pub fn modules_status(
         };
     };
     let mut failing = Vec::new();
+    let mut pending = Vec::new();
     if let Some(status) = reported.get("lastDesiredStatus") {
         let code = status.get("code").and_then(Value::as_i64);
         if code != Some(200) {
@@ -135,7 +138,7 @@ pub fn modules_status(
     if let Some(want) = desired_version {
         match reported.get("lastDesiredVersion").and_then(Value::as_i64) {
             Some(have) if have == want => {}
-            have => failing.push(format!(
+            have => pending.push(format!(
                 "edgeAgent: has not processed the current deployment yet (desired version {want}, last processed {})",
                 have.map_or_else(|| "none".to_string(), |h| h.to_string())
             )),
@@ -145,7 +148,7 @@ pub fn modules_status(
     for w in &wanted {
         let Some(module) = reported.get(w.group).and_then(|g| g.get(w.name)) else {
             if w.running {
-                failing.push(format!(
+                pending.push(format!(
                     "{}: not reported (the edge agent has not created it yet)",
                     w.name
                 ));
@@ -174,12 +177,13 @@ pub fn modules_status(
         desired,
         running,
         failing,
+        pending,
     }
 }
 
 /// Whether a device's modules are all as desired (what `ModulesHealthy` aggregates).
 pub fn modules_healthy(status: &ModulesStatus) -> bool {
-    status.failing.is_empty() && status.running == status.desired
+    status.failing.is_empty() && status.pending.is_empty() && status.running == status.desired
 }
 
 /// Whether one configuration is in the hub and applied, with a message for `DeploymentsReady`.

@@ -110,6 +110,9 @@ pub fn render(
             for failing in &m.failing {
                 let _ = writeln!(out, "                ! {failing}");
             }
+            for pending in &m.pending {
+                let _ = writeln!(out, "                … {pending}");
+            }
         }
         None => {
             let _ = writeln!(out, "  Modules:      not reported");

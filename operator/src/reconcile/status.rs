@@ -262,19 +262,21 @@ pub fn add_deployments(
     generation: Option<i64>,
     now: &Time,
 ) {
-    let mut failing = Vec::new();
+    let (mut failing, mut pending) = (Vec::new(), Vec::new());
     let (mut healthy, mut applied) = (0, 0);
     for device in &mut status.devices {
         if let Some(modules) = deployed.modules.get(&device.id) {
             if crate::deploy::modules_healthy(modules) {
                 healthy += 1;
+            } else if !modules.failing.is_empty() {
+                failing.push(format!("{}: {}", device.id, modules.failing.join(", ")));
+            } else if !modules.pending.is_empty() {
+                pending.push(format!("{}: {}", device.id, modules.pending.join(", ")));
             } else {
-                let what = if modules.failing.is_empty() {
-                    format!("{} of {} modules running", modules.running, modules.desired)
-                } else {
-                    modules.failing.join(", ")
-                };
-                failing.push(format!("{}: {what}", device.id));
+                failing.push(format!(
+                    "{}: {} of {} modules running",
+                    device.id, modules.running, modules.desired
+                ));
             }
             device.modules = Some(modules.clone());
         }
@@ -307,19 +309,28 @@ pub fn add_deployments(
                 summarize(&deployed.not_ready),
             )
         },
-        if failing.is_empty() {
-            ConditionUpdate::new(
-                ct::MODULES_HEALTHY,
-                Status::True,
-                "ModulesRunning",
-                format!("every module runs on {healthy} devices"),
-            )
-        } else {
+        // Failing modules need a person; pending ones (an agent that has not reported yet, a
+        // deployment not processed yet) only time, so they are Unknown, not False.
+        if !failing.is_empty() {
             ConditionUpdate::new(
                 ct::MODULES_HEALTHY,
                 Status::False,
                 "ModulesFailing",
                 summarize(&failing),
+            )
+        } else if !pending.is_empty() {
+            ConditionUpdate::new(
+                ct::MODULES_HEALTHY,
+                Status::Unknown,
+                "ModulesPending",
+                summarize(&pending),
+            )
+        } else {
+            ConditionUpdate::new(
+                ct::MODULES_HEALTHY,
+                Status::True,
+                "ModulesRunning",
+                format!("every module runs on {healthy} devices"),
             )
         },
     ];

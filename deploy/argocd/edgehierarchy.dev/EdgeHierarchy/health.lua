@@ -74,6 +74,11 @@ local modules = condition("ModulesHealthy")
 if modules ~= nil and modules.status == "False" then
   return {status = "Degraded", message = describe(modules)}
 end
+-- Unknown: agents that have not reported yet or deployments not processed yet; only time is
+-- needed, so this is not Degraded.
+if modules ~= nil and modules.status == "Unknown" then
+  return {status = "Progressing", message = describe(modules)}
+end
 local deployments = condition("DeploymentsReady")
 if deployments ~= nil and deployments.status == "False" then
   return {status = "Progressing", message = describe(deployments)}

@@ -46,7 +46,8 @@ fn a_device_running_its_manifest_is_healthy() {
         ModulesStatus {
             desired: 3,
             running: 3,
-            failing: vec![]
+            failing: vec![],
+            pending: vec![],
         }
     );
     assert!(modules_healthy(&status));
@@ -59,7 +60,7 @@ fn a_device_running_its_manifest_is_healthy() {
 }
 
 #[test]
-fn an_agent_that_never_reported_is_not_healthy() {
+fn an_agent_that_never_reported_is_pending_not_healthy() {
     let manifest = lower_manifest();
     for reported in [
         Value::Null,
@@ -69,8 +70,9 @@ fn an_agent_that_never_reported_is_not_healthy() {
         let status = modules_status(&manifest, Some(1), &reported);
         assert_eq!(status.desired, 3);
         assert_eq!(status.running, 0);
+        assert!(status.failing.is_empty());
         assert_eq!(
-            status.failing,
+            status.pending,
             [
                 "edgeAgent: not reported yet (the device's edge agent has not sent reported properties: is the runtime installed from the bundle, and can it reach its parent or the hub?)"
             ]
@@ -121,12 +123,10 @@ fn missing_old_and_unwanted_modules() {
         "edgeAgent, edgeHub, IoTEdgeAPIProxy (registry is desired stopped)"
     );
     assert_eq!(status.running, 2);
+    assert_eq!(status.failing, ["registry: running (desired stopped)"]);
     assert_eq!(
-        status.failing,
-        [
-            "IoTEdgeAPIProxy: not reported (the edge agent has not created it yet)",
-            "registry: running (desired stopped)"
-        ]
+        status.pending,
+        ["IoTEdgeAPIProxy: not reported (the edge agent has not created it yet)"]
     );
     // A stopped module that is stopped is fine; a running one on an old image is not.
     reported["modules"]["registry"]["runtimeStatus"] = json!("stopped");
@@ -138,23 +138,25 @@ fn missing_old_and_unwanted_modules() {
     assert_eq!(
         status.failing,
         [
-            "edgeHub: running an old image (mcr.microsoft.com/azureiotedge-hub:1.5; desired mcr.microsoft.com/azureiotedge-hub:1.6)",
-            "IoTEdgeAPIProxy: not reported (the edge agent has not created it yet)",
+            "edgeHub: running an old image (mcr.microsoft.com/azureiotedge-hub:1.5; desired mcr.microsoft.com/azureiotedge-hub:1.6)"
         ]
     );
 }
 
 #[test]
-fn rejected_or_unprocessed_deployments_fail() {
+fn rejected_deployments_fail_and_unprocessed_ones_are_pending() {
     let manifest = lower_manifest();
     let mut reported = healthy_report(&manifest, 3);
     reported["lastDesiredStatus"] = json!({"code": 400, "description": "Config Format Error"});
     let status = modules_status(&manifest, Some(5), &reported);
     assert_eq!(
         status.failing,
+        ["edgeAgent: deployment not applied (code 400: Config Format Error)"]
+    );
+    assert_eq!(
+        status.pending,
         [
-            "edgeAgent: deployment not applied (code 400: Config Format Error)",
-            "edgeAgent: has not processed the current deployment yet (desired version 5, last processed 3)",
+            "edgeAgent: has not processed the current deployment yet (desired version 5, last processed 3)"
         ]
     );
     assert_eq!(
@@ -167,11 +169,15 @@ fn rejected_or_unprocessed_deployments_fail() {
         .as_object_mut()
         .unwrap()
         .remove("lastDesiredVersion");
+    let status = modules_status(&manifest, Some(5), &reported);
     assert_eq!(
-        modules_status(&manifest, Some(5), &reported).failing,
+        status.failing,
+        ["edgeAgent: deployment not applied (no code)"]
+    );
+    assert_eq!(
+        status.pending,
         [
-            "edgeAgent: deployment not applied (no code)",
-            "edgeAgent: has not processed the current deployment yet (desired version 5, last processed none)",
+            "edgeAgent: has not processed the current deployment yet (desired version 5, last processed none)"
         ]
     );
 }
@@ -204,7 +210,8 @@ fn a_manifest_without_modules_desires_nothing() {
         ModulesStatus {
             desired: 0,
             running: 0,
-            failing: vec![]
+            failing: vec![],
+            pending: vec![],
         }
     );
 }

@@ -49,6 +49,7 @@ fn status() -> EdgeHierarchyStatus {
         desired: 3,
         running: 2,
         failing: vec!["opcua: backoff".into()],
+        pending: Vec::new(),
     });
     EdgeHierarchyStatus {
         conditions: vec![condition("Ready", "False"), condition("Stalled", "True")],

@@ -45,6 +45,7 @@ fn tutorial() -> EdgeHierarchy {
                 desired: 4,
                 running: 3,
                 failing: vec!["SimulatedTemperatureSensor: backoff".into()],
+                pending: Vec::new(),
             }),
             drift: vec!["device is disabled in the hub; enabled again".into()],
             message: None,
