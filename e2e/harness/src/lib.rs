@@ -18,5 +18,5 @@ pub mod wait;
 pub use checks::Checks;
 pub use control_plane::{ComponentProcess, ControlPlane, ControlPlaneOptions, DEFAULT_CONTROLLERS};
 pub use operator_env::{Emulator, Operator, OperatorFlags, install_crd};
-pub use tools::{TOOLS_BIN_ENV, tools_bin_dir, workspace_bin, workspace_root};
+pub use tools::{TOOLS_BIN_ENV, script_built_tool, tools_bin_dir, workspace_bin, workspace_root};
 pub use wait::wait_until;

@@ -117,6 +117,50 @@ fn run_build_script() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// A tool that has its own pinned Go module and build script under `e2e/tools` (for example
+/// `gitops-health/build.sh`, `promtool/build.sh`): the script is run once per process; it
+/// reuses its cache or builds, and prints the binary's path last. Never skips: a failed build
+/// is an error saying which script failed.
+pub fn script_built_tool(script: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = built.get(script) {
+        return Ok(path.clone());
+    }
+    let path = workspace_root().join("e2e/tools").join(script);
+    let output = Command::new("bash")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", path.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}); its error output is above (Go and the Go module proxy must be \
+             reachable for the first build)",
+            path.display(),
+            output.status
+        );
+    }
+    let binary = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| PathBuf::from(l.trim()))
+        .with_context(|| format!("{} printed no binary path", path.display()))?;
+    if !binary.is_file() {
+        bail!(
+            "{} printed {}, which is not a file",
+            path.display(),
+            binary.display()
+        );
+    }
+    built.insert(script.to_string(), binary.clone());
+    Ok(binary)
+}
+
 /// A binary of this workspace, from the cargo target folder the running test was built into
 /// (`target/<profile>/<name>`, next to the `deps` folder of the test executable).
 ///

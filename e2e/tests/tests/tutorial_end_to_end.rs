@@ -6,42 +6,12 @@
 
 mod common;
 
-use std::process::Command;
-
 use anyhow::{Context as _, ensure};
-use common::{Env, example};
+use common::Env;
+use common::sim::{fast, sim_log, start_sim};
 use e2e_harness::Checks;
 use e2e_harness::process::ManagedChild;
 use serde_json::Value;
-
-/// The example with a 10 s resync, so module health is re-read quickly.
-fn fast(name: &str) -> String {
-    example(name).replace(
-        "  devices:\n",
-        "  policy: {resyncInterval: 10s}\n  devices:\n",
-    )
-}
-
-fn start_sim(env: &Env, namespace: &str, hierarchy: &str) -> anyhow::Result<ManagedChild> {
-    let mut command = Command::new(e2e_harness::workspace_bin("edge-sim")?);
-    command
-        .args([
-            "run",
-            "--namespace",
-            namespace,
-            "--hierarchy",
-            hierarchy,
-            "--interval-ms",
-            "500",
-        ])
-        .arg("--emulator-dir")
-        .arg(&env.hub.emulator.dir)
-        .arg("--state-dir")
-        .arg(env.dir.path().join(format!("sim-{namespace}")))
-        .env("KUBECONFIG", env.cluster.kubeconfig_path());
-    let log = env.dir.path().join(format!("edge-sim-{namespace}.log"));
-    ManagedChild::spawn_command("edge-sim", command, &log, None)
-}
 
 async fn agent_reported(env: &Env, device: &str) -> anyhow::Result<Value> {
     let twin = env
@@ -60,13 +30,6 @@ fn runtime_status(reported: &Value, section: &str, module: &str) -> Option<Strin
         .pointer(&format!("/{section}/{module}/runtimeStatus"))
         .and_then(Value::as_str)
         .map(str::to_string)
-}
-
-fn sim_log(env: &Env, namespace: &str) -> String {
-    e2e_harness::process::log_tail(
-        &env.dir.path().join(format!("edge-sim-{namespace}.log")),
-        25,
-    )
 }
 
 async fn tutorial_runs_through_the_parent(env: &Env) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 
 pub mod hub;
 pub mod leaks;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::path::Path;
