@@ -293,6 +293,7 @@ async fn flux_and_argo_cd_judge_the_live_hierarchy() -> anyhow::Result<()> {
     let required = [
         State::NoStatus,
         State::Converging,
+        State::ModulesPending,
         State::Healthy,
         State::ModulesFailing,
         State::Stalled,

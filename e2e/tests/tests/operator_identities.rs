@@ -617,23 +617,8 @@ async fn no_secret_leaks(env: &Env) -> anyhow::Result<()> {
 }
 
 async fn metrics_and_health_are_served(env: &Env) -> anyhow::Result<()> {
-    let log = env.operator.output();
-    let line = log
-        .lines()
-        .find(|l| l.contains("serving /metrics"))
-        .context("the operator did not log its metrics address")?;
-    let address = line
-        .split("address=")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .context("no address in the log line")?;
+    let (address, metrics) = common::scrape_metrics(env).await?;
     let http = reqwest::Client::new();
-    let metrics = http
-        .get(format!("http://{address}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
     let ok_reconciles = metrics
         .lines()
         .find(|l| l.starts_with("edge_hierarchy_reconciles_total{outcome=\"ok\"}"))

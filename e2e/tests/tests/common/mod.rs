@@ -380,6 +380,29 @@ where
         })
 }
 
+/// The operator's metrics address (from its log line) and one scrape of `/metrics`.
+pub async fn scrape_metrics(env: &Env) -> anyhow::Result<(String, String)> {
+    let log = env.operator.output();
+    let line = log
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .context("the operator did not log its metrics address")?;
+    let address = line
+        .split("address=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .context("no address in the log line")?
+        .to_string();
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok((address, metrics))
+}
+
 /// Waits until none of `ids` exists in the hub.
 pub async fn wait_until_absent(admin: &HubAdmin, ids: &[&str]) -> anyhow::Result<()> {
     let what = format!("devices {ids:?} to be deleted from the hub");
