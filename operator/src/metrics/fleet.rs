@@ -101,6 +101,9 @@ fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
     (to.as_millisecond() - from.as_millisecond()) as f64 / 1000.0
 }
 
+/// How one per-hierarchy gauge is read from a snapshot at the scrape's time (`None`: no series).
+type GaugeOf = fn(&HierarchySnapshot, Timestamp) -> Option<f64>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct HierarchyLabels {
     namespace: String,
@@ -146,7 +149,7 @@ impl Fleet {
     /// Writes every gauge as of `now`.
     fn encode_at(&self, mut encoder: DescriptorEncoder, now: Timestamp) -> std::fmt::Result {
         let snapshots = self.lock().clone();
-        let per_hierarchy: [(&str, &str, fn(&HierarchySnapshot, Timestamp) -> Option<f64>); 5] = [
+        let per_hierarchy: [(&str, &str, GaugeOf); 5] = [
             (
                 "certificate_expiry_seconds",
                 "Seconds from this scrape to the earliest expiry of a device certificate or the root CA (negative once expired)",

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
@@ -98,6 +98,7 @@ pub async fn run(
         );
     let controller = Controller::for_stream(trigger, reader);
     let store = controller.store();
+    let config_map_store = store.clone();
     // Hub credentials, the root CA and registry logins live in Secrets the user owns: a change
     // to one re-reconciles every hierarchy that refers to it, so fixing a bad key or rotating a
     // registry password takes effect at once. A certificate Secret carrying a renewal request
@@ -119,6 +120,22 @@ pub async fn run(
                 .map(|h| ObjectRef::from_obj(h.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // Deployment manifests kept in ConfigMaps: applying one after the hierarchy that names
+        // it (as `kubectl apply -f` of an import does) recovers the hierarchy at once.
+        .watches(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            watcher::Config::default(),
+            move |config_map| {
+                let namespace = config_map.namespace();
+                let name = config_map.name_any();
+                config_map_store
+                    .state()
+                    .into_iter()
+                    .filter(|h| h.namespace() == namespace && refers_to_config_map(h, &name))
+                    .map(|h| ObjectRef::from_obj(h.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context);
@@ -160,6 +177,16 @@ async fn reconcile(hierarchy: Arc<EdgeHierarchy>, ctx: Arc<Context>) -> Result<R
     }
     ctx.metrics.reconciled(started, result.is_ok());
     result
+}
+
+/// Whether one of the hierarchy's deployments reads its manifest from ConfigMap `name`.
+fn refers_to_config_map(hierarchy: &EdgeHierarchy, name: &str) -> bool {
+    hierarchy
+        .spec
+        .deployments
+        .iter()
+        .filter_map(|d| d.config_map_ref.as_ref())
+        .any(|r| r.name == name)
 }
 
 /// The hierarchy whose certificate Secret this is, when it carries a renewal request.
