@@ -159,17 +159,26 @@ fn judge(
     ))
 }
 
-/// Every version of the hierarchy a watch delivers, in order.
-fn record_versions(env: &Env) -> Arc<Mutex<Vec<Value>>> {
+/// Every version of the hierarchy a watch delivers, in order. Returns once the watch has
+/// listed, so that every later change, the creation included, reaches it.
+async fn record_versions(env: &Env) -> anyhow::Result<Arc<Mutex<Vec<Value>>>> {
     let versions = Arc::new(Mutex::new(Vec::new()));
     let resource = ApiResource::erase::<EdgeHierarchy>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), NAMESPACE, &resource);
     let sink = versions.clone();
+    let (listed, started) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
         let mut stream = watcher(api, config).boxed();
+        let mut listed = Some(listed);
         while let Some(event) = stream.next().await {
             let object = match event {
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(listed) = listed.take() {
+                        let _ = listed.send(());
+                    }
+                    continue;
+                }
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => o,
                 Ok(watcher::Event::Delete(o)) => o,
                 _ => continue,
@@ -179,7 +188,11 @@ fn record_versions(env: &Env) -> Arc<Mutex<Vec<Value>>> {
             }
         }
     });
-    versions
+    tokio::time::timeout(std::time::Duration::from_secs(60), started)
+        .await
+        .context("the watch did not list within 60 s")?
+        .context("the watch ended before it listed")?;
+    Ok(versions)
 }
 
 /// The object as a test case input: what Argo CD would be handed, without server bookkeeping.
@@ -245,9 +258,7 @@ async fn flux_and_argo_cd_judge_the_live_hierarchy() -> anyhow::Result<()> {
     let lua = workspace_root().join("deploy/argocd/edgehierarchy.dev/EdgeHierarchy/health.lua");
     let env = Env::start(&["--strict"]).await?;
     env.namespace(NAMESPACE).await?;
-    let versions = record_versions(&env);
-    // The watch is running before the hierarchy exists, so its creation is seen.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let versions = record_versions(&env).await?;
     drive_through_the_lifecycle(&env).await?;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let versions = versions.lock().unwrap().clone();

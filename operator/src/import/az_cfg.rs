@@ -9,7 +9,9 @@
 use serde::Deserialize;
 
 use super::iotedge_config::root_ca_paths;
-use super::parse::{Device, Keys, Parsed, Source, authentication, check_version, present};
+use super::parse::{
+    ContainerLogin, Device, Keys, Parsed, Source, authentication, check_version, present,
+};
 use super::{Format, ImportErrors};
 
 pub(crate) const KEYS: Keys = Keys {
@@ -129,7 +131,11 @@ fn device(d: AzDevice, path: String) -> Device {
         hostname: present(d.hostname),
         edge_agent: present(d.edge_agent),
         deployment: present(d.deployment),
-        container_auth: d.container_auth.is_some(),
+        container_auth: d.container_auth.map(|a| ContainerLogin {
+            server_address: present(a.server_address),
+            username: present(a.username),
+            has_password: present(a.password).is_some(),
+        }),
         children,
     }
 }

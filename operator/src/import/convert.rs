@@ -26,15 +26,16 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::parse::{Device, Keys, Parsed, Source, suggestion};
+use super::parse::{ContainerLogin, Device, Keys, Parsed, Source, suggestion};
 use super::{
-    CONNECTION_STRING_KEY, CONNECTION_STRING_SECRET, DeploymentConfigMap, Files, Format, Import,
-    ImportError, ImportErrors, ImportOptions, Place, RootCaFiles, Warning, resolve, template,
+    AgentLogin, CONNECTION_STRING_KEY, CONNECTION_STRING_SECRET, DeploymentConfigMap, Files,
+    Format, Import, ImportError, ImportErrors, ImportOptions, Place, RootCaFiles, Warning, resolve,
+    template,
 };
 use crate::api::{
-    AuthenticationType, CertificatesSpec, ConfigMapKeyRef, DeploymentMode, DeploymentSpec,
-    DeviceSpec, DeviceType, EdgeHierarchy, EdgeHierarchySpec, EdgeRuntimeSpec, IotHubSpec,
-    LocalObjectRef, PolicySpec, RootCaSpec, SecretKeyRef, validate,
+    AgentAuthSpec, AuthenticationType, CertificatesSpec, ConfigMapKeyRef, DeploymentMode,
+    DeploymentSpec, DeviceSpec, DeviceType, EdgeHierarchy, EdgeHierarchySpec, EdgeRuntimeSpec,
+    IotHubSpec, LocalObjectRef, PolicySpec, RegistrySecretRef, RootCaSpec, SecretKeyRef, validate,
 };
 use crate::deploy::image::UPSTREAM;
 use crate::deploy::resolve_manifests;
@@ -85,6 +86,7 @@ struct Out {
     errors: Vec<ImportError>,
     warnings: Vec<Warning>,
     notes: Vec<String>,
+    agent_login: Option<AgentLogin>,
 }
 
 impl Out {
@@ -104,6 +106,7 @@ pub(crate) fn convert(parsed: Parsed, cx: &Context) -> Result<Import, ImportErro
         errors: Vec::new(),
         warnings: Vec::new(),
         notes: Vec::new(),
+        agent_login: None,
     };
 
     unknown_keys(&parsed, source, &mut out);
@@ -128,7 +131,8 @@ pub(crate) fn convert(parsed: Parsed, cx: &Context) -> Result<Import, ImportErro
     let name = hierarchy_name(parsed.hub_name.as_deref(), cx.config_path);
     let mut files = deployment_files(&flat, &kept, keys, cx, &mut out);
 
-    let edge = edge_runtime(&parsed, &flat, &files, keys, source, &mut out);
+    let mut edge = edge_runtime(&parsed, &flat, &files, keys, source, &mut out);
+    edge.agent_auth = agent_auth(&flat, &kept, keys, source, &name, &mut out);
     upstream_on_top_layer(&flat, &files, &mut out);
 
     let root_ca = parsed
@@ -177,6 +181,7 @@ pub(crate) fn convert(parsed: Parsed, cx: &Context) -> Result<Import, ImportErro
         root_ca,
         hub_name: parsed.hub_name,
         notes: out.notes,
+        agent_login: out.agent_login,
         warnings: out.warnings,
     })
 }
@@ -397,6 +402,80 @@ fn unique_devices(flat: &[Flat], keys: &Keys, out: &mut Out) -> Vec<usize> {
 }
 
 /// Hostnames, and registry credentials that cannot be carried over.
+/// The tool's per-device `container_auth` as `spec.edge.agentAuth`, which serves every device of
+/// the hierarchy: possible when all devices that have one name the same registry and user. The
+/// password never goes into the output; a note gives the command that puts it into the Secret.
+fn agent_auth(
+    flat: &[Flat],
+    kept: &[usize],
+    keys: &Keys,
+    source: &Source,
+    hierarchy: &str,
+    out: &mut Out,
+) -> Option<AgentAuthSpec> {
+    let with_auth: Vec<(&Device, &ContainerLogin)> = kept
+        .iter()
+        .filter_map(|&i| Some((flat[i].device, flat[i].device.container_auth.as_ref()?)))
+        .collect();
+    let (first_device, first) = *with_auth.first()?;
+    let field = |d: &Device| format!("{}.{}", d.path, keys.container_auth);
+    for (d, login) in &with_auth {
+        if login.server_address.is_none() || login.username.is_none() || !login.has_password {
+            out.warn(
+                source.place(&field(d), None, 0),
+                field(d),
+                format!(
+                    "device {:?}'s registry credentials lack a server address, user name or password, so they are not \
+                     carried over; give all three, or drop them if the agent image needs no login",
+                    d.id
+                ),
+            );
+            return None;
+        }
+        if login.server_address != first.server_address || login.username != first.username {
+            out.warn(
+                source.place(&field(d), None, 0),
+                field(d),
+                format!(
+                    "devices {:?} and {:?} log in to different registries or as different users for the edgeAgent pull, \
+                     but a hierarchy has one spec.edge.agentAuth for all its devices; none is carried over: split the tree \
+                     into one config per registry, or set spec.edge.agentAuth by hand",
+                    first_device.id, d.id
+                ),
+            );
+            return None;
+        }
+    }
+    let server_address = first.server_address.clone()?;
+    let username = first.username.clone()?;
+    let secret = format!("{hierarchy}-agent-registry");
+    if with_auth.len() < kept.len() {
+        out.warn(
+            source.place(&field(first_device), None, 0),
+            field(first_device),
+            format!(
+                "only {} of {} devices have registry credentials; spec.edge.agentAuth gives the login to {server_address} \
+                 to every device of the hierarchy",
+                with_auth.len(),
+                kept.len()
+            ),
+        );
+    }
+    out.agent_login = Some(AgentLogin {
+        secret: secret.clone(),
+        username,
+        password_field: field(first_device),
+    });
+    Some(AgentAuthSpec {
+        server_address,
+        secret_ref: RegistrySecretRef {
+            name: secret,
+            username_key: "username".into(),
+            password_key: "password".into(),
+        },
+    })
+}
+
 fn device_fields(flat: &[Flat], kept: &[usize], keys: &Keys, source: &Source, out: &mut Out) {
     let mut by_hostname: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for &i in kept {
@@ -412,20 +491,6 @@ fn device_fields(flat: &[Flat], kept: &[usize], keys: &Keys, source: &Source, ou
                 });
             }
             by_hostname.entry(h).or_default().push(&d.id);
-        }
-        if d.container_auth {
-            let field = format!("{}.{}", d.path, keys.container_auth);
-            out.warn(
-                source.place(&field, None, 0),
-                field,
-                format!(
-                    "registry credentials for device {:?}'s bootstrap edgeAgent pull are not carried over (the \
-                     EdgeHierarchy has no field for them, and a password does not belong in this output); keep the \
-                     agent image pullable without credentials, or add [agent.config.auth] to /etc/aziot/config.toml \
-                     on the device after install.sh",
-                    d.id
-                ),
-            );
         }
     }
     for (hostname, ids) in by_hostname {

@@ -7,7 +7,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
-use super::parse::{Device, Keys, Parsed, Source, authentication, check_version, present};
+use super::parse::{
+    ContainerLogin, Device, Keys, Parsed, Source, authentication, check_version, present,
+};
 use super::{Format, ImportErrors};
 
 pub(crate) const KEYS: Keys = Keys {
@@ -148,7 +150,11 @@ fn device(d: ToolDevice, path: String) -> Device {
         hostname: present(d.hostname),
         edge_agent: present(d.edge_agent),
         deployment: present(d.deployment),
-        container_auth: d.container_auth.is_some(),
+        container_auth: d.container_auth.map(|a| ContainerLogin {
+            server_address: present(a.serveraddress),
+            username: present(a.username),
+            has_password: present(a.password).is_some(),
+        }),
         children,
     }
 }

@@ -205,7 +205,19 @@ pub struct Import {
     pub hub_name: Option<String>,
     /// Remarks that go into the output as comments, for whoever reviews it.
     pub notes: Vec<String>,
+    /// The registry login `spec.edge.agentAuth` reads, when the config had `container_auth`.
+    pub agent_login: Option<AgentLogin>,
     pub warnings: Vec<Warning>,
+}
+
+/// The Secret `spec.edge.agentAuth` names and what goes into it; the password stays in the
+/// config, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLogin {
+    pub secret: String,
+    pub username: String,
+    /// Where the config holds the password (`edgedevices.container_auth`).
+    pub password_field: String,
 }
 
 /// Read access to the config and the files it names.

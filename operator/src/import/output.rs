@@ -105,6 +105,25 @@ pub fn render(import: &Import) -> String {
     root_ca_comment(import, &name, &ns, &mut out);
     out.push_str("#\n");
     adoption_comment(import, &name, &ns, &mut out);
+    if let Some(login) = &import.agent_login {
+        out.push_str("#\n");
+        paragraph(
+            &mut out,
+            &format!(
+                "Registry login for the edgeAgent pull (the config's container_auth): spec.edge.agentAuth reads it \
+                 from Secret {}; create it first, with the password from {} (it is not copied here):",
+                login.secret, login.password_field
+            ),
+        );
+        command(
+            &mut out,
+            &format!(
+                "kubectl create secret generic {}{ns} --from-literal=username={} --from-literal=password=\"$PASSWORD\"",
+                shell_quote(&login.secret),
+                shell_quote(&login.username)
+            ),
+        );
+    }
     for note in &import.notes {
         out.push_str("#\n");
         paragraph(&mut out, note);

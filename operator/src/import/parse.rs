@@ -37,9 +37,18 @@ pub(crate) struct Device {
     pub hostname: Option<String>,
     pub edge_agent: Option<String>,
     pub deployment: Option<String>,
-    /// Whether registry credentials for the bootstrap edgeAgent were given (never kept).
-    pub container_auth: bool,
+    /// Registry credentials for the bootstrap edgeAgent pull, as given (the password only as
+    /// "given": it never goes into the output).
+    pub container_auth: Option<ContainerLogin>,
     pub children: Vec<Device>,
+}
+
+/// A device's `container_auth` / `containerAuth`, without its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerLogin {
+    pub server_address: Option<String>,
+    pub username: Option<String>,
+    pub has_password: bool,
 }
 
 /// A config of either format, read.

@@ -524,9 +524,110 @@ edgedevices:
     assert_eq!(children.place.line, Some(14));
     assert!(children.message.contains("did you mean `child`?"));
     assert!(children.message.contains("never created the devices"));
-    let auth = by_field["edgedevices.container_auth"];
-    assert_eq!(auth.place.line, Some(10));
+    // One device, all three credentials: carried over as spec.edge.agentAuth, password left out.
+    assert!(!by_field.contains_key("edgedevices.container_auth"));
+    let auth = import.hierarchy.spec.edge.agent_auth.as_ref().unwrap();
+    assert_eq!(auth.server_address, "myacr.azurecr.io");
+    assert_eq!(auth.secret_ref.name, "iotedge-config-agent-registry");
     assert_eq!(import.hierarchy.spec.devices.len(), 1);
-    let everything = format!("{}{:?}", render(&import), import.warnings);
+    let output = render(&import);
+    assert!(
+        output.contains(
+            "#   kubectl create secret generic iotedge-config-agent-registry --from-literal=username=pull --from-literal=password=\"$PASSWORD\"\n"
+        ),
+        "{output}"
+    );
+    assert_eq!(
+        import
+            .agent_login
+            .as_ref()
+            .map(|l| l.password_field.as_str()),
+        Some("edgedevices.container_auth")
+    );
+    let everything = format!("{output}{:?}{:?}", import.warnings, import.notes);
     assert!(!everything.contains("s3cret-pa55"));
+}
+
+fn agent_auth_case(top: &str, child: &str) -> Import {
+    let config = format!(
+        "\
+config_version: \"1.0\"
+iothub:
+  authentication_method: symmetric_key
+configuration:
+  default_edge_agent: mcr.microsoft.com/azureiotedge-agent:1.2
+edgedevices:
+  device_id: top
+{top}  child:
+    - device_id: low
+{child}"
+    );
+    import_text(&config, &[]).unwrap()
+}
+
+#[test]
+fn container_auth_becomes_agent_auth_only_when_one_login_serves_every_device() {
+    let login = |indent: &str, server: &str, user: &str| {
+        format!(
+            "{indent}container_auth:\n{indent}  serveraddress: {server}\n{indent}  username: {user}\n{indent}  password: pw-secret\n"
+        )
+    };
+    // The same login on both: carried over, no warning about it.
+    let same = agent_auth_case(
+        &login("  ", "acr.io", "pull"),
+        &login("      ", "acr.io", "pull"),
+    );
+    assert_eq!(
+        same.hierarchy
+            .spec
+            .edge
+            .agent_auth
+            .as_ref()
+            .map(|a| a.server_address.as_str()),
+        Some("acr.io")
+    );
+    assert!(
+        same.warnings
+            .iter()
+            .all(|w| !w.field.contains("container_auth"))
+    );
+    // Only the top has one: carried over, with a warning that every device gets it.
+    let partial = agent_auth_case(&login("  ", "acr.io", "pull"), "");
+    assert!(partial.hierarchy.spec.edge.agent_auth.is_some());
+    let warning = partial
+        .warnings
+        .iter()
+        .find(|w| w.field == "edgedevices.container_auth")
+        .unwrap();
+    assert!(
+        warning.message.contains("only 1 of 2 devices"),
+        "{}",
+        warning.message
+    );
+    // Different registries: nothing carried over, the warning names both devices.
+    let different = agent_auth_case(
+        &login("  ", "acr.io", "pull"),
+        &login("      ", "other.io", "pull"),
+    );
+    assert!(different.hierarchy.spec.edge.agent_auth.is_none());
+    let warning = different
+        .warnings
+        .iter()
+        .find(|w| w.field == "edgedevices.child[0].container_auth")
+        .unwrap();
+    assert!(
+        warning.message.contains("\"top\" and \"low\""),
+        "{}",
+        warning.message
+    );
+    // Without a password: nothing carried over.
+    let no_password = agent_auth_case(
+        "  container_auth:\n    serveraddress: acr.io\n    username: pull\n",
+        "",
+    );
+    assert!(no_password.hierarchy.spec.edge.agent_auth.is_none());
+    for import in [same, partial, different, no_password] {
+        let everything = format!("{}{:?}{:?}", render(&import), import.warnings, import.notes);
+        assert!(!everything.contains("pw-secret"));
+    }
 }
