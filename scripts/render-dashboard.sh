@@ -55,6 +55,9 @@ command -v kubectl >/dev/null 2>&1 || { say "kubectl is not on PATH"; exit 1; }
 tools="$("$root/e2e/tools/build.sh")"
 prometheus="$("$root/e2e/tools/prometheus/build.sh")"
 export PATH="$tools:$PATH"
+# control-plane otherwise runs e2e/tools/build.sh of the tree it was compiled in, which need not
+# exist when BINDIR holds binaries built elsewhere.
+export EHO_TOOLS_BIN="$tools"
 
 # The renderer's venv, re-created when the requirements change.
 venv="$root/.venv-dashboard"
@@ -89,10 +92,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP PIPE
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# wait_for_line FILE PATTERN SECONDS PID: waits for a process's ready line; fails at once if it exits.
 wait_for_line() {
-  local file="$1" pattern="$2" seconds="$3"
+  local file="$1" pattern="$2" seconds="$3" pid="$4"
   for _ in $(seq 1 "$((seconds * 5))"); do
     grep -q "$pattern" "$file" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { say "$(basename "$file" .log) exited:"; tail -n 20 "$file" >&2; exit 1; }
     sleep 0.2
   done
   say "timed out waiting for '$pattern' in $file:"; tail -n 20 "$file" >&2; exit 1
@@ -124,7 +129,7 @@ say "state in $state"
 start="$(date +%s)"
 "$bin/control-plane" up --dir "$state/cluster" >"$state/control-plane.log" 2>&1 &
 pids+=($!)
-wait_for_line "$state/control-plane.log" '^ready KUBECONFIG=' 180
+wait_for_line "$state/control-plane.log" '^ready KUBECONFIG=' 180 "${pids[-1]}"
 export KUBECONFIG="$state/cluster/kubeconfig"
 # The CRD first: the operator exits when it cannot list EdgeHierarchy resources.
 kubectl apply -f "$root/crds/edgehierarchy.yaml" >/dev/null
@@ -133,7 +138,7 @@ kubectl wait --for condition=established --timeout=60s crd/edgehierarchies.edgeh
 # An S1 hub (its per-minute quotas apply), configurations evaluated every 15 s as in the demo.
 "$bin/iothub-emulator" --port 0 --dir "$state/hub" --hub dashboard-hub --sku S1 --config-eval-interval-secs 15 >"$state/emulator.log" 2>&1 &
 pids+=($!)
-wait_for_line "$state/emulator.log" '^ready' 30
+wait_for_line "$state/emulator.log" '^ready' 30 "${pids[-1]}"
 
 metrics_port="$(free_port)"
 "$bin/edge-hierarchy-operator" run --metrics-addr "127.0.0.1:$metrics_port" >"$state/operator.log" 2>&1 &
@@ -192,6 +197,7 @@ bg_wait kubectl -n iot wait --for=condition=Ready eh/tutorial --timeout="${ready
   || say "the tutorial is not Ready after ${ready_timeout}s; going on"
 bg_wait kubectl -n plant wait --for=condition=Ready eh/factory --timeout="${ready_timeout}s" >/dev/null \
   || say "the factory is not Ready after ${ready_timeout}s; going on"
+alive
 say "converged after $(( $(date +%s) - t0 ))s: $(kubectl get eh -A --no-headers 2>/dev/null | tr -s ' ' | tr '\n' ';')"
 
 at "$(step 30)"
