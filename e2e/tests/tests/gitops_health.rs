@@ -23,7 +23,7 @@ use e2e_harness::{script_built_tool, workspace_root};
 use edge_hierarchy_operator::api::EdgeHierarchy;
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
 const NAMESPACE: &str = "gitops";
@@ -159,17 +159,20 @@ fn judge(
     ))
 }
 
-/// Every version of the hierarchy a watch delivers, in order. Returns once the watch has
-/// listed, so that every later change, the creation included, reaches it.
-async fn record_versions(env: &Env) -> anyhow::Result<Arc<Mutex<Vec<Value>>>> {
+/// Every version of the hierarchy a watch delivers, in order, and the task that watches (abort
+/// it before the control plane goes, or it retries against nothing). Returns once the watch
+/// has listed, so that every later change, the creation included, reaches it.
+async fn record_versions(
+    env: &Env,
+) -> anyhow::Result<(Arc<Mutex<Vec<Value>>>, tokio::task::JoinHandle<()>)> {
     let versions = Arc::new(Mutex::new(Vec::new()));
     let resource = ApiResource::erase::<EdgeHierarchy>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), NAMESPACE, &resource);
     let sink = versions.clone();
     let (listed, started) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let config = watcher::Config::default().fields(&format!("metadata.name={NAME}"));
-        let mut stream = watcher(api, config).boxed();
+        let mut stream = watcher(api, config).default_backoff().boxed();
         let mut listed = Some(listed);
         while let Some(event) = stream.next().await {
             let object = match event {
@@ -192,7 +195,7 @@ async fn record_versions(env: &Env) -> anyhow::Result<Arc<Mutex<Vec<Value>>>> {
         .await
         .context("the watch did not list within 60 s")?
         .context("the watch ended before it listed")?;
-    Ok(versions)
+    Ok((versions, task))
 }
 
 /// The object as a test case input: what Argo CD would be handed, without server bookkeeping.
@@ -258,9 +261,11 @@ async fn flux_and_argo_cd_judge_the_live_hierarchy() -> anyhow::Result<()> {
     let lua = workspace_root().join("deploy/argocd/edgehierarchy.dev/EdgeHierarchy/health.lua");
     let env = Env::start(&["--strict"]).await?;
     env.namespace(NAMESPACE).await?;
-    let versions = record_versions(&env).await?;
-    drive_through_the_lifecycle(&env).await?;
+    let (versions, watch) = record_versions(&env).await?;
+    let driven = drive_through_the_lifecycle(&env).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    watch.abort();
+    driven?;
     let versions = versions.lock().unwrap().clone();
     let capture = std::env::var_os("EHO_CAPTURE_ARGO_TESTDATA").map(std::path::PathBuf::from);
 
