@@ -548,6 +548,16 @@ edgedevices:
     assert!(!everything.contains("s3cret-pa55"));
 }
 
+/// The import warns about `field` with a message containing `needle`.
+fn assert_warns(import: &Import, field: &str, needle: &str) {
+    let warning = import
+        .warnings
+        .iter()
+        .find(|w| w.field == field)
+        .unwrap_or_else(|| panic!("no warning about {field}: {:?}", import.warnings));
+    assert!(warning.message.contains(needle), "{}", warning.message);
+}
+
 fn agent_auth_case(top: &str, child: &str) -> Import {
     let config = format!(
         "\
@@ -594,15 +604,10 @@ fn container_auth_becomes_agent_auth_only_when_one_login_serves_every_device() {
     // Only the top has one: carried over, with a warning that every device gets it.
     let partial = agent_auth_case(&login("  ", "acr.io", "pull"), "");
     assert!(partial.hierarchy.spec.edge.agent_auth.is_some());
-    let warning = partial
-        .warnings
-        .iter()
-        .find(|w| w.field == "edgedevices.container_auth")
-        .unwrap();
-    assert!(
-        warning.message.contains("only 1 of 2 devices"),
-        "{}",
-        warning.message
+    assert_warns(
+        &partial,
+        "edgedevices.container_auth",
+        "only 1 of 2 devices",
     );
     // Different registries: nothing carried over, the warning names both devices.
     let different = agent_auth_case(
@@ -610,15 +615,10 @@ fn container_auth_becomes_agent_auth_only_when_one_login_serves_every_device() {
         &login("      ", "other.io", "pull"),
     );
     assert!(different.hierarchy.spec.edge.agent_auth.is_none());
-    let warning = different
-        .warnings
-        .iter()
-        .find(|w| w.field == "edgedevices.child[0].container_auth")
-        .unwrap();
-    assert!(
-        warning.message.contains("\"top\" and \"low\""),
-        "{}",
-        warning.message
+    assert_warns(
+        &different,
+        "edgedevices.child[0].container_auth",
+        "\"top\" and \"low\"",
     );
     // Without a password: nothing carried over.
     let no_password = agent_auth_case(
