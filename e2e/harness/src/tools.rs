@@ -92,29 +92,36 @@ fn run_build_script() -> anyhow::Result<PathBuf> {
             script.display()
         );
     }
+    run_printing_path(
+        &script,
+        "The e2e tests need etcd, kube-apiserver and kube-controller-manager built from the \
+         pinned Go modules (Go and the Go module proxy must be reachable for the first build)",
+        "bin folder",
+    )
+}
+
+/// Runs a build script of `e2e/tools` (its progress and Go's errors stay visible on stderr) and
+/// returns the path it prints last. `why` follows a failure; `printed` names what it prints.
+fn run_printing_path(script: &Path, why: &str, printed: &str) -> anyhow::Result<PathBuf> {
     let output = Command::new("bash")
-        .arg(&script)
+        .arg(script)
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit()) // build progress and Go's errors stay visible
+        .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !output.status.success() {
         bail!(
-            "{} failed ({}); its error output is above. The e2e tests need etcd, kube-apiserver \
-             and kube-controller-manager built from the pinned Go modules (Go and the Go module \
-             proxy must be reachable for the first build)",
+            "{} failed ({}); its error output is above. {why}",
             script.display(),
             output.status
         );
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let dir = stdout
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .rev()
         .find(|line| !line.trim().is_empty())
         .map(|line| PathBuf::from(line.trim()))
-        .with_context(|| format!("{} printed no bin folder", script.display()))?;
-    Ok(dir)
+        .with_context(|| format!("{} printed no {printed}", script.display()))
 }
 
 /// A tool that has its own pinned Go module and build script under `e2e/tools` (for example
@@ -130,26 +137,11 @@ pub fn script_built_tool(script: &str) -> anyhow::Result<PathBuf> {
         return Ok(path.clone());
     }
     let path = workspace_root().join("e2e/tools").join(script);
-    let output = Command::new("bash")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", path.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} failed ({}); its error output is above (Go and the Go module proxy must be \
-             reachable for the first build)",
-            path.display(),
-            output.status
-        );
-    }
-    let binary = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| PathBuf::from(l.trim()))
-        .with_context(|| format!("{} printed no binary path", path.display()))?;
+    let binary = run_printing_path(
+        &path,
+        "Go and the Go module proxy must be reachable for the first build",
+        "binary path",
+    )?;
     if !binary.is_file() {
         bail!(
             "{} printed {}, which is not a file",
