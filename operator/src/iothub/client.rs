@@ -62,7 +62,7 @@ pub struct ClientOptions {
     pub token_lifetime: Duration,
     /// Renew a token this long before it expires (covers clock skew between us and the hub).
     pub token_refresh_before: Duration,
-    /// `x-ms-max-item-count` for queries.
+    /// `x-ms-max-item-count` for queries (the hub's largest page unless a test wants small ones).
     pub query_page_size: u32,
     /// Entries per bulk call, 1 to 100.
     pub bulk_chunk_size: usize,
@@ -80,7 +80,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             token_lifetime: Duration::from_secs(3600),
             token_refresh_before: Duration::from_secs(300),
-            query_page_size: 100,
+            query_page_size: super::query::MAX_QUERY_PAGE_SIZE,
             bulk_chunk_size: MAX_BULK_ENTRIES,
             counters: None,
             user_agent: concat!("edge-hierarchy-operator/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -113,10 +113,27 @@ pub struct HubClient {
 struct Inner {
     http: reqwest::Client,
     base_url: String,
+    /// Same value: same hub, same policy and key, same trusted CA (see [`HubClient::sharing_key`]).
+    sharing_key: String,
     tokens: TokenSource,
     limiter: Arc<HubRateLimiter>,
     counters: Arc<HubCallCounters>,
     options: ClientOptions,
+}
+
+fn sharing_key(conn: &ConnectionString, extra_ca_pem: Option<&[u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [
+        conn.host_name().as_bytes(),
+        conn.key_name().as_bytes(),
+        conn.key(),
+        extra_ca_pem.unwrap_or_default(),
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Debug for HubClient {
@@ -247,11 +264,13 @@ impl HubClient {
             .build()
             .map_err(|e| setup(format!("TLS/HTTP set-up failed: {}", error_chain(&e))))?;
         let counters = options.counters.clone().unwrap_or_default();
+        let sharing_key = sharing_key(&conn, extra_ca_pem);
         let tokens = TokenSource::new(conn, options.token_lifetime, options.token_refresh_before);
         Ok(HubClient {
             inner: Arc::new(Inner {
                 http,
                 base_url: format!("https://{host}"),
+                sharing_key,
                 tokens,
                 limiter,
                 counters,
@@ -263,6 +282,14 @@ impl HubClient {
     /// The hub host this client talks to.
     pub fn host_name(&self) -> &str {
         self.inner.tokens.connection().host_name()
+    }
+
+    /// Equal for two clients that reach the same hub with the same policy, key and trusted CA,
+    /// so what one reads the other may be shown: a hierarchy whose Secrets point the same host
+    /// name at another server (its own CA) or use other rights never shares with this one.
+    /// A SHA-256 digest: it says nothing about the key.
+    pub fn sharing_key(&self) -> &str {
+        &self.inner.sharing_key
     }
 
     /// The shared access policy name in use.
