@@ -19,7 +19,7 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
     if policy.deletion == DeletionPolicy::Detach || policy.reconcile == ReconcilePolicy::Observe {
         // The devices stay, so their certificates and bundles must too: release the Secrets
         // from the hierarchy before garbage collection would take them.
-        let released = SecretStore::new(ctx.client.clone(), hierarchy)
+        let released = SecretStore::new(ctx.client.clone(), hierarchy, ctx.secrets.clone())
             .release_all()
             .await?;
         let note = format!(
@@ -75,7 +75,10 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
     ctx.events
         .publish_all(hierarchy, devices.into_iter().collect())
         .await;
-    let configurations = deployments::delete_owned_configurations(&hub, &identity.uid).await?;
+    let configurations = deployments::delete_owned_configurations(&hub, &identity.uid).await;
+    // The hub's configurations changed under the shared view: the next hierarchy lists afresh.
+    ctx.configuration_views.forget(&hub).await;
+    let configurations = configurations?;
     let notes = announce(
         "DeploymentDeleted",
         "Delete",

@@ -18,9 +18,11 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::credentials::{self, HubClients};
+use super::deployments::shared_view::ConfigurationViews;
 use super::error::Error;
 use super::events::EventPublisher;
 use super::memory::Memories;
+use super::secret_cache::SecretCache;
 use super::{cleanup, sync};
 use crate::api::EdgeHierarchy;
 use crate::iothub::HubCallCounters;
@@ -44,6 +46,10 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// What each hierarchy's reconciles read back after their writes (see `memory`).
     pub memories: Memories,
+    /// The operator's own Secrets, watched (see `secret_cache`).
+    pub secrets: SecretCache,
+    /// Each hub's configurations, listed once for all its hierarchies (see `shared_view`).
+    pub configuration_views: ConfigurationViews,
 }
 
 impl Context {
@@ -62,6 +68,8 @@ impl Context {
             crypto: crate::pki::CryptoPool::with_available_parallelism(),
             failures: Default::default(),
             memories: Default::default(),
+            secrets: SecretCache::watch(client.clone()),
+            configuration_views: Default::default(),
             metrics,
             client,
         }

@@ -28,6 +28,7 @@ mod fixtures;
 pub mod memory;
 pub mod registry_auth;
 pub mod scope;
+pub mod secret_cache;
 pub mod secrets;
 pub mod status;
 pub mod sync;

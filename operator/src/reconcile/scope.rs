@@ -26,7 +26,7 @@ impl<'a> Scope<'a> {
     pub fn new(hierarchy: &'a EdgeHierarchy, ctx: &'a Context, hub: HubClient) -> Self {
         Self {
             identity: HierarchyIdentity::of(hierarchy),
-            secrets: SecretStore::new(ctx.client.clone(), hierarchy),
+            secrets: SecretStore::new(ctx.client.clone(), hierarchy, ctx.secrets.clone()),
             hierarchy,
             ctx,
             hub,

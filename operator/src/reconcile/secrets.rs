@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::stream::{self, StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -11,11 +12,16 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::secret_cache::{SecretCache, Selection};
 use crate::api::EdgeHierarchy;
 use crate::names::{
-    COMPONENT_LABEL, DEVICE_ID_ANNOTATION, DEVICE_LABEL, HIERARCHY_LABEL, MANAGED_BY_LABEL,
-    MANAGER, device_label_value,
+    COMPONENT_LABEL, DEVICE_LABEL, HIERARCHY_LABEL, MANAGED_BY_LABEL, MANAGER, device_label_value,
 };
+
+/// Secret writes one reconcile keeps in flight: enough to hide the API server's round trip (a
+/// 1,000-device hierarchy writes about 1,400 Secrets on its first reconcile), few enough that
+/// one hierarchy does not crowd out the others' requests.
+pub const SECRET_WRITES_IN_FLIGHT: usize = 48;
 
 /// A Secret the operator wants to exist, ready to be written.
 #[derive(Clone, PartialEq)]
@@ -93,20 +99,37 @@ pub fn text(secret: &Secret, key: &str) -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
-/// The Secrets of one hierarchy, in its namespace.
+/// The Secrets of one hierarchy, in its namespace. Its own Secrets are read from the
+/// controller's [`SecretCache`], and every write is noted there.
 #[derive(Clone)]
 pub struct SecretStore {
     api: Api<Secret>,
     hierarchy: EdgeHierarchy,
+    namespace: String,
+    cache: SecretCache,
 }
 
 impl SecretStore {
-    pub fn new(client: kube::Client, hierarchy: &EdgeHierarchy) -> Self {
+    pub fn new(client: kube::Client, hierarchy: &EdgeHierarchy, cache: SecretCache) -> Self {
         let namespace = hierarchy.namespace().unwrap_or_default();
         Self {
             api: Api::namespaced(client, &namespace),
             hierarchy: hierarchy.clone(),
+            namespace,
+            cache,
         }
+    }
+
+    fn selection<'a>(&'a self, component: &'a str) -> Selection<'a> {
+        Selection {
+            namespace: &self.namespace,
+            hierarchy: self.hierarchy.metadata.name.as_deref().unwrap_or_default(),
+            component,
+        }
+    }
+
+    fn component_of(write: &SecretWrite) -> &str {
+        write.labels.get(COMPONENT_LABEL).map_or("", String::as_str)
     }
 
     /// A Secret by name, `None` when it does not exist.
@@ -114,24 +137,13 @@ impl SecretStore {
         self.api.get_opt(name).await
     }
 
-    /// The hierarchy's Secrets of one component, keyed by the device id annotation.
+    /// The hierarchy's Secrets of one component, keyed by the device id annotation (of a bundle
+    /// Secret only `config.toml` is there; see [`SecretCache`]).
     pub async fn list_component(
         &self,
         component: &str,
     ) -> Result<BTreeMap<String, Secret>, kube::Error> {
-        let selector = format!(
-            "{HIERARCHY_LABEL}={},{COMPONENT_LABEL}={component}",
-            self.hierarchy.name_any()
-        );
-        let list = self
-            .api
-            .list(&ListParams::default().labels(&selector))
-            .await?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(|s| Some((s.annotations().get(DEVICE_ID_ANNOTATION)?.clone(), s)))
-            .collect())
+        self.cache.list(self.selection(component)).await
     }
 
     fn object(&self, write: &SecretWrite) -> Secret {
@@ -143,32 +155,61 @@ impl SecretStore {
         let mut value = serde_json::to_value(self.object(write)).expect("a Secret serializes");
         value["apiVersion"] = "v1".into();
         value["kind"] = "Secret".into();
-        self.api
+        let written = self
+            .api
             .patch(
                 &write.name,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&value),
             )
             .await?;
+        self.cache
+            .note_written(self.selection(Self::component_of(write)), &written);
         Ok(())
+    }
+
+    /// Writes Secrets by server-side apply, [`SECRET_WRITES_IN_FLIGHT`] at a time; the first
+    /// error ends it (what was written stays, and the next reconcile plans from it).
+    pub async fn apply_all<'w>(
+        &self,
+        writes: impl IntoIterator<Item = &'w SecretWrite>,
+    ) -> Result<(), kube::Error> {
+        stream::iter(writes)
+            .map(Ok)
+            .try_for_each_concurrent(SECRET_WRITES_IN_FLIGHT, |write| self.apply(write))
+            .await
     }
 
     /// Creates a Secret that must not exist yet; fails with 409 when it does, so nothing that is
     /// there is ever replaced.
     pub async fn create(&self, write: &SecretWrite) -> Result<(), kube::Error> {
-        self.api
+        let created = self
+            .api
             .create(&PostParams::default(), &self.object(write))
             .await?;
+        self.cache
+            .note_written(self.selection(Self::component_of(write)), &created);
         Ok(())
     }
 
-    /// Deletes a Secret; one already gone is fine.
-    pub async fn delete(&self, name: &str) -> Result<(), kube::Error> {
+    /// Deletes a Secret of `component`; one already gone is fine.
+    pub async fn delete(&self, component: &str, name: &str) -> Result<(), kube::Error> {
         match self.api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
         }
+        self.cache.note_deleted(self.selection(component), name);
+        Ok(())
+    }
+
+    /// Deletes Secrets of `component`, [`SECRET_WRITES_IN_FLIGHT`] at a time; ones already gone
+    /// are fine.
+    pub async fn delete_all(&self, component: &str, names: &[String]) -> Result<(), kube::Error> {
+        stream::iter(names)
+            .map(Ok)
+            .try_for_each_concurrent(SECRET_WRITES_IN_FLIGHT, |name| self.delete(component, name))
+            .await
     }
 
     /// Removes the hierarchy's ownerReference from each of its Secrets, so garbage collection

@@ -1,10 +1,11 @@
 //! One reconcile of a hierarchy that exists, top to bottom: validate, resolve manifests, open the
-//! hub, then the steps (certificates, devices, bundles, deployments), each observe, plan, apply;
-//! then one status. A step that fails ends the reconcile, and its error's disposition says
+//! hub, then the steps (certificates; devices beside the deployments' configurations and the
+//! certificate Secrets; bundles; the deployments' devices), each observe, plan, apply; then one
+//! status. A step that fails ends the reconcile, and its error's disposition says
 //! what follows ([`settle`]).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::runtime::controller::Action as Requeue;
@@ -42,6 +43,8 @@ async fn steps(
 ) -> Result<Requeue, Error> {
     // The spec, the manifests it points to and its registry Secrets are checked before anything
     // touches the hub or writes a Secret.
+    let metrics = &ctx.metrics;
+    let started = Instant::now();
     let topology = validate(&hierarchy.spec).map_err(Error::InvalidSpec)?;
     let manifests = deployments::resolve(&ctx.client, hierarchy).await?;
     let logins = registry_auth::read(&ctx.client, hierarchy).await?;
@@ -49,9 +52,13 @@ async fn steps(
         .map_err(Error::InvalidManifests)?;
     let scope = Scope::new(hierarchy, ctx, ctx.hubs.client_for(hierarchy).await?);
     let policy = &hierarchy.spec.policy;
+    metrics.step_done("spec", started);
 
     // Certificates first: X509 devices are registered with their identity thumbprints.
-    let certificates = certs::reconcile(&scope, &topology, Timestamp::now()).await?;
+    let started = Instant::now();
+    let (certificates, certificate_writes) =
+        certs::reconcile(&scope, &topology, Timestamp::now()).await?;
+    metrics.step_done("certificates", started);
     let desired = devices::desired_devices(
         &scope.identity,
         &hierarchy.spec,
@@ -60,21 +67,51 @@ async fn steps(
         &certificates.sas_keys(),
     );
     let registered_before = previously_registered(previous);
+    let known = deployments::plan::known_configurations(previous);
     let memory = ctx.memories.of(&scope.identity.uid);
     let mut memory = memory.lock().await;
-    let rounds = devices::converge(
-        &scope.hub,
-        &scope.identity,
-        policy,
-        &desired,
-        &registered_before,
-        &mut memory.devices,
-    )
-    .await?;
+    let memory = &mut *memory;
+    let (device_memory, agent_memory) = (&mut memory.devices, &mut memory.agents);
+    // The devices and the configurations spend different quotas (registry, configuration), the
+    // certificate Secrets none, and none of the three needs another, so they run side by side. Both run to their end, so neither is
+    // cancelled halfway when the other fails.
+    let started = Instant::now();
+    let devices_step = async {
+        let rounds = devices::converge(
+            &scope.hub,
+            &scope.identity,
+            policy,
+            &desired,
+            &registered_before,
+            device_memory,
+        )
+        .await;
+        metrics.step_done("devices", started);
+        rounds
+    };
+    let configurations_step = async {
+        let view_age = configuration_view_age(hierarchy, previous);
+        let applied =
+            deployments::reconcile_configurations(&scope, &topology, &manifests, &known, view_age)
+                .await;
+        metrics.step_done("configurations", started);
+        applied
+    };
+    let certificate_secrets_step = async {
+        let written = certificate_writes.apply(&scope).await;
+        metrics.step_done("certificate_secrets", started);
+        written
+    };
+    let (rounds, configurations, certificate_secrets) =
+        tokio::join!(devices_step, configurations_step, certificate_secrets_step);
+    let rounds = rounds?;
     publish(&scope, device_notes(&rounds, policy.reconcile)).await;
+    certificate_secrets?;
+    let configurations = configurations?;
 
     // Bundles need the registered devices (their keys and scopes), so they come after the hub.
     let owned = rounds.owned(&scope.identity);
+    let started = Instant::now();
     let bundles = bundles::reconcile(
         &scope,
         &topology,
@@ -84,19 +121,21 @@ async fn steps(
         logins.agent.as_ref(),
     )
     .await?;
+    metrics.step_done("bundles", started);
     publish(&scope, certificate_notes(&certificates, &bundles)).await;
 
     let registered: BTreeSet<String> = owned.keys().cloned().collect();
-    let known = deployments::plan::known_configurations(previous);
-    let deployed = deployments::reconcile(
+    let started = Instant::now();
+    let deployed = deployments::reconcile_devices(
         &scope,
         &topology,
         &manifests,
         &registered,
-        &known,
-        &mut memory.agents,
+        configurations,
+        agent_memory,
     )
     .await?;
+    metrics.step_done("deployments", started);
     publish(&scope, deployment_notes(&deployed, policy.reconcile)).await;
 
     let order: Vec<String> = desired.iter().map(|d| d.id.clone()).collect();
@@ -107,11 +146,13 @@ async fn steps(
         failures: &rounds.failures,
         order: &order,
     };
+    let started = Instant::now();
     let (generation, at) = (scope.generation(), now());
     let mut status = synced_status(previous, &outcome, generation, &at);
     add_certificates(&mut status, &certificates, &bundles, generation, &at);
     add_deployments(&mut status, &deployed, policy.reconcile, generation, &at);
     patch_status(ctx, hierarchy, &status).await?;
+    metrics.step_done("status", started);
 
     let unfinished = !rounds.converged() || !bundles.failures.is_empty();
     Ok(next_requeue(
@@ -173,6 +214,21 @@ fn next_requeue(
     let until_renewal = next_renewal
         .map(|t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64));
     Requeue::requeue(until_renewal.map_or(resync, |r| r.min(resync)))
+}
+
+/// How old a shared view of the hub's configurations may be for this hierarchy: a resync
+/// interval while its deployments are Ready (the view is then listed about once per interval
+/// for all hierarchies of the hub), none while they are not (it waits for the hub's metrics).
+fn configuration_view_age(hierarchy: &EdgeHierarchy, previous: &EdgeHierarchyStatus) -> Duration {
+    let ready = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition_type::DEPLOYMENTS_READY && c.status == "True");
+    if ready {
+        resync_interval(hierarchy)
+    } else {
+        Duration::ZERO
+    }
 }
 
 fn resync_interval(hierarchy: &EdgeHierarchy) -> Duration {

@@ -15,6 +15,7 @@ use super::certs::Certificates;
 use super::devices::HubDevice;
 use super::error::Error;
 use super::scope::Scope;
+use super::secrets::SecretWrite;
 use crate::api::{BundleStatus, Topology};
 use crate::deploy::RegistryLogin;
 use crate::iothub::{HubClient, HubError};
@@ -59,14 +60,13 @@ pub async fn reconcile(
         read_keys.insert(id.clone(), primary_key(&scope.hub, &id).await?);
     }
     let plan = plan::plan_bundles(&input, &read_keys);
-    let mut updated = Vec::new();
-    for (id, write) in &plan.writes {
-        scope.secrets.apply(write).await?;
-        updated.push(id.clone());
-    }
-    for name in &plan.delete {
-        scope.secrets.delete(name).await?;
-    }
+    let writes: Vec<&SecretWrite> = plan.writes.iter().map(|(_, write)| write).collect();
+    scope.secrets.apply_all(writes).await?;
+    let updated = plan.writes.iter().map(|(id, _)| id.clone()).collect();
+    scope
+        .secrets
+        .delete_all(BUNDLE_COMPONENT, &plan.delete)
+        .await?;
     Ok(Bundles {
         status: plan.status,
         updated,

@@ -4,8 +4,8 @@
 //! Secret owned by the hierarchy. Certificates are re-issued before `renewBefore`, when the
 //! root changes, and when missing or unreadable; the revision counts issuances.
 //!
-//! Observe (the root and certificate Secrets), plan ([`plan`], pure), apply (generate, issue,
-//! write, delete).
+//! Observe (the root and certificate Secrets), plan ([`plan`], pure), apply (generate, issue;
+//! then write and delete beside the device step, [`CertificateWrites`]).
 
 pub mod plan;
 
@@ -157,12 +157,35 @@ impl Settings {
     }
 }
 
-/// Ensures the root CA and every device's certificates.
+/// The certificate Secrets one reconcile has to write and delete: the devices' certificates are
+/// in memory once issued, and nothing else in the reconcile reads these Secrets, so they are
+/// written beside the device step ([`CertificateWrites::apply`]). A crash before they land
+/// loses nothing the hub needs: certificates not stored are issued again, and a SAS key not
+/// stored is read back from the hub by the bundle step.
+#[derive(Debug, Default)]
+pub struct CertificateWrites {
+    writes: Vec<SecretWrite>,
+    delete: Vec<String>,
+}
+
+impl CertificateWrites {
+    pub async fn apply(self, scope: &Scope<'_>) -> Result<(), CertError> {
+        scope.secrets.apply_all(&self.writes).await?;
+        scope
+            .secrets
+            .delete_all(CERTS_COMPONENT, &self.delete)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Ensures the root CA and issues what every device's certificates need; the Secrets to write
+/// come back beside them.
 pub async fn reconcile(
     scope: &Scope<'_>,
     topology: &Topology,
     now: Timestamp,
-) -> Result<Certificates, CertError> {
+) -> Result<(Certificates, CertificateWrites), CertError> {
     let settings = Settings::of(scope);
     let spec = &scope.hierarchy.spec;
     // Observe.
@@ -200,20 +223,18 @@ pub async fn reconcile(
         renew_before: settings.renew_before,
         now,
     });
-    // Apply.
+    // Apply: issue now, write beside the device step.
     let issued = issue_all(&scope.ctx.crypto, &root, &settings, plan.issue, now).await?;
     let mut devices = plan.reuse;
     let (mut first, mut renewed) = (Vec::new(), Vec::new());
+    let mut writes = Vec::with_capacity(issued.len());
     for (job, certs) in issued {
-        scope
-            .secrets
-            .apply(&certificate_secret(
-                &scope.identity.name,
-                &job.id,
-                &certs,
-                &root,
-            ))
-            .await?;
+        writes.push(certificate_secret(
+            &scope.identity.name,
+            &job.id,
+            &certs,
+            &root,
+        ));
         if job.renewal {
             &mut renewed
         } else {
@@ -222,10 +243,7 @@ pub async fn reconcile(
         .push(job.id.clone());
         devices.insert(job.id, certs);
     }
-    for name in &plan.delete {
-        scope.secrets.delete(name).await?;
-    }
-    Ok(Certificates {
+    let certificates = Certificates {
         root,
         root_secret,
         trust_bundle: plan.trust_bundle,
@@ -233,7 +251,12 @@ pub async fn reconcile(
         issued: first,
         renewed,
         renew_before: settings.renew_before,
-    })
+    };
+    let writes = CertificateWrites {
+        writes,
+        delete: plan.delete,
+    };
+    Ok((certificates, writes))
 }
 
 /// Generates the root into its Secret. Created, not applied: if another reconcile made it

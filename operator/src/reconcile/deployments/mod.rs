@@ -6,14 +6,17 @@
 //! properties differ from it. Either way, `$edgeAgent` module twins are read with paged queries
 //! and summarised per device.
 //!
-//! Two rounds of observe, plan ([`plan`], pure) and apply: first the configurations, then the
-//! devices, whose twins are read after the configurations changed so they show the result.
+//! Two rounds of observe, plan ([`plan`], pure) and apply: first the configurations
+//! ([`reconcile_configurations`], beside the device step), then the devices
+//! ([`reconcile_devices`], after the bundles), whose twins are read after the configurations
+//! changed so they show the result.
 
 pub mod plan;
 pub mod read_back;
+pub mod shared_view;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
@@ -103,38 +106,82 @@ pub struct DeploymentOutcome {
     pub not_ready: Vec<String>,
 }
 
-/// Brings the hub's deployments to the spec and reads module health.
-pub async fn reconcile(
+/// What the configuration half of the step did, for the device half.
+#[derive(Debug, Default)]
+pub struct ConfigurationsApplied {
+    /// The configurations the spec wants (Automatic mode), with the devices each targets.
+    desired: Vec<DesiredConfiguration>,
+    out: DeploymentOutcome,
+}
+
+/// The configuration half (Automatic mode): brings the hub's configurations to the spec. It
+/// needs no registered device (configurations target devices by tag), so it runs beside the
+/// device step; the configuration quota (20 a minute per unit) is then spent while the
+/// registry's is, not after it.
+///
+/// `view_age`: how old a shared view of the hub's configurations may be (see [`shared_view`]).
+pub async fn reconcile_configurations(
     scope: &Scope<'_>,
     topology: &Topology,
     manifests: &Manifests,
-    registered: &BTreeSet<String>,
     known_configurations: &BTreeSet<String>,
-    read_backs: &mut AgentReadBacks,
-) -> Result<DeploymentOutcome, Error> {
+    view_age: Duration,
+) -> Result<ConfigurationsApplied, Error> {
     let spec = &scope.hierarchy.spec;
     let manage = spec.policy.reconcile == ReconcilePolicy::Manage;
-    let mut out = DeploymentOutcome::default();
-    let mut desired = Vec::new();
+    let mut applied = ConfigurationsApplied::default();
     // Configuration calls share a small hub-wide quota (20 a minute per unit), so a hierarchy
     // that has no deployments, and never had configurations, does not list them.
     if spec.deployment_mode == DeploymentMode::Automatic
         && (!spec.deployments.is_empty() || !known_configurations.is_empty())
     {
-        desired = deploy::automatic_configurations(&scope.identity, spec, topology, manifests)
+        let desired = deploy::automatic_configurations(&scope.identity, spec, topology, manifests)
             .map_err(|e| DeploymentError::Invalid(vec![e]))?;
-        let all = scope.hub.list_configurations(None).await?;
+        let views = &scope.ctx.configuration_views;
+        let all = views.list(&scope.hub, view_age).await?;
         let in_hub = all.len();
         let owned = owned_by(all, &scope.identity.uid);
         let plan = plan::plan_configurations(&desired, &owned, known_configurations, manage);
         // Checked before anything is written: past the hub's limit every create would fail.
         plan::check_configuration_limit(in_hub, &plan, &desired)
             .map_err(Error::InvalidManifests)?;
+        let out = &mut applied.out;
         out.drift.extend(plan.drift.clone());
-        apply_configurations(&scope.hub, &plan, &desired, &mut out).await?;
+        let mut written = Vec::new();
+        let applied_plan =
+            apply_configurations(&scope.hub, &plan, &desired, out, &mut written).await;
+        if applied_plan.is_err() {
+            views.forget(&scope.hub).await;
+        } else {
+            let deleted: Vec<String> = plan
+                .delete
+                .iter()
+                .filter(|id| !plan.create.contains(id))
+                .cloned()
+                .collect();
+            views.record(&scope.hub, &written, &deleted).await;
+        }
+        applied_plan?;
         out.not_ready
             .extend(plan::readiness(&desired, &owned, &plan));
+        applied.desired = desired;
     }
+    Ok(applied)
+}
+
+/// The device half: applies PerDevice manifests, and reads every Edge device's `$edgeAgent`
+/// twin for deployment state and module health, after the configurations changed.
+pub async fn reconcile_devices(
+    scope: &Scope<'_>,
+    topology: &Topology,
+    manifests: &Manifests,
+    registered: &BTreeSet<String>,
+    configurations: ConfigurationsApplied,
+    read_backs: &mut AgentReadBacks,
+) -> Result<DeploymentOutcome, Error> {
+    let spec = &scope.hierarchy.spec;
+    let manage = spec.policy.reconcile == ReconcilePolicy::Manage;
+    let ConfigurationsApplied { desired, mut out } = configurations;
     // Without deployments in the spec the operator does not manage modules, so whether parents
     // can serve images is not its to judge.
     if !spec.deployments.is_empty() {
@@ -201,11 +248,13 @@ fn owned_by(all: Vec<Configuration>, uid: &str) -> BTreeMap<String, Configuratio
 
 /// Carries out a configuration plan. A replaced configuration is deleted first (same id);
 /// otherwise new ones come first so devices always have a deployment.
+/// The hub's answers to the creates and updates go to `written`.
 async fn apply_configurations(
     hub: &HubClient,
     plan: &ConfigurationPlan,
     desired: &[DesiredConfiguration],
     out: &mut DeploymentOutcome,
+    written: &mut Vec<Configuration>,
 ) -> Result<(), Error> {
     let by_id: BTreeMap<&str, &DesiredConfiguration> =
         desired.iter().map(|c| (c.id.as_str(), c)).collect();
@@ -215,8 +264,10 @@ async fn apply_configurations(
             .or_else(ignore_not_found)?;
     }
     for id in &plan.create {
-        hub.create_or_update_configuration(&plan::to_configuration(by_id[id.as_str()])?, None)
+        let answer = hub
+            .create_or_update_configuration(&plan::to_configuration(by_id[id.as_str()])?, None)
             .await?;
+        written.push(answer);
         out.created.push(id.clone());
     }
     // Restored by read-modify-write: the hub's own copy with only what may change set back, as
@@ -227,8 +278,10 @@ async fn apply_configurations(
         have.priority = Some(want.priority);
         have.target_condition = Some(want.target_condition.clone());
         let etag = have.etag.clone().unwrap_or_else(|| "*".into());
-        hub.create_or_update_configuration(&have, Some(&etag))
-            .await?;
+        written.push(
+            hub.create_or_update_configuration(&have, Some(&etag))
+                .await?,
+        );
     }
     for id in plan.delete.iter().filter(|id| !plan.create.contains(id)) {
         hub.delete_configuration(id, None)

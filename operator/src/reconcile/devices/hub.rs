@@ -82,7 +82,7 @@ pub async fn observe(
 }
 
 /// How many read-back GETs are in flight at once (the client's rate limiter still paces them).
-const READ_BACK_CONCURRENCY: usize = 16;
+const READ_BACK_CONCURRENCY: usize = 64;
 
 /// What a GET tells of a device: `Some(None)` that it does not exist, `None` nothing (the GET
 /// failed for this device alone).
