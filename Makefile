@@ -49,9 +49,10 @@ test: deps tools venv build
 demo: tools build
 	@scripts/demo.sh
 
-## Benchmarks (printed ratios, never asserted).
+## Benchmarks (printed ratios, never asserted). BENCH_ARGS go to operator-bench, for example
+## BENCH_ARGS="--scenario scale" to run one scenario alone.
 bench: tools venv
-	@scripts/bench.sh
+	@scripts/bench.sh $(BENCH_ARGS)
 
 ## The operator's container image, built offline (no Docker, no registry) from the release binary:
 ## target/image/edge-hierarchy-operator.tar, a docker-archive tagged edge-hierarchy-operator:dev.

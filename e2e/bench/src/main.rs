@@ -1,59 +1,73 @@
-//! `operator-bench`: the operator against a real control plane and the IoT Hub emulator, beside
-//! the same hierarchy created device by device with Microsoft's Python SDK (the way
-//! `az iot edge devices create` does it), against the same emulator.
+//! `operator-bench`: the operator against a real control plane and the IoT Hub emulator, in
+//! three scenarios, each in a world of its own (control plane, emulator at its tier, operator):
 //!
-//! Prints times, hub calls by kind, calls per device, the operator's peak RSS and ratios; asserts
-//! nothing about time. Every process it starts stops with it. `scripts/bench.sh` builds what it
-//! needs and runs it (`make bench`).
+//! - `quota`: S3, 1 unit. A 1,000-device hierarchy to Ready against the floor the hub's quotas
+//!   set; then one resync of it (writes, reads per class, billed messages); then one device
+//!   added with `kubectl apply`; then a restart of the operator (time to the first complete
+//!   status, hub calls and writes).
+//! - `latency`: S3, 10 units, so the quota is out of the way: the same hierarchy to Ready beside
+//!   Microsoft's Python SDK creating it device by device (the way `az iot edge devices create`
+//!   does), against the same emulator.
+//! - `scale`: S3, 10 units: ten 1,000-device hierarchies on one hub, to Ready, memory, status
+//!   sizes, and one resync of all ten (configurations listed per hub).
+//!
+//! Prints every target beside its goal and, for each run, where the operator's time went (its
+//! reconcile-step metrics); asserts nothing about time. Every process it starts stops with it.
+//! `scripts/bench.sh` builds what it needs and runs it (`make bench`).
 
 mod hierarchy;
 mod processes;
+mod profile;
 mod quota;
+mod report;
 mod sdk;
 mod stats;
+mod targets;
+mod world;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::Parser;
-use e2e_harness::{
-    ControlPlane, ControlPlaneOptions, Emulator, Operator, OperatorFlags, install_crd, wait_until,
-    workspace_bin, workspace_root,
-};
+use clap::{Parser, ValueEnum};
+use e2e_harness::{Operator, workspace_bin, workspace_root};
 use edge_hierarchy_operator::iothub::HubTier;
-use edge_hierarchy_operator::iothub::{OperationClass, RateLimits};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::Api;
-use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ListParams, PartialObjectMeta, Patch,
-    PatchParams, PostParams,
-};
-use serde_json::{Value, json};
+use kube::api::DynamicObject;
+use serde_json::Value;
 
-use hierarchy::{DeviceKind, ObjectOptions, Shape};
+use hierarchy::{Device, DeviceKind, ObjectOptions, Shape};
 use processes::{build_profile, peak_rss_kib};
-use stats::{HubStats, Messages, StatsClient};
+use report::{OperatorRun, S1_DAILY_MESSAGES, daily_share, messages_by_operation};
+use stats::HubStats;
+use targets::{Target, Targets};
+use world::{HubShape, World, object_bytes};
 
-const NAMESPACE: &str = "bench";
-/// Messages one S1 unit may use a day (Learn, "Choose the right IoT Hub tier and size").
-const S1_DAILY_MESSAGES: u64 = 400_000;
-const HIERARCHY: &str = "bench";
-/// The label the operator puts on its Secrets to say what they hold (root CA, edge CA, bundle).
-const COMPONENT_LABEL: &str = "edgehierarchy.dev/component";
-/// `run` with its default flags, at info level: the benchmark reads times and memory, not logs.
-const OPERATOR_FLAGS: OperatorFlags<'static> = OperatorFlags {
-    args: &[],
-    rust_log: "info,kube=warn",
-};
+/// The operator's query page size (`x-ms-max-item-count`), for the reads-per-resync goal.
+const QUERY_PAGE_SIZE: u64 = edge_hierarchy_operator::iothub::query::MAX_QUERY_PAGE_SIZE as u64;
+/// The device the edit scenario adds, below the first gateway of layer 4.
+const ADDED_DEVICE: &str = "op-l5-added";
+const ADDED_PARENT: &str = "op-l4-000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Every scenario, one after the other.
+    All,
+    /// S3 x1: Ready against the quota floor, resync, one device added, restart.
+    Quota,
+    /// S3 x10: Ready beside the SDK device by device.
+    Latency,
+    /// S3 x10: ten hierarchies of 1,000 devices on one hub.
+    Scale,
+}
 
 /// Command line of `operator-bench`.
 #[derive(Debug, Parser)]
-#[command(
-    about = "Time to Ready of a 1,000-device hierarchy: the operator versus the SDK device by device"
-)]
+#[command(about = "The operator's performance targets: 1,000 devices at the hub's limit")]
 struct Args {
+    /// The scenario to run alone (default: all of them).
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
     /// The operator binary (default: edge-hierarchy-operator next to this binary).
     #[arg(long)]
     operator: Option<PathBuf>,
@@ -63,29 +77,26 @@ struct Args {
     /// Python with azure-iot-hub installed (default: <workspace>/.venv/bin/python, made by `make venv`).
     #[arg(long)]
     python: Option<PathBuf>,
-    /// Hub tier the emulator enforces and the hierarchy's rateLimits name: S1, S2 or S3.
-    #[arg(long, default_value = "S3")]
-    sku: String,
-    /// Hub units.
-    #[arg(long, default_value_t = 1)]
-    units: u32,
     /// Latency the emulator adds to every request.
     #[arg(long, default_value_t = 20)]
     latency_ms: u64,
-    /// spec.certificates.algorithm of the hierarchy (EcdsaP256, Rsa2048, Rsa4096); default: the operator's.
+    /// spec.certificates.algorithm of the hierarchies (EcdsaP256, Rsa2048, Rsa4096); default: the operator's.
     #[arg(long)]
     certificate_algorithm: Option<String>,
-    /// Leave deployments out of both runs (identities and parents only).
+    /// Leave deployments out (identities and parents only).
     #[arg(long)]
     no_deployments: bool,
     /// Edge devices (the first ones) that get their modules set in the SDK run; the rest are estimated.
     #[arg(long, default_value_t = 25)]
     modules_sample: u64,
-    /// Skip the SDK run.
+    /// Skip the SDK run of the latency scenario (its target is then not measured).
     #[arg(long)]
     skip_sdk: bool,
+    /// Hierarchies of the scale scenario.
+    #[arg(long, default_value_t = 10)]
+    hierarchies: usize,
     /// Give up on Ready after this many seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 900)]
     ready_timeout_secs: u64,
     /// Give up on the SDK run after this many seconds.
     #[arg(long, default_value_t = 900)]
@@ -93,15 +104,6 @@ struct Args {
     /// Keep logs and files in this folder (default: a temporary folder, removed at the end).
     #[arg(long)]
     work_dir: Option<PathBuf>,
-}
-
-fn parse_sku(sku: &str) -> anyhow::Result<HubTier> {
-    match sku.to_ascii_uppercase().as_str() {
-        "S1" => Ok(HubTier::S1),
-        "S2" => Ok(HubTier::S2),
-        "S3" => Ok(HubTier::S3),
-        other => bail!("--sku {other}: use S1, S2 or S3"),
-    }
 }
 
 fn default_bin(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
@@ -115,20 +117,31 @@ fn default_bin(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// What every scenario needs: binaries, the generated tree, the deployments, the options.
+struct Setup {
+    args: Args,
+    operator_bin: PathBuf,
+    emulator_bin: PathBuf,
+    python: PathBuf,
+    work_dir: PathBuf,
+    shape: Shape,
+    deployments: BTreeMap<String, Value>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
-    let sku = parse_sku(&args.sku)?;
     let operator_bin = default_bin(args.operator.clone(), "edge-hierarchy-operator")?;
     let emulator_bin = default_bin(args.emulator.clone(), "iothub-emulator")?;
     let python = args
         .python
         .clone()
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    if !args.skip_sdk && !python.is_file() {
+    let runs_sdk = matches!(args.scenario, Scenario::All | Scenario::Latency) && !args.skip_sdk;
+    if runs_sdk && !python.is_file() {
         bail!(
-            "{} not found: run `make venv` (it installs azure-iot-hub) or pass --python",
+            "{} not found: run `make venv` (it installs azure-iot-hub), pass --python, or --skip-sdk",
             python.display()
         );
     }
@@ -145,561 +158,618 @@ async fn main() -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
+    let factory = std::fs::read_to_string(workspace_root().join("examples/factory.yaml"))
+        .context("reading examples/factory.yaml")?;
+    let setup = Setup {
+        deployments: hierarchy::factory_deployments(&factory)?,
+        shape: Shape::thousand_in_five_layers(),
+        operator_bin,
+        emulator_bin,
+        python,
+        work_dir,
+        args,
+    };
     // On Ctrl-C or SIGTERM the run is dropped, and dropping it stops every process it started
     // (the control plane, the emulator, the operator, the SDK script) and removes the temp folder.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        result = run(&args, sku, &operator_bin, &emulator_bin, &python, &work_dir) => result,
+        result = run(&setup) => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted; stopped everything the benchmark started"),
         _ = terminate.recv() => bail!("terminated; stopped everything the benchmark started"),
     }
 }
 
-/// Everything the two runs share.
-struct Bench {
-    cluster: ControlPlane,
-    emulator: Emulator,
-    stats: StatsClient,
-    limits: RateLimits,
-}
-
-async fn run(
-    args: &Args,
-    sku: HubTier,
-    operator_bin: &Path,
-    emulator_bin: &Path,
-    python: &Path,
-    work_dir: &Path,
-) -> anyhow::Result<()> {
-    let shape = Shape::thousand_in_five_layers();
-    let factory = std::fs::read_to_string(workspace_root().join("examples/factory.yaml"))
-        .context("reading examples/factory.yaml")?;
-    let deployments = hierarchy::factory_deployments(&factory)?;
-    let with_deployments = !args.no_deployments;
-    let op_devices = hierarchy::generate("op", &shape)?;
-    let sdk_devices = hierarchy::generate("sdk", &shape)?;
-    let edge = op_devices
+async fn run(setup: &Setup) -> anyhow::Result<()> {
+    let args = &setup.args;
+    let shape = &setup.shape;
+    let layers: Vec<String> = shape.layers.iter().map(usize::to_string).collect();
+    let devices = hierarchy::generate("op", shape)?;
+    let edge = devices
         .iter()
         .filter(|d| d.kind == DeviceKind::Edge)
         .count();
-    let layers: Vec<String> = shape.layers.iter().map(usize::to_string).collect();
     println!(
         "hierarchy: {} devices in {} layers ({}; {edge} Edge, {} Leaf at the bottom){}",
-        op_devices.len(),
+        devices.len(),
         shape.layers.len(),
         layers.join("/"),
-        op_devices.len() - edge,
-        if with_deployments {
-            "; deployments enterprise/gateway/cell of examples/factory.yaml"
-        } else {
+        devices.len() - edge,
+        if args.no_deployments {
             "; no deployments"
+        } else {
+            "; deployments enterprise/gateway/cell of examples/factory.yaml"
         }
     );
     println!(
-        "emulator: {} {:?} x{} quota, {} ms latency per request",
-        emulator_bin.display(),
-        sku,
-        args.units,
-        args.latency_ms
+        "operator binary: {} ({})",
+        setup.operator_bin.display(),
+        build_profile(&setup.operator_bin)
+    );
+    let mut targets = Targets::default();
+    let mut failed = Vec::new();
+    let scenarios: &[Scenario] = match args.scenario {
+        Scenario::All => &[Scenario::Quota, Scenario::Latency, Scenario::Scale],
+        Scenario::Quota => &[Scenario::Quota],
+        Scenario::Latency => &[Scenario::Latency],
+        Scenario::Scale => &[Scenario::Scale],
+    };
+    for &scenario in scenarios {
+        let dir = setup.work_dir.join(format!("{scenario:?}").to_lowercase());
+        std::fs::create_dir_all(&dir)?;
+        let outcome = match scenario {
+            Scenario::Quota => quota_scenario(setup, &dir, &mut targets).await,
+            Scenario::Latency => latency_scenario(setup, &dir, &mut targets).await,
+            Scenario::Scale => scale_scenario(setup, &dir, &mut targets).await,
+            Scenario::All => unreachable!("expanded above"),
+        };
+        if let Err(error) = outcome {
+            println!("scenario {scenario:?} failed: {error:#}");
+            failed.push(format!("{scenario:?}"));
+        }
+    }
+    println!("\n== targets\n{}", targets.summary());
+    if !failed.is_empty() {
+        bail!("scenarios failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn object_options<'a>(setup: &'a Setup, name: &'a str, hub: &'a HubShape) -> ObjectOptions<'a> {
+    ObjectOptions {
+        name,
+        sku: hub.sku_name(),
+        units: hub.units,
+        certificate_algorithm: setup.args.certificate_algorithm.as_deref(),
+        with_deployments: !setup.args.no_deployments,
+    }
+}
+
+fn banner(title: &str) {
+    println!("\n== {title}");
+}
+
+/// Applies one hierarchy, waits for Ready and reports it with the profile of the run.
+async fn hierarchy_to_ready(
+    setup: &Setup,
+    world: &World,
+    operator: &Operator,
+    name: &str,
+    object: &Value,
+    n: u64,
+) -> anyhow::Result<OperatorRun> {
+    world.stats.reset().await?;
+    let before = profile::scrape(&operator.output()).await?;
+    let started = Instant::now();
+    world.apply(object).await?;
+    let names = [name.to_string()];
+    let ready = world
+        .wait_ready(
+            &names,
+            started,
+            Duration::from_secs(setup.args.ready_timeout_secs),
+            operator,
+        )
+        .await?;
+    let (elapsed, object) = ready.into_values().next().context("no hierarchy Ready")?;
+    let run = OperatorRun {
+        elapsed,
+        stats: world.stats.snapshot().await?,
+        peak_rss_kib: peak_rss_kib(operator.process.pid())?,
+        summary: summary_of(&object),
+        secrets: world.secrets_by_component(name).await?,
+    };
+    report::report_operator(
+        "operator",
+        &run,
+        n,
+        &world.hub,
+        setup.args.certificate_algorithm.as_deref(),
+    );
+    let spent = profile::scrape(&operator.output()).await?.since(&before);
+    println!("operator: profile: {}", spent.describe(elapsed));
+    Ok(run)
+}
+
+fn summary_of(object: &DynamicObject) -> String {
+    object
+        .data
+        .pointer("/status/summary")
+        .map_or_else(|| "no summary".to_string(), |s| format!("summary {s}"))
+}
+
+/// Reads (requests that are not writes) per quota class, as `class n`.
+fn reads_by_class(stats: &HubStats) -> BTreeMap<String, u64> {
+    stats
+        .classes
+        .iter()
+        .map(|(class, used)| (class.clone(), used.requests.saturating_sub(used.writes)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn join_counts(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn quota_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> anyhow::Result<()> {
+    let hub = HubShape {
+        sku: HubTier::S3,
+        units: 1,
+        latency_ms: setup.args.latency_ms,
+    };
+    banner(&format!(
+        "quota: 1,000 devices against {} x{} ({} ms latency): Ready, resync, one device added, restart",
+        hub.sku_name(),
+        hub.units,
+        hub.latency_ms
+    ));
+    let world = World::start(hub, &setup.emulator_bin, dir).await?;
+    let devices = hierarchy::generate("op", &setup.shape)?;
+    let n = devices.len() as u64;
+    let name = "bench";
+    let options = object_options(setup, name, &hub);
+    let object = hierarchy::hierarchy_object(&devices, &setup.deployments, &options);
+    let mut operator = world
+        .start_operator(&setup.operator_bin, &dir.join("operator.log"))
+        .await?;
+
+    // Ready against the floor.
+    let run = hierarchy_to_ready(setup, &world, &operator, name, &object, n).await?;
+    let (floor, _) = report::quota_floor(&run.stats, n, &hub.limits());
+    let ratio = run.elapsed.as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON);
+    targets.report(Target::at_most(
+        "quota-bound: 1,000 devices to Ready (S3, 1 unit)",
+        ratio,
+        1.2,
+        format!(
+            "{:.1} s = {ratio:.2} x the {:.1} s floor",
+            run.elapsed.as_secs_f64(),
+            floor.as_secs_f64()
+        ),
+        "at most 1.2 x the floor".into(),
+    ));
+
+    // One resync of the converged hierarchy.
+    let names = [name.to_string()];
+    let secrets_before = world.secret_versions(name).await?;
+    world.stats.reset().await?;
+    world.resync(&names).await?;
+    let stats = world.stats.snapshot().await?;
+    let secret_writes = secrets_before.changed_in(&world.secret_versions(name).await?);
+    let reads = reads_by_class(&stats);
+    let most_reads = reads.values().copied().max().unwrap_or(0);
+    let reads_goal = n.div_ceil(QUERY_PAGE_SIZE) + 2;
+    let (per_day, share) = daily_share(
+        stats.messages.total,
+        Duration::from_secs(300),
+        S1_DAILY_MESSAGES,
     );
     println!(
-        "operator binary: {} ({})",
-        operator_bin.display(),
-        build_profile(operator_bin)
+        "resync: calls by kind: {}; billed {} messages (4 KB chunks: {}); every 5 minutes that is {per_day} a day = {:.2}% of one S1 unit's {S1_DAILY_MESSAGES} daily messages",
+        stats.by_kind(),
+        stats.messages.total,
+        messages_by_operation(&stats.messages),
+        share * 100.0
     );
+    targets.report(Target::at_most(
+        "resync of 1,000 converged devices: writes",
+        (stats.write_calls + secret_writes as u64) as f64,
+        0.0,
+        format!(
+            "{} hub writes, {secret_writes} Secret writes",
+            stats.write_calls
+        ),
+        "zero".into(),
+    ));
+    targets.report(Target::at_most(
+        "resync of 1,000 converged devices: reads per class",
+        most_reads as f64,
+        reads_goal as f64,
+        format!(
+            "{} ({} messages billed)",
+            join_counts(&reads),
+            stats.messages.total
+        ),
+        format!("at most ceil({n} / {QUERY_PAGE_SIZE}) + 2 = {reads_goal} per class"),
+    ));
 
-    let bench = start_environment(args, emulator_bin, work_dir).await?;
-    let limits = &bench.limits;
+    // One device added with `kubectl apply`, as a user would. The CRD holds at most 1,000
+    // devices, so a Leaf goes first (printed, not a target), and the Edge device added is the
+    // 1,000th again.
+    let mut edited: Vec<Device> = devices.clone();
+    let removed = edited.pop().context("no device to remove")?;
+    let removal = kubectl_apply_until_ready(setup, &world, &operator, name, &edited).await?;
+    println!(
+        "edit: Leaf {} removed, Ready again in {:.2} s; calls by kind: {}",
+        removed.id,
+        removal.0.as_secs_f64(),
+        removal.1.by_kind()
+    );
+    edited.push(Device {
+        id: ADDED_DEVICE.into(),
+        parent: Some(ADDED_PARENT.into()),
+        kind: DeviceKind::Edge,
+        layer: 5,
+        deployment: Some("cell"),
+    });
+    let (elapsed, stats) =
+        kubectl_apply_until_ready(setup, &world, &operator, name, &edited).await?;
+    let round_trips = Duration::from_millis(hub.latency_ms * stats.hub_calls());
+    let goal = Duration::from_secs(2) + round_trips;
+    println!(
+        "edit: Edge {ADDED_DEVICE} added below {ADDED_PARENT}; calls by kind: {}",
+        stats.by_kind()
+    );
+    targets.report(Target::at_most(
+        "one device added to 999 converged: kubectl apply to Ready",
+        elapsed.as_secs_f64(),
+        goal.as_secs_f64(),
+        format!(
+            "{:.2} s ({} hub calls)",
+            elapsed.as_secs_f64(),
+            stats.hub_calls()
+        ),
+        format!(
+            "at most 2 s + {} calls x {} ms = {:.2} s",
+            stats.hub_calls(),
+            hub.latency_ms,
+            goal.as_secs_f64()
+        ),
+    ));
 
-    // The operator run.
-    let options = ObjectOptions {
-        name: HIERARCHY,
-        sku: &args.sku.to_ascii_uppercase(),
-        units: args.units,
-        certificate_algorithm: args.certificate_algorithm.as_deref(),
-        with_deployments,
+    // A restart with 1,000 converged devices.
+    operator.process.stop(Duration::from_secs(10));
+    let secrets_before = world.secret_versions(name).await?;
+    let synced_before = world.last_sync_times(&names).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    world.stats.reset().await?;
+    let started = Instant::now();
+    let operator = world
+        .start_operator(&setup.operator_bin, &dir.join("operator-restarted.log"))
+        .await?;
+    world
+        .wait_synced_after(&names, &synced_before, Duration::from_secs(300))
+        .await?;
+    let elapsed = started.elapsed();
+    let stats = world.stats.snapshot().await?;
+    let secret_writes = secrets_before.changed_in(&world.secret_versions(name).await?);
+    println!(
+        "restart: first complete status {:.1} s after the process started (2 s of it the benchmark's wait for the watches); calls by kind: {}",
+        elapsed.as_secs_f64(),
+        stats.by_kind()
+    );
+    targets.report(Target::at_most(
+        "restart with 1,000 converged devices: nothing re-issued or re-written",
+        (stats.write_calls + secret_writes as u64) as f64,
+        0.0,
+        format!(
+            "first complete status after {:.1} s; {} hub calls ({} writes), {secret_writes} Secret writes",
+            elapsed.as_secs_f64(),
+            stats.hub_calls(),
+            stats.write_calls
+        ),
+        "zero writes (time and calls printed)".into(),
+    ));
+    drop(operator);
+    world.stop().await;
+    Ok(())
+}
+
+/// `kubectl apply` of the hierarchy with `devices`, then Ready for the new generation: the time
+/// from the apply and the hub calls made meanwhile.
+async fn kubectl_apply_until_ready(
+    setup: &Setup,
+    world: &World,
+    operator: &Operator,
+    name: &str,
+    devices: &[Device],
+) -> anyhow::Result<(Duration, HubStats)> {
+    let options = object_options(setup, name, &world.hub);
+    let mut object = hierarchy::hierarchy_object(devices, &setup.deployments, &options);
+    object["metadata"]["namespace"] = world::NAMESPACE.into();
+    let yaml = serde_yaml::to_string(&object)?;
+    let generation = world.hierarchies().get(name).await?.metadata.generation;
+    world.stats.reset().await?;
+    let started = Instant::now();
+    let applied = world.cluster.kubectl_apply_stdin(&yaml)?;
+    if !applied.status.success() {
+        bail!(
+            "kubectl apply of the edited hierarchy failed: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    let names = [name.to_string()];
+    let ready = world
+        .wait_ready(&names, started, Duration::from_secs(120), operator)
+        .await?;
+    let (elapsed, object) = ready.into_values().next().context("no hierarchy Ready")?;
+    if object.metadata.generation == generation {
+        bail!(
+            "kubectl apply left hierarchy {name} at generation {generation:?}: the edit did not land"
+        );
+    }
+    Ok((elapsed, world.stats.snapshot().await?))
+}
+
+async fn latency_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> anyhow::Result<()> {
+    let args = &setup.args;
+    let hub = HubShape {
+        sku: HubTier::S3,
+        units: 10,
+        latency_ms: args.latency_ms,
     };
-    let object = hierarchy::hierarchy_object(&op_devices, &deployments, &options);
-    let operator = run_operator(args, &bench, operator_bin, &object, work_dir).await?;
+    banner(&format!(
+        "latency: 1,000 devices against {} x{} ({} ms latency), beside the Python SDK device by device",
+        hub.sku_name(),
+        hub.units,
+        hub.latency_ms
+    ));
+    let world = World::start(hub, &setup.emulator_bin, dir).await?;
+    let op_devices = hierarchy::generate("op", &setup.shape)?;
     let n = op_devices.len() as u64;
-    report_operator(&operator, n, limits, sku, args);
-    let operator_configuration_calls = operator
+    let name = "bench";
+    let object = hierarchy::hierarchy_object(
+        &op_devices,
+        &setup.deployments,
+        &object_options(setup, name, &hub),
+    );
+    let operator = world
+        .start_operator(&setup.operator_bin, &dir.join("operator.log"))
+        .await?;
+    let run = hierarchy_to_ready(setup, &world, &operator, name, &object, n).await?;
+    drop(operator);
+    let goal = "the SDK peer takes at least 30 x as long".to_string();
+    let target = "latency-bound: 1,000 devices to Ready (S3, 10 units)";
+    if args.skip_sdk {
+        targets.report(Target::not_measured(target, "--skip-sdk".into(), goal));
+        world.stop().await;
+        return Ok(());
+    }
+    let with_deployments = !args.no_deployments;
+    let sdk_devices = hierarchy::generate("sdk", &setup.shape)?;
+    let plan_path = dir.join("sdk-plan.json");
+    std::fs::write(
+        &plan_path,
+        serde_json::to_vec(&hierarchy::sdk_plan(
+            &sdk_devices,
+            &setup.deployments,
+            with_deployments,
+        ))?,
+    )?;
+    world.stats.reset().await?;
+    let script = workspace_root().join("e2e/bench/sdk_create.py");
+    let result = sdk::run(&sdk::SdkRun {
+        python: &setup.python,
+        script: &script,
+        hub_dir: &world.emulator.dir,
+        plan: &plan_path,
+        out: dir.join("sdk-result.json"),
+        log: dir.join("sdk.log"),
+        modules_sample: args.modules_sample,
+        timeout: Duration::from_secs(args.sdk_timeout_secs),
+    })
+    .await?;
+    let sdk_stats = world.stats.snapshot().await?;
+    let with_parent = sdk_devices.iter().filter(|d| d.parent.is_some()).count() as u64;
+    let with_modules = sdk_devices
+        .iter()
+        .filter(|d| with_deployments && d.deployment.is_some())
+        .count() as u64;
+    let configuration_calls = run
         .stats
         .classes
         .get("configurations")
         .map_or(0, |c| c.requests);
-
-    if args.skip_sdk {
-        println!("sdk: skipped (--skip-sdk)");
-    } else {
-        let plan_path = work_dir.join("sdk-plan.json");
-        std::fs::write(
-            &plan_path,
-            serde_json::to_vec(&hierarchy::sdk_plan(
-                &sdk_devices,
-                &deployments,
-                with_deployments,
-            ))?,
-        )?;
-        bench.stats.reset().await?;
-        let script = workspace_root().join("e2e/bench/sdk_create.py");
-        let result = sdk::run(&sdk::SdkRun {
-            python,
-            script: &script,
-            hub_dir: &bench.emulator.dir,
-            plan: &plan_path,
-            out: work_dir.join("sdk-result.json"),
-            log: work_dir.join("sdk.log"),
-            modules_sample: args.modules_sample,
-            timeout: Duration::from_secs(args.sdk_timeout_secs),
-        })
-        .await?;
-        let sdk_stats = bench.stats.snapshot().await?;
-        let with_parent = sdk_devices.iter().filter(|d| d.parent.is_some()).count() as u64;
-        let with_modules = sdk_devices
-            .iter()
-            .filter(|d| with_deployments && d.deployment.is_some())
-            .count() as u64;
-        report_sdk(
-            &result,
-            &sdk_stats,
-            n,
-            with_parent,
-            with_modules,
-            limits,
-            operator.elapsed,
-            operator_configuration_calls,
-        );
-    }
-
-    let Bench {
-        cluster,
-        mut emulator,
-        ..
-    } = bench;
-    emulator.process.stop(Duration::from_secs(10));
-    cluster.stop().await;
+    let sdk = report::report_sdk(
+        &result,
+        &sdk_stats,
+        n,
+        with_parent,
+        with_modules,
+        &hub.limits(),
+        run.elapsed,
+        configuration_calls,
+    );
+    let ratio = sdk.identities.as_secs_f64() / run.elapsed.as_secs_f64();
+    targets.report(Target::at_least(
+        target,
+        ratio,
+        30.0,
+        format!(
+            "operator {:.1} s, SDK identities alone {:.1} s: {ratio:.1} x",
+            run.elapsed.as_secs_f64(),
+            sdk.identities.as_secs_f64()
+        ),
+        goal,
+    ));
+    world.stop().await;
     Ok(())
 }
 
-async fn start_environment(
-    args: &Args,
-    emulator_bin: &Path,
-    work_dir: &Path,
-) -> anyhow::Result<Bench> {
+async fn scale_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> anyhow::Result<()> {
+    let args = &setup.args;
+    let hub = HubShape {
+        sku: HubTier::S3,
+        units: 10,
+        latency_ms: args.latency_ms,
+    };
+    let count = args.hierarchies.max(1);
+    banner(&format!(
+        "scale: {count} hierarchies of 1,000 devices on one hub, {} x{} ({} ms latency)",
+        hub.sku_name(),
+        hub.units,
+        hub.latency_ms
+    ));
+    let world = World::start(hub, &setup.emulator_bin, dir).await?;
+    let names: Vec<String> = (0..count).map(|i| format!("scale-{i}")).collect();
+    let mut objects = Vec::new();
+    let mut n = 0;
+    for (i, name) in names.iter().enumerate() {
+        let devices = hierarchy::generate(&format!("s{i}"), &setup.shape)?;
+        n += devices.len() as u64;
+        objects.push(hierarchy::hierarchy_object(
+            &devices,
+            &setup.deployments,
+            &object_options(setup, name, &hub),
+        ));
+    }
+    let operator = world
+        .start_operator(&setup.operator_bin, &dir.join("operator.log"))
+        .await?;
+    world.stats.reset().await?;
+    let before = profile::scrape(&operator.output()).await?;
     let started = Instant::now();
-    let cluster = ControlPlane::start(ControlPlaneOptions::default()).await?;
-    install_crd(&cluster)?;
-    let emulator_args = vec![
-        "--sku".to_string(),
-        args.sku.clone(),
-        "--units".into(),
-        args.units.to_string(),
-        "--latency-ms".into(),
-        args.latency_ms.to_string(),
-        // Azure's query lag (the default, 3 s) stays; configurations are evaluated every 15 s
-        // rather than every five minutes, so Ready measures the operator, not the schedule.
-        "--config-eval-interval-secs".into(),
-        "15".into(),
-    ];
-    let emulator = Emulator::start(emulator_bin, &work_dir.join("hub"), &emulator_args).await?;
-    let stats = StatsClient::new(emulator.port, &emulator.ca_pem)?;
-    let client = cluster.client();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?,
+    for object in &objects {
+        world.apply(object).await?;
+    }
+    let ready = world
+        .wait_ready(
+            &names,
+            started,
+            Duration::from_secs(args.ready_timeout_secs),
+            &operator,
         )
         .await?;
-    let secrets: Api<Secret> = Api::namespaced(client, NAMESPACE);
-    for (name, key, value) in [
-        (
-            "iothub-service",
-            "connectionString",
-            &emulator.connection_string,
-        ),
-        ("iothub-ca", "ca.crt", &emulator.ca_pem),
-    ] {
-        let secret = json!({"metadata": {"name": name}, "stringData": {key: value}});
-        secrets
-            .create(&PostParams::default(), &serde_json::from_value(secret)?)
-            .await?;
-    }
+    let elapsed = ready.values().map(|(at, _)| *at).max().unwrap_or_default();
+    let stats = world.stats.snapshot().await?;
+    let peak_mib = peak_rss_kib(operator.process.pid())? as f64 / 1024.0;
+    let spent = profile::scrape(&operator.output()).await?.since(&before);
     println!(
-        "setup: control plane (etcd, kube-apiserver, kube-controller-manager), CRD, emulator and hub Secrets ready in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let limits = RateLimits::for_sku(parse_sku(&args.sku)?, args.units);
-    Ok(Bench {
-        cluster,
-        emulator,
-        stats,
-        limits,
-    })
-}
-
-/// What the operator run measured.
-struct OperatorRun {
-    elapsed: Duration,
-    stats: HubStats,
-    /// Messages billed by one resync of the converged hierarchy, by operation.
-    resync: Messages,
-    peak_rss_kib: u64,
-    summary: String,
-    secrets: String,
-}
-
-/// `N (component a, component b, ...)` of the operator's Secrets, by their component label.
-fn count_by_component(secrets: &[PartialObjectMeta<Secret>]) -> String {
-    let mut by_component: BTreeMap<&str, usize> = BTreeMap::new();
-    for secret in secrets {
-        let component = secret
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(COMPONENT_LABEL))
-            .map_or("no component label", String::as_str);
-        *by_component.entry(component).or_default() += 1;
-    }
-    let parts: Vec<String> = by_component
-        .iter()
-        .map(|(component, n)| format!("{component} {n}"))
-        .collect();
-    format!("{} ({})", secrets.len(), parts.join(", "))
-}
-
-fn hierarchies(client: kube::Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("edgehierarchy.dev", "v1alpha1", "EdgeHierarchy");
-    Api::namespaced_with(
-        client,
-        NAMESPACE,
-        &ApiResource::from_gvk_with_plural(&gvk, "edgehierarchies"),
-    )
-}
-
-/// The Ready condition's status, if the status is about the object's current generation.
-fn ready_status(object: &DynamicObject) -> Option<&str> {
-    let status = object.data.get("status")?;
-    if status.get("observedGeneration").and_then(Value::as_i64) != object.metadata.generation {
-        return None;
-    }
-    status
-        .get("conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?
-        .get("status")?
-        .as_str()
-}
-
-fn describe_status(object: Option<&DynamicObject>) -> String {
-    let Some(status) = object.and_then(|o| o.data.get("status")) else {
-        return "no status".into();
-    };
-    let conditions: Vec<String> = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            format!(
-                "{}={} ({})",
-                c["type"].as_str().unwrap_or("?"),
-                c["status"].as_str().unwrap_or("?"),
-                c["message"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
-    format!(
-        "summary {}; conditions {}",
-        status.get("summary").cloned().unwrap_or(Value::Null),
-        conditions.join("; ")
-    )
-}
-
-async fn run_operator(
-    args: &Args,
-    bench: &Bench,
-    operator_bin: &Path,
-    object: &Value,
-    work_dir: &Path,
-) -> anyhow::Result<OperatorRun> {
-    let log = work_dir.join("operator.log");
-    let mut operator = Operator::start(
-        operator_bin,
-        bench.cluster.kubeconfig_path(),
-        &log,
-        OPERATOR_FLAGS,
-    )?;
-    // Let it start its watches first, so the clock measures reconciling, not process start-up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    if let Some(status) = operator.process.exit_status() {
-        bail!(
-            "the operator exited at start ({status}); its log ends:\n{}",
-            operator.process.log_tail(20)
-        );
-    }
-    bench.stats.reset().await?;
-    let api = hierarchies(bench.cluster.client());
-    let started = Instant::now();
-    api.patch(
-        HIERARCHY,
-        &PatchParams::apply("operator-bench").force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .context("applying the benchmark hierarchy")?;
-    let ready = wait_until(
-        Duration::from_secs(args.ready_timeout_secs),
-        Duration::from_millis(250),
-        "the hierarchy to be Ready=True",
-        || async {
-            let object = api.get(HIERARCHY).await.ok()?;
-            (ready_status(&object) == Some("True")).then_some(object)
-        },
-    )
-    .await;
-    let elapsed = started.elapsed();
-    let object = match ready {
-        Ok(object) => object,
-        Err(error) => {
-            let last = api.get(HIERARCHY).await.ok();
-            bail!(
-                "{error:#}\nlast status: {}\noperator log ends:\n{}",
-                describe_status(last.as_ref()),
-                operator.process.log_tail(20)
-            );
-        }
-    };
-    let stats = bench.stats.snapshot().await?;
-    let peak_rss_kib = peak_rss_kib(operator.process.pid())?;
-    let summary = object
-        .data
-        .pointer("/status/summary")
-        .map_or_else(|| "no summary".to_string(), |s| format!("summary {s}"));
-    let secrets: Api<Secret> = Api::namespaced(bench.cluster.client(), NAMESPACE);
-    let selector = format!("edgehierarchy.dev/hierarchy={HIERARCHY}");
-    let secrets = count_by_component(
-        &secrets
-            .list_metadata(&ListParams::default().labels(&selector))
-            .await?
-            .items,
-    );
-    let resync = measure_resync(bench, &api).await?;
-    operator.process.stop(Duration::from_secs(10));
-    Ok(OperatorRun {
-        elapsed,
-        stats,
-        resync,
-        peak_rss_kib,
-        summary,
-        secrets,
-    })
-}
-
-/// The messages one resync of the converged hierarchy is billed: the meter before and after the
-/// sync an annotation triggers (what a `resyncInterval` timer does, without waiting for it).
-async fn measure_resync(bench: &Bench, api: &Api<DynamicObject>) -> anyhow::Result<Messages> {
-    let last_sync = |object: &DynamicObject| {
-        object
-            .data
-            .pointer("/status/lastSyncTime")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let before_sync = last_sync(&api.get(HIERARCHY).await?);
-    // lastSyncTime has one-second precision.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let before = bench.stats.snapshot().await?.messages;
-    let stamp = format!("{:?}", std::time::SystemTime::now());
-    api.patch(
-        HIERARCHY,
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"metadata": {"annotations": {"bench.edgehierarchy.dev/resync": stamp}}}),
-        ),
-    )
-    .await
-    .context("annotating the hierarchy to trigger a resync")?;
-    wait_until(
-        Duration::from_secs(120),
-        Duration::from_millis(250),
-        "the resync to finish",
-        || async {
-            let object = api.get(HIERARCHY).await.ok()?;
-            (last_sync(&object) != before_sync).then_some(())
-        },
-    )
-    .await?;
-    let after = bench.stats.snapshot().await?.messages;
-    let by_operation = after
-        .by_operation
-        .iter()
-        .map(|(op, n)| {
-            (
-                op.clone(),
-                n - before.by_operation.get(op).copied().unwrap_or(0),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    Ok(Messages {
-        total: after.total - before.total,
-        by_operation,
-    })
-}
-
-/// Messages a day of resyncs every `interval` would use, as a share of one unit's daily quota.
-fn daily_share(per_resync: u64, interval: Duration, quota_per_unit: u64) -> (u64, f64) {
-    let per_day = per_resync * (86_400 / interval.as_secs().max(1));
-    (per_day, per_day as f64 / quota_per_unit as f64)
-}
-
-/// Prints the operator run: time to Ready, hub calls, memory, Secrets and the quota bound.
-fn report_operator(operator: &OperatorRun, n: u64, limits: &RateLimits, sku: HubTier, args: &Args) {
-    let ready_secs = operator.elapsed.as_secs_f64();
-    println!(
-        "operator: {n} devices Ready in {ready_secs:.1} s (apply to Ready=True for the applied generation; {})",
-        operator.summary
-    );
-    println!(
-        "operator: {} hub calls = {:.3} per device; 429s: {}; write calls: {}; registry operations (quota units): {}",
-        operator.stats.hub_calls(),
-        operator.stats.hub_calls() as f64 / n as f64,
-        operator.stats.throttled,
-        operator.stats.write_calls,
-        operator.stats.registry_operations
-    );
-    println!("operator: calls by kind: {}", operator.stats.by_kind());
-    let per_resync = operator.resync.total;
-    let (per_day, share) = daily_share(per_resync, Duration::from_secs(300), S1_DAILY_MESSAGES);
-    let by_operation: Vec<String> = operator
-        .resync
-        .by_operation
-        .iter()
-        .map(|(op, n)| format!("{op} {n}"))
-        .collect();
-    println!(
-        "operator: one resync of the converged {n} devices is billed {per_resync} messages (4 KB chunks: {}); every 5 minutes that is {per_day} a day = {:.2}% of one S1 unit's {S1_DAILY_MESSAGES} daily messages",
-        by_operation.join(", "),
-        share * 100.0
-    );
-    println!(
-        "operator: peak RSS (VmHWM) {:.1} MiB",
-        operator.peak_rss_kib as f64 / 1024.0
-    );
-    println!(
-        "operator: Secrets it made: {}; certificate algorithm {}",
-        operator.secrets,
-        args.certificate_algorithm
-            .as_deref()
-            .unwrap_or("(the operator's default)")
-    );
-    // The bound: every device needs one registry operation (a bulk create counts per device);
-    // the queries and configuration calls are the ones the operator made, each at its quota.
-    let mut units = quota::units_by_class(&operator.stats);
-    units.insert(OperationClass::Registry, n);
-    let floors = quota::class_floors(&units, limits);
-    let bound = floors.first().map_or(Duration::ZERO, |f| f.time);
-    let terms: Vec<String> = floors.iter().map(ToString::to_string).collect();
-    println!(
-        "operator: quota lower bound {:.1} s = the slowest class of [{}] (registry: one operation per device; other classes: the calls made; quotas from the operator's RateLimits for {:?} x{})",
-        bound.as_secs_f64(),
-        terms.join("; "),
-        sku,
-        args.units
-    );
-    let made = quota::class_floors(&quota::units_by_class(&operator.stats), limits);
-    if let Some(slowest) = made.first() {
-        println!("operator: for the calls it actually made, the slowest class is {slowest}");
-    }
-    if bound > Duration::ZERO {
-        println!(
-            "operator: elapsed / quota lower bound = {ready_secs:.1} / {:.1} = {:.2}",
-            bound.as_secs_f64(),
-            ready_secs / bound.as_secs_f64()
-        );
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn report_sdk(
-    result: &sdk::SdkResult,
-    stats: &HubStats,
-    devices: u64,
-    with_parent: u64,
-    with_modules: u64,
-    limits: &RateLimits,
-    operator_elapsed: Duration,
-    operator_configuration_calls: u64,
-) {
-    let s = &result.steps;
-    println!(
-        "sdk: {}, device by device as `az iot edge devices create` does: create (PUT device); set parent (GET parent, PUT child with If-Match); set modules (applyConfigurationContent, GET modules)",
-        result.sdk
-    );
-    println!(
-        "sdk: ran create on {} and set parent on {} of {devices} devices, set modules on {} of {with_modules} Edge devices with a deployment (the first ones; the rest estimated): {:.1} s wall clock, 429s: {}, waited {:.1} s",
-        s.create.devices,
-        s.set_parent.devices,
-        s.set_modules.devices,
-        result.elapsed_seconds,
-        result.throttled(),
-        result.waited_seconds()
-    );
-    println!(
-        "sdk: work per device: create {:.0} ms, set parent {:.0} ms, set modules {:.0} ms (without 429 waits)",
-        s.create.per_device() * 1000.0,
-        s.set_parent.per_device() * 1000.0,
-        s.set_modules.per_device() * 1000.0
-    );
-    println!(
-        "sdk: {} hub calls = {:.3} per device of the run; registry operations: {}; calls by kind: {}",
+        "scale: all {count} Ready in {:.1} s; {} hub calls; 429s: {}; calls by kind: {}",
+        elapsed.as_secs_f64(),
         stats.hub_calls(),
-        stats.hub_calls() as f64 / devices as f64,
-        stats.registry_operations,
+        stats.throttled,
         stats.by_kind()
     );
-    let applies_per_minute = limits.per_minute(OperationClass::Configuration);
-    let estimate = sdk::estimate(
-        result,
-        devices,
-        with_parent,
-        with_modules,
-        applies_per_minute,
-    );
-    let identities = estimate.identities.as_secs_f64();
+    println!("scale: profile: {}", spent.describe(elapsed));
+    let (floor, terms) = report::quota_floor(&stats, n, &hub.limits());
     println!(
-        "sdk: identities (create + set parent) for {devices} devices: {identities:.1} s ({})",
-        if estimate.identities_measured {
-            "measured on every device"
-        } else {
-            "scaled from the devices run"
-        }
+        "scale: the hub's floor {:.1} s = the slowest class of [{terms}]",
+        floor.as_secs_f64()
     );
-    let total = estimate.total.as_secs_f64();
-    if with_modules > 0 {
-        println!(
-            "sdk: with modules on all {with_modules} Edge devices (estimate): {total:.0} s = {:.0} s of calls, held back by the configuration quota ({with_modules} applyConfigurationContent at {applies_per_minute}/min: the last batch starts after {:.0} s; the emulator counts applyConfigurationContent against that quota, which Azure's docs do not state either way)",
-            (estimate.identities + estimate.modules_work).as_secs_f64(),
-            estimate.modules_quota_floor.as_secs_f64()
-        );
+    let ratio = elapsed.as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON);
+    targets.report(Target::at_most(
+        "ten hierarchies of 1,000 on one hub: all Ready (S3, 10 units)",
+        ratio,
+        1.3,
+        format!(
+            "{:.1} s = {ratio:.2} x the {:.1} s floor",
+            elapsed.as_secs_f64(),
+            floor.as_secs_f64()
+        ),
+        "at most 1.3 x the floor".into(),
+    ));
+    targets.report(Target::at_most(
+        "ten hierarchies of 1,000 on one hub: operator peak RSS",
+        peak_mib,
+        128.0,
+        format!("{peak_mib:.1} MiB"),
+        "at most 128 MiB".into(),
+    ));
+    let sizes: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let (at, object) = &ready[name];
+            format!(
+                "{name} {:.0} KiB (Ready at {:.1} s)",
+                object_bytes(object) as f64 / 1024.0,
+                at.as_secs_f64()
+            )
+        })
+        .collect();
+    println!(
+        "scale: object size with status and managedFields: {}",
+        sizes.join(", ")
+    );
+
+    world.stats.reset().await?;
+    world.resync(&names).await?;
+    let stats = world.stats.snapshot().await?;
+    let lists = stats
+        .operations
+        .get("configurations.list")
+        .map_or(0, |by_status| by_status.values().sum::<u64>());
+    println!(
+        "scale: one resync of all {count}: calls by kind: {}",
+        stats.by_kind()
+    );
+    targets.report(Target::at_most(
+        "ten hierarchies on one hub: configurations listed per resync",
+        lists as f64,
+        1.0,
+        format!("{lists} configuration lists for {count} hierarchies"),
+        "once per hub".into(),
+    ));
+    drop(operator);
+    world.stop().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::ClassUse;
+
+    #[test]
+    fn reads_leave_out_writes_and_idle_classes() {
+        let stats = HubStats {
+            classes: BTreeMap::from([
+                (
+                    "query".to_string(),
+                    ClassUse {
+                        requests: 12,
+                        writes: 0,
+                        units: 12,
+                    },
+                ),
+                (
+                    "registry".to_string(),
+                    ClassUse {
+                        requests: 3,
+                        writes: 3,
+                        units: 300,
+                    },
+                ),
+            ]),
+            ..HubStats::default()
+        };
+        let reads = reads_by_class(&stats);
+        assert_eq!(join_counts(&reads), "query 12");
+        assert_eq!(join_counts(&BTreeMap::new()), "none");
     }
-    let op = operator_elapsed.as_secs_f64();
-    println!(
-        "compare: operator {op:.1} s vs sdk identities only {identities:.1} s: the SDK run takes {:.2}x the operator's time",
-        identities / op
-    );
-    if with_modules > 0 {
-        println!(
-            "compare: operator {op:.1} s vs sdk with modules {total:.0} s (estimate): {:.1}x",
-            total / op
-        );
-        if operator_configuration_calls == 0 {
-            println!(
-                "compare: note: the operator made no configuration calls in its run, so its time does not include deploying modules; the identities-only ratio is the like-for-like one"
-            );
-        }
+
+    #[test]
+    fn the_added_device_hangs_below_an_edge_gateway_of_the_tree() {
+        let devices = hierarchy::generate("op", &Shape::thousand_in_five_layers()).unwrap();
+        let parent = devices.iter().find(|d| d.id == ADDED_PARENT).unwrap();
+        assert_eq!((parent.kind, parent.layer), (DeviceKind::Edge, 4));
+        assert!(devices.iter().all(|d| d.id != ADDED_DEVICE));
     }
 }
