@@ -45,6 +45,10 @@ use world::{HubShape, World, object_bytes};
 
 /// The operator's query page size (`x-ms-max-item-count`), for the reads-per-resync goal.
 const QUERY_PAGE_SIZE: u64 = edge_hierarchy_operator::iothub::query::MAX_QUERY_PAGE_SIZE as u64;
+/// The resync interval while a resync is measured (the hierarchies are made with 1 h, so the
+/// runs to Ready are not interleaved with resyncs), and the one set back after it.
+const RESYNC_MEASURED: &str = "20s";
+const RESYNC_QUIET: &str = "1h";
 /// The device the edit scenario adds, below the first gateway of layer 4.
 const ADDED_DEVICE: &str = "op-l5-added";
 const ADDED_PARENT: &str = "op-l4-000";
@@ -356,12 +360,18 @@ async fn quota_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         "at most 1.2 x the floor".into(),
     ));
 
-    // One resync of the converged hierarchy.
+    // One timed resync of the converged hierarchy.
     let names = [name.to_string()];
+    world
+        .set_resync_interval(&names, RESYNC_MEASURED, &operator)
+        .await?;
     let secrets_before = world.secret_versions(name).await?;
     world.stats.reset().await?;
-    world.resync(&names).await?;
+    world.next_timed_resync(&names).await?;
     let stats = world.stats.snapshot().await?;
+    world
+        .set_resync_interval(&names, RESYNC_QUIET, &operator)
+        .await?;
     let secret_writes = secrets_before.changed_in(&world.secret_versions(name).await?);
     let reads = reads_by_class(&stats);
     let most_reads = reads.values().copied().max().unwrap_or(0);
@@ -372,14 +382,14 @@ async fn quota_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         S1_DAILY_MESSAGES,
     );
     println!(
-        "resync: calls by kind: {}; billed {} messages (4 KB chunks: {}); every 5 minutes that is {per_day} a day = {:.2}% of one S1 unit's {S1_DAILY_MESSAGES} daily messages",
+        "timed resync: calls by kind: {}; billed {} messages (4 KB chunks: {}); every 5 minutes that is {per_day} a day = {:.2}% of one S1 unit's {S1_DAILY_MESSAGES} daily messages",
         stats.by_kind(),
         stats.messages.total,
         messages_by_operation(&stats.messages),
         share * 100.0
     );
     targets.report(Target::at_most(
-        "resync of 1,000 converged devices: writes",
+        "timed resync of 1,000 converged devices: writes",
         (stats.write_calls + secret_writes as u64) as f64,
         0.0,
         format!(
@@ -389,7 +399,7 @@ async fn quota_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         "zero".into(),
     ));
     targets.report(Target::at_most(
-        "resync of 1,000 converged devices: reads per class",
+        "timed resync of 1,000 converged devices: reads per class",
         most_reads as f64,
         reads_goal as f64,
         format!(
@@ -497,6 +507,7 @@ async fn kubectl_apply_until_ready(
     let yaml = serde_yaml::to_string(&object)?;
     let generation = world.hierarchies().get(name).await?.metadata.generation;
     world.stats.reset().await?;
+    let before = profile::scrape(&operator.output()).await?;
     let started = Instant::now();
     let applied = world.cluster.kubectl_apply_stdin(&yaml)?;
     if !applied.status.success() {
@@ -515,6 +526,8 @@ async fn kubectl_apply_until_ready(
             "kubectl apply left hierarchy {name} at generation {generation:?}: the edit did not land"
         );
     }
+    let spent = profile::scrape(&operator.output()).await?.since(&before);
+    println!("edit: profile: {}", spent.describe(elapsed));
     Ok((elapsed, world.stats.snapshot().await?))
 }
 
@@ -709,8 +722,11 @@ async fn scale_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         sizes.join(", ")
     );
 
+    world
+        .set_resync_interval(&names, RESYNC_MEASURED, &operator)
+        .await?;
     world.stats.reset().await?;
-    world.resync(&names).await?;
+    world.next_timed_resync(&names).await?;
     let stats = world.stats.snapshot().await?;
     let lists = stats
         .operations
@@ -721,7 +737,7 @@ async fn scale_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         stats.by_kind()
     );
     targets.report(Target::at_most(
-        "ten hierarchies on one hub: configurations listed per resync",
+        "ten hierarchies on one hub: configurations listed per timed resync",
         lists as f64,
         1.0,
         format!("{lists} configuration lists for {count} hierarchies"),

@@ -209,25 +209,35 @@ impl World {
         Ok(ready.into_inner().expect("ready map"))
     }
 
-    /// Triggers a sync of each named hierarchy (what a `resyncInterval` timer does, without
-    /// waiting for it) and waits until each has written a new `lastSyncTime`.
-    pub async fn resync(&self, names: &[String]) -> anyhow::Result<()> {
+    /// Sets `spec.policy.resyncInterval` of each named hierarchy and waits until each is Ready
+    /// for the new generation.
+    pub async fn set_resync_interval(
+        &self,
+        names: &[String],
+        interval: &str,
+        operator: &Operator,
+    ) -> anyhow::Result<()> {
         let api = self.hierarchies();
-        let before = self.last_sync_times(names).await?;
-        // lastSyncTime has one-second precision.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let stamp = format!("{:?}", std::time::SystemTime::now());
+        let started = Instant::now();
         for name in names {
             api.patch(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"metadata": {"annotations": {"bench.edgehierarchy.dev/resync": stamp}}}),
-                ),
+                &Patch::Merge(json!({"spec": {"policy": {"resyncInterval": interval}}})),
             )
             .await
-            .with_context(|| format!("annotating hierarchy {name} to trigger a resync"))?;
+            .with_context(|| format!("setting the resyncInterval of hierarchy {name}"))?;
         }
+        self.wait_ready(names, started, Duration::from_secs(300), operator)
+            .await?;
+        Ok(())
+    }
+
+    /// Waits for one timed resync of each named hierarchy (its `resyncInterval` passing, not a
+    /// change or an annotation, which make a sync read the hub afresh): until each has written
+    /// a `lastSyncTime` newer than now.
+    pub async fn next_timed_resync(&self, names: &[String]) -> anyhow::Result<()> {
+        let before = self.last_sync_times(names).await?;
         self.wait_synced_after(names, &before, Duration::from_secs(300))
             .await
     }

@@ -352,10 +352,19 @@ async fn a_used_up_daily_quota_is_reported_and_waited_out() -> anyhow::Result<()
     let rejected = |stats: &Value| stats["messages"]["rejected"].as_u64().unwrap_or(0);
     let first = rejected(&env.hub.admin.stats().await?);
     tokio::time::sleep(std::time::Duration::from_secs(45)).await;
-    let later = rejected(&env.hub.admin.stats().await?);
+    let stats = env.hub.admin.stats().await?;
+    let later = rejected(&stats);
     ensure!(
         later == first,
-        "the operator kept calling a hub whose quota is used up: {first} then {later} refused"
+        "the operator kept calling a hub whose quota is used up: {first} then {later} refused; calls by operation {}; operator log ends:\n{}",
+        stats["operations"],
+        env.operator
+            .output()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     Ok(())
 }

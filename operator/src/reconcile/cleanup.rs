@@ -54,6 +54,7 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
         &[],
         &registered,
         &mut memory.devices,
+        None,
     )
     .await?;
     if !rounds.failures.is_empty() {

@@ -8,9 +8,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use kube::ResourceExt;
 use kube::runtime::controller::Action as Requeue;
 
 use super::controller::Context;
+use super::devices::Registered;
 use super::error::{Disposition, Error};
 use super::events::{Note, certificate_notes, deployment_notes, device_notes};
 use super::scope::{Scope, now, patch_status};
@@ -20,7 +22,8 @@ use super::status::{
 use super::{bundles, certs, deployments, devices, registry_auth};
 use crate::api::validate;
 use crate::api::{
-    DeviceState, EdgeHierarchy, EdgeHierarchyStatus, condition_type, duration::parse_duration,
+    DeviceState, EdgeHierarchy, EdgeHierarchyStatus, Topology, condition_type,
+    duration::parse_duration,
 };
 use crate::deploy;
 
@@ -71,11 +74,19 @@ async fn steps(
     let memory = ctx.memories.of(&scope.identity.uid);
     let mut memory = memory.lock().await;
     let memory = &mut *memory;
+    // The hub's configurations are listed about once per resync interval for all hierarchies
+    // of the hub; a sync asked for with `kubectl annotate` lists them afresh.
+    let view_age = if memory.sync_requested(hierarchy.annotations()) {
+        Duration::ZERO
+    } else {
+        resync_interval(hierarchy)
+    };
     let (device_memory, agent_memory) = (&mut memory.devices, &mut memory.agents);
     // The devices and the configurations spend different quotas (registry, configuration), the
     // certificate Secrets none, and none of the three needs another, so they run side by side. Both run to their end, so neither is
     // cancelled halfway when the other fails.
     let started = Instant::now();
+    let (progress, registered_so_far) = tokio::sync::watch::channel(Registered::default());
     let devices_step = async {
         let rounds = devices::converge(
             &scope.hub,
@@ -84,13 +95,21 @@ async fn steps(
             &desired,
             &registered_before,
             device_memory,
+            Some(progress),
         )
         .await;
         metrics.step_done("devices", started);
         rounds
     };
+    // While lower layers are created, the bundles of the layers already in the hub are written.
+    let early_bundles = early_bundles(
+        &scope,
+        &topology,
+        &certificates,
+        logins.agent.as_ref(),
+        registered_so_far,
+    );
     let configurations_step = async {
-        let view_age = configuration_view_age(hierarchy, previous);
         let applied =
             deployments::reconcile_configurations(&scope, &topology, &manifests, &known, view_age)
                 .await;
@@ -102,8 +121,12 @@ async fn steps(
         metrics.step_done("certificate_secrets", started);
         written
     };
-    let (rounds, configurations, certificate_secrets) =
-        tokio::join!(devices_step, configurations_step, certificate_secrets_step);
+    let (rounds, configurations, certificate_secrets, early_updated) = tokio::join!(
+        devices_step,
+        configurations_step,
+        certificate_secrets_step,
+        early_bundles,
+    );
     let rounds = rounds?;
     publish(&scope, device_notes(&rounds, policy.reconcile)).await;
     certificate_secrets?;
@@ -112,7 +135,7 @@ async fn steps(
     // Bundles need the registered devices (their keys and scopes), so they come after the hub.
     let owned = rounds.owned(&scope.identity);
     let started = Instant::now();
-    let bundles = bundles::reconcile(
+    let mut bundles = bundles::reconcile(
         &scope,
         &topology,
         &owned,
@@ -121,6 +144,7 @@ async fn steps(
         logins.agent.as_ref(),
     )
     .await?;
+    bundles.add_updated(early_updated);
     metrics.step_done("bundles", started);
     publish(&scope, certificate_notes(&certificates, &bundles)).await;
 
@@ -161,6 +185,39 @@ async fn steps(
         resync_interval(hierarchy),
         Timestamp::now(),
     ))
+}
+
+/// Writes the bundles of the devices registered so far each time the device rounds publish
+/// progress, until they end; returns the devices whose bundle it wrote. Whatever fails here is
+/// left to the bundle step after the rounds, which plans every device again and reports.
+async fn early_bundles(
+    scope: &Scope<'_>,
+    topology: &Topology,
+    certificates: &certs::Certificates,
+    agent_auth: Option<&crate::deploy::RegistryLogin>,
+    mut registered: tokio::sync::watch::Receiver<Registered>,
+) -> Vec<String> {
+    let mut updated = Vec::new();
+    while registered.changed().await.is_ok() {
+        let so_far = registered.borrow_and_update().clone();
+        let written = bundles::reconcile(
+            scope,
+            topology,
+            &so_far.owned,
+            certificates,
+            &so_far.created,
+            agent_auth,
+        )
+        .await;
+        match written {
+            Ok(written) => updated.extend(written.updated),
+            Err(e) => {
+                tracing::debug!(error = %e, "early bundle writes stopped; the bundle step retries");
+                break;
+            }
+        }
+    }
+    updated
 }
 
 /// The status to start from: on the very first reconcile `Ready=Unknown` is written at once, so
@@ -214,21 +271,6 @@ fn next_requeue(
     let until_renewal = next_renewal
         .map(|t| Duration::from_secs(t.as_second().saturating_sub(now.as_second()).max(1) as u64));
     Requeue::requeue(until_renewal.map_or(resync, |r| r.min(resync)))
-}
-
-/// How old a shared view of the hub's configurations may be for this hierarchy: a resync
-/// interval while its deployments are Ready (the view is then listed about once per interval
-/// for all hierarchies of the hub), none while they are not (it waits for the hub's metrics).
-fn configuration_view_age(hierarchy: &EdgeHierarchy, previous: &EdgeHierarchyStatus) -> Duration {
-    let ready = previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == condition_type::DEPLOYMENTS_READY && c.status == "True");
-    if ready {
-        resync_interval(hierarchy)
-    } else {
-        Duration::ZERO
-    }
 }
 
 fn resync_interval(hierarchy: &EdgeHierarchy) -> Duration {

@@ -31,6 +31,17 @@ pub struct Bundles {
     pub failures: BTreeMap<String, String>,
 }
 
+impl Bundles {
+    /// Adds devices whose bundle an earlier pass of this reconcile wrote.
+    pub fn add_updated(&mut self, earlier: Vec<String>) {
+        for id in earlier {
+            if !self.updated.contains(&id) {
+                self.updated.push(id);
+            }
+        }
+    }
+}
+
 /// Writes the bundle Secret of every Edge device that is registered in the hub.
 pub async fn reconcile(
     scope: &Scope<'_>,

@@ -4,8 +4,10 @@
 //! times over; with the view, the hub is listed once per resync window and each hierarchy's own
 //! writes are put into the view as they are made.
 //!
-//! A hierarchy whose deployments are not Ready (just changed, waiting for the hub's next
-//! evaluation of its metrics) always lists, and the fresh list replaces the view for all.
+//! A view older than the hierarchy's resync interval is listed again, and so is one for a sync
+//! asked for with `kubectl annotate`; the fresh list replaces the view for all. A timed resync
+//! of a single hierarchy therefore still lists (its last list is an interval old), and the
+//! hub's metrics of a new deployment show at the next resync as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -53,6 +53,18 @@ impl Rounds {
     }
 }
 
+/// What the rounds have registered so far: the hierarchy's devices in the hub and those this
+/// reconcile created. Published after each round that created devices, so the bundles of the
+/// layers already in the hub are written while the next layers are created.
+#[derive(Debug, Clone, Default)]
+pub struct Registered {
+    pub owned: BTreeMap<String, HubDevice>,
+    pub created: Vec<String>,
+}
+
+/// Where [`converge`] publishes [`Registered`]; dropped (closed) when the rounds end.
+pub type Progress = tokio::sync::watch::Sender<Registered>;
+
 /// Observes, plans and applies until the plan is empty, a round writes nothing and fails on the
 /// same devices as the round before (retrying now would fail the same way), or [`MAX_ROUNDS`]
 /// pass. Every device a round writes is read back before the next one plans, so a round never
@@ -65,9 +77,11 @@ pub async fn converge(
     desired: &[DesiredDevice],
     previously_registered: &BTreeSet<String>,
     read_backs: &mut ReadBacks,
+    progress: Option<Progress>,
 ) -> Result<Rounds, HubError> {
     let mut rounds = Rounds::default();
     read_backs.expire(std::time::Instant::now());
+    let mut created_before = 0;
     for _ in 0..MAX_ROUNDS {
         rounds.observed = hub::observe(
             hub,
@@ -77,6 +91,15 @@ pub async fn converge(
             read_backs,
         )
         .await?;
+        if let Some(progress) = &progress
+            && rounds.applied.created.len() > created_before
+        {
+            created_before = rounds.applied.created.len();
+            progress.send_replace(Registered {
+                owned: rounds.owned(identity),
+                created: rounds.applied.created.clone(),
+            });
+        }
         rounds.last = plan::plan(&PlanInput {
             identity,
             policy,
