@@ -733,7 +733,7 @@ async fn scale_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         .get("configurations.list")
         .map_or(0, |by_status| by_status.values().sum::<u64>());
     println!(
-        "scale: one resync of all {count}: calls by kind: {}",
+        "scale: one timed resync of all {count}: calls by kind: {}",
         stats.by_kind()
     );
     targets.report(Target::at_most(
