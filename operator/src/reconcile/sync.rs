@@ -83,8 +83,9 @@ async fn steps(
     };
     let (device_memory, agent_memory) = (&mut memory.devices, &mut memory.agents);
     // The devices and the configurations spend different quotas (registry, configuration), the
-    // certificate Secrets none, and none of the three needs another, so they run side by side. Both run to their end, so neither is
-    // cancelled halfway when the other fails.
+    // certificate Secrets none, and none of the three needs another, so they run side by side,
+    // with the early bundles. All four run to their end, so none is cancelled halfway when
+    // another fails.
     let started = Instant::now();
     let (progress, registered_so_far) = tokio::sync::watch::channel(Registered::default());
     let devices_step = async {
