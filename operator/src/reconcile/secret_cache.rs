@@ -92,8 +92,7 @@ impl Selection<'_> {
 #[derive(Clone)]
 pub struct SecretCache {
     client: Client,
-    /// `None`: no watch runs, every read lists.
-    store: Option<Store<Secret>>,
+    store: Store<Secret>,
     ready: Arc<AtomicBool>,
     notes: Arc<Mutex<HashMap<Key, Note>>>,
 }
@@ -124,18 +123,8 @@ impl SecretCache {
         });
         Self {
             client,
-            store: Some(store),
+            store,
             ready,
-            notes: Default::default(),
-        }
-    }
-
-    /// A cache without a watch: every read lists.
-    pub fn listing(client: Client) -> Self {
-        Self {
-            client,
-            store: None,
-            ready: Default::default(),
             notes: Default::default(),
         }
     }
@@ -169,11 +158,8 @@ impl SecretCache {
         &self,
         selection: Selection<'_>,
     ) -> Result<BTreeMap<String, Secret>, kube::Error> {
-        if let Some(store) = self
-            .store
-            .as_ref()
-            .filter(|_| self.ready.load(Ordering::Acquire))
-        {
+        if self.ready.load(Ordering::Acquire) {
+            let store = &self.store;
             let deadline = tokio::time::Instant::now() + CATCH_UP;
             loop {
                 if self.caught_up(store, selection) {
