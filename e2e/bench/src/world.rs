@@ -14,7 +14,8 @@ use edge_hierarchy_operator::iothub::{HubTier, RateLimits};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Api;
 use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, PartialObjectMeta, Patch,
+    PatchParams, PostParams,
 };
 use serde_json::{Value, json};
 
@@ -280,15 +281,24 @@ impl World {
         .await
     }
 
-    /// Name -> resourceVersion of the operator's Secrets of one hierarchy.
-    pub async fn secret_versions(&self, hierarchy: &str) -> anyhow::Result<SecretVersions> {
+    /// The operator's Secrets of one hierarchy, metadata only.
+    async fn hierarchy_secrets(
+        &self,
+        hierarchy: &str,
+    ) -> anyhow::Result<Vec<PartialObjectMeta<Secret>>> {
         let selector = format!("{HIERARCHY_LABEL}={hierarchy}");
         let list = self
             .secrets()
             .list_metadata(&ListParams::default().labels(&selector))
             .await?;
+        Ok(list.items)
+    }
+
+    /// Name -> resourceVersion of the operator's Secrets of one hierarchy.
+    pub async fn secret_versions(&self, hierarchy: &str) -> anyhow::Result<SecretVersions> {
         Ok(SecretVersions(
-            list.items
+            self.hierarchy_secrets(hierarchy)
+                .await?
                 .into_iter()
                 .filter_map(|s| Some((s.metadata.name?, s.metadata.resource_version?)))
                 .collect(),
@@ -297,13 +307,9 @@ impl World {
 
     /// `N (component a, component b, ...)` of the operator's Secrets of one hierarchy.
     pub async fn secrets_by_component(&self, hierarchy: &str) -> anyhow::Result<String> {
-        let selector = format!("{HIERARCHY_LABEL}={hierarchy}");
-        let list = self
-            .secrets()
-            .list_metadata(&ListParams::default().labels(&selector))
-            .await?;
+        let secrets = self.hierarchy_secrets(hierarchy).await?;
         let mut by_component: BTreeMap<String, usize> = BTreeMap::new();
-        for secret in &list.items {
+        for secret in &secrets {
             let component = secret
                 .metadata
                 .labels
@@ -316,7 +322,7 @@ impl World {
             .iter()
             .map(|(component, n)| format!("{component} {n}"))
             .collect();
-        Ok(format!("{} ({})", list.items.len(), parts.join(", ")))
+        Ok(format!("{} ({})", secrets.len(), parts.join(", ")))
     }
 
     pub async fn stop(self) {
