@@ -329,10 +329,7 @@ async fn quota_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         latency_ms: setup.args.latency_ms,
     };
     banner(&format!(
-        "quota: 1,000 devices against {} x{} ({} ms latency): Ready, resync, one device added, restart",
-        hub.sku_name(),
-        hub.units,
-        hub.latency_ms
+        "quota: 1,000 devices against {hub}: Ready, resync, one device added, restart",
     ));
     let world = World::start(hub, &setup.emulator_bin, dir).await?;
     let devices = hierarchy::generate("op", &setup.shape)?;
@@ -539,10 +536,7 @@ async fn latency_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> a
         latency_ms: args.latency_ms,
     };
     banner(&format!(
-        "latency: 1,000 devices against {} x{} ({} ms latency), beside the Python SDK device by device",
-        hub.sku_name(),
-        hub.units,
-        hub.latency_ms
+        "latency: 1,000 devices against {hub}, beside the Python SDK device by device",
     ));
     let world = World::start(hub, &setup.emulator_bin, dir).await?;
     let op_devices = hierarchy::generate("op", &setup.shape)?;
@@ -635,10 +629,7 @@ async fn scale_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
     };
     let count = args.hierarchies.max(1);
     banner(&format!(
-        "scale: {count} hierarchies of 1,000 devices on one hub, {} x{} ({} ms latency)",
-        hub.sku_name(),
-        hub.units,
-        hub.latency_ms
+        "scale: {count} hierarchies of 1,000 devices on one hub, {hub}",
     ));
     let world = World::start(hub, &setup.emulator_bin, dir).await?;
     let names: Vec<String> = (0..count).map(|i| format!("scale-{i}")).collect();

@@ -40,6 +40,19 @@ pub struct HubShape {
     pub latency_ms: u64,
 }
 
+/// `S3 x10 (20 ms latency)`, as the bench's headings print it.
+impl std::fmt::Display for HubShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} x{} ({} ms latency)",
+            self.sku_name(),
+            self.units,
+            self.latency_ms
+        )
+    }
+}
+
 impl HubShape {
     /// The spelling of `spec.iotHub.rateLimits.sku` and the emulator's `--sku`.
     pub fn sku_name(&self) -> &'static str {
@@ -104,10 +117,7 @@ impl World {
                 .await?;
         }
         println!(
-            "setup: control plane (etcd, kube-apiserver, kube-controller-manager), CRD, emulator ({} x{}, {} ms latency) and hub Secrets ready in {:.1} s",
-            hub.sku_name(),
-            hub.units,
-            hub.latency_ms,
+            "setup: control plane (etcd, kube-apiserver, kube-controller-manager), CRD, emulator at {hub} and hub Secrets ready in {:.1} s",
             started.elapsed().as_secs_f64()
         );
         Ok(World {
@@ -418,6 +428,16 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_hub_shape_prints_tier_units_and_latency() {
+        let hub = HubShape {
+            sku: HubTier::S3,
+            units: 10,
+            latency_ms: 20,
+        };
+        assert_eq!(hub.to_string(), "S3 x10 (20 ms latency)");
     }
 
     #[test]
