@@ -5,10 +5,19 @@
 //! conditions over exactly these tags, so [`ownership_tags`] and [`target_condition`] are the
 //! two halves of one contract. Configurations carry labels naming the hierarchy, so the
 //! operator can list its own. The hierarchy's `metadata.uid` decides: a name can be reused.
+//!
+//! Anyone with the hub's ServiceConnect right can write tags, so a tag naming the uid proves
+//! nothing by itself. Each device's tags also carry `proof`, an HMAC over namespace, name, uid and
+//! device id under a key only the operator holds ([`ProofKey`], kept in a Secret per namespace).
+//! A device whose tags name the hierarchy without a valid proof is [`Ownership::Unproven`]: it is
+//! a Conflict unless the hierarchy's own records (its status) show the operator registered it,
+//! and it is never deleted on the strength of its tags alone.
 
 use std::collections::BTreeMap;
 
+use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
+use sha2::Sha256;
 
 use crate::api::{DeviceSpec, DeviceType, EdgeHierarchy};
 use crate::deploy::Variant;
@@ -38,12 +47,43 @@ const LEGACY_UID_LABEL: &str = "edgehierarchy.dev/uid";
 /// Longest label value IoT Hub takes.
 const MAX_LABEL_VALUE: usize = 128;
 
-/// Which hierarchy owns hub objects: its namespace, name and uid, as recorded in its marks.
+/// Twin tag (under [`TAG`]) holding the operator's ownership proof.
+pub const PROOF_TAG: &str = "proof";
+/// Bytes of a generated [`ProofKey`].
+pub const PROOF_KEY_BYTES: usize = 32;
+/// Hex digits of a proof kept in the tag: 128 bits, more than enough against guessing, and short
+/// in the twin.
+const PROOF_HEX_DIGITS: usize = 32;
+
+/// The secret key behind ownership proofs. Never printed: `Debug` shows only that it is there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProofKey(std::sync::Arc<[u8]>);
+
+impl ProofKey {
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ProofKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProofKey(..)")
+    }
+}
+
+/// Which hierarchy owns hub objects: its namespace, name and uid, as recorded in its marks, and
+/// the key its ownership proofs are made with (`None`: no proof can be made or checked, so no
+/// tagged device counts as proven).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HierarchyIdentity {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    pub key: Option<ProofKey>,
 }
 
 impl HierarchyIdentity {
@@ -52,16 +92,50 @@ impl HierarchyIdentity {
             namespace: namespace.into(),
             name: name.into(),
             uid: uid.into(),
+            key: None,
         }
     }
 
     /// The identity of a hierarchy object read from the apiserver.
     pub fn of(hierarchy: &EdgeHierarchy) -> Self {
-        Self {
-            namespace: hierarchy.metadata.namespace.clone().unwrap_or_default(),
-            name: hierarchy.metadata.name.clone().unwrap_or_default(),
-            uid: hierarchy.metadata.uid.clone().unwrap_or_default(),
+        Self::new(
+            hierarchy.metadata.namespace.as_deref().unwrap_or_default(),
+            hierarchy.metadata.name.as_deref().unwrap_or_default(),
+            hierarchy.metadata.uid.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// The same identity, making and checking proofs with `key`.
+    pub fn with_key(mut self, key: Option<ProofKey>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The proof this hierarchy's tags on `device_id` carry (`None` without a key).
+    pub fn proof(&self, device_id: &str) -> Option<String> {
+        self.proof_for(&self.uid, device_id)
+    }
+
+    /// The proof that `device_id` was tagged by the operator for the hierarchy with `uid` in
+    /// this identity's namespace and name (`None` without a key).
+    fn proof_for(&self, uid: &str, device_id: &str) -> Option<String> {
+        let key = self.key.as_ref()?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes keys of any length");
+        // NUL separates the parts: none of them can contain it, so no two tuples sign alike.
+        for part in [
+            "edgehierarchy.dev/ownership/v1",
+            &self.namespace,
+            &self.name,
+            uid,
+            device_id,
+        ] {
+            mac.update(part.as_bytes());
+            mac.update(&[0]);
         }
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Some(hex[..PROOF_HEX_DIGITS].to_string())
     }
 }
 
@@ -71,16 +145,32 @@ impl std::fmt::Display for HierarchyIdentity {
     }
 }
 
-/// Whom a hub device belongs to, judged from its ownership tags.
+/// Whom a hub device belongs to, judged from its ownership tags and their proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
+    /// Tagged with this hierarchy's uid and a valid proof.
     Ours,
+    /// Tagged with this hierarchy's uid, but the proof is missing or wrong: somebody other than
+    /// the operator wrote the tags (or an operator version from before proofs did).
+    Unproven,
+    /// Tagged, with a valid proof, by an earlier hierarchy of the same namespace and name (one
+    /// deleted with `deletion: Detach` and created again): the operator's own device.
+    Earlier {
+        uid: String,
+    },
     Unowned,
-    Other { namespace: String, name: String },
+    Other {
+        namespace: String,
+        name: String,
+    },
 }
 
-/// Judges `tags.edgeHierarchy` of a device (absent or null: nobody's).
-pub fn judge(owner_tags: Option<&Value>, identity: &HierarchyIdentity) -> Ownership {
+/// Judges `tags.edgeHierarchy` of device `device_id` (absent or null: nobody's).
+pub fn judge(
+    owner_tags: Option<&Value>,
+    device_id: &str,
+    identity: &HierarchyIdentity,
+) -> Ownership {
     let Some(tags) = owner_tags.filter(|t| !t.is_null()) else {
         return Ownership::Unowned;
     };
@@ -90,10 +180,31 @@ pub fn judge(owner_tags: Option<&Value>, identity: &HierarchyIdentity) -> Owners
             .unwrap_or_default()
             .to_string()
     };
-    if field("uid") == identity.uid {
-        Ownership::Ours
-    } else if field("uid").is_empty() && field("name").is_empty() {
+    let (uid, proof) = (field("uid"), field(PROOF_TAG));
+    let proven = |uid: &str| {
+        // Compared in constant time: the proof is a MAC.
+        identity.proof_for(uid, device_id).is_some_and(|want| {
+            want.len() == proof.len()
+                && want
+                    .bytes()
+                    .zip(proof.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+    };
+    if uid == identity.uid {
+        if proven(&uid) {
+            Ownership::Ours
+        } else {
+            Ownership::Unproven
+        }
+    } else if uid.is_empty() && field("name").is_empty() {
         Ownership::Unowned
+    } else if field("namespace") == identity.namespace
+        && field("name") == identity.name
+        && proven(&uid)
+    {
+        Ownership::Earlier { uid }
     } else {
         Ownership::Other {
             namespace: field("namespace"),
@@ -125,6 +236,9 @@ pub fn ownership_tags(identity: &HierarchyIdentity, device: &DeviceSpec, layer: 
     tag.insert("namespace".into(), json!(identity.namespace));
     tag.insert("name".into(), json!(identity.name));
     tag.insert("uid".into(), json!(identity.uid));
+    if let Some(proof) = identity.proof_for(&identity.uid, &device.id) {
+        tag.insert(PROOF_TAG.into(), json!(proof));
+    }
     tag.insert("layer".into(), json!(layer));
     if device.device_type == DeviceType::Edge {
         if let Some(deployment) = &device.deployment {

@@ -170,3 +170,51 @@ fn labels_follow_iot_hubs_rule_for_any_hierarchy_name() {
         assert!(valid_label_text(&value), "{key} = {value:?}");
     }
 }
+
+#[test]
+fn a_proof_binds_key_hierarchy_and_device() {
+    let keyed = |key: &[u8]| identity().with_key(Some(ProofKey::new(key)));
+    let ours = keyed(b"the namespace's key");
+    let tags = |id: &str, identity: &HierarchyIdentity| json!({"namespace": "plant", "name": "factory", "uid": UID, "proof": identity.proof(id)});
+    assert_eq!(
+        judge(Some(&tags("gw", &ours)), "gw", &ours),
+        Ownership::Ours
+    );
+    // Copied from another device, made with another key, or absent: not proven.
+    assert_eq!(
+        judge(Some(&tags("gw", &ours)), "gw-2", &ours),
+        Ownership::Unproven
+    );
+    assert_eq!(
+        judge(Some(&tags("gw", &keyed(b"another key"))), "gw", &ours),
+        Ownership::Unproven
+    );
+    let bare = json!({"namespace": "plant", "name": "factory", "uid": UID});
+    assert_eq!(judge(Some(&bare), "gw", &ours), Ownership::Unproven);
+    // Without a key nothing can be proven.
+    assert_eq!(
+        judge(Some(&tags("gw", &ours)), "gw", &identity()),
+        Ownership::Unproven
+    );
+    // The proof also binds the uid: an earlier hierarchy's is recognised as that one's.
+    let earlier = HierarchyIdentity::new("plant", "factory", "old-uid").with_key(ours.key.clone());
+    let old = json!({"namespace": "plant", "name": "factory", "uid": "old-uid",
+        "proof": earlier.proof("gw")});
+    assert_eq!(
+        judge(Some(&old), "gw", &ours),
+        Ownership::Earlier {
+            uid: "old-uid".into()
+        }
+    );
+    // The same tags in another namespace's hierarchy are another owner's.
+    let elsewhere = HierarchyIdentity::new("other", "factory", "uid-9").with_key(ours.key.clone());
+    assert!(matches!(
+        judge(Some(&old), "gw", &elsewhere),
+        Ownership::Other { .. }
+    ));
+    // The tags carry the proof; a key never appears in them or in Debug output.
+    let tagged = ownership_tags(&ours, &device(&factory(), "site1-gw"), 2);
+    assert_eq!(tagged[TAG]["proof"], json!(ours.proof("site1-gw")));
+    assert_eq!(ours.proof("site1-gw").unwrap().len(), 32);
+    assert!(!format!("{ours:?}").contains("namespace's key"));
+}

@@ -50,6 +50,8 @@ pub struct Context {
     pub secrets: SecretCache,
     /// Each hub's configurations, listed once for all its hierarchies (see `shared_view`).
     pub configuration_views: ConfigurationViews,
+    /// Each namespace's ownership proof key (see `proof_keys`).
+    pub proof_keys: super::proof_keys::ProofKeys,
 }
 
 impl Context {
@@ -70,6 +72,7 @@ impl Context {
             memories: Default::default(),
             secrets: SecretCache::watch(client.clone()),
             configuration_views: Default::default(),
+            proof_keys: super::proof_keys::ProofKeys::new(client.clone()),
             metrics,
             client,
         }

@@ -26,6 +26,7 @@ pub mod events;
 #[cfg(test)]
 mod fixtures;
 pub mod memory;
+pub mod proof_keys;
 pub mod registry_auth;
 pub mod scope;
 pub mod secret_cache;

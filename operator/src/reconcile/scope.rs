@@ -11,7 +11,7 @@ use super::secrets::SecretStore;
 use crate::api::{EdgeHierarchy, EdgeHierarchyStatus};
 use crate::iothub::HubClient;
 use crate::names::MANAGER;
-use crate::ownership::HierarchyIdentity;
+use crate::ownership::{HierarchyIdentity, ProofKey};
 
 /// The per-reconcile scope of the steps that talk to the hub.
 pub struct Scope<'a> {
@@ -23,9 +23,15 @@ pub struct Scope<'a> {
 }
 
 impl<'a> Scope<'a> {
-    pub fn new(hierarchy: &'a EdgeHierarchy, ctx: &'a Context, hub: HubClient) -> Self {
+    /// `key` makes and checks the ownership proofs of the hierarchy's devices.
+    pub fn new(
+        hierarchy: &'a EdgeHierarchy,
+        ctx: &'a Context,
+        hub: HubClient,
+        key: ProofKey,
+    ) -> Self {
         Self {
-            identity: HierarchyIdentity::of(hierarchy),
+            identity: HierarchyIdentity::of(hierarchy).with_key(Some(key)),
             secrets: SecretStore::new(ctx.client.clone(), hierarchy, ctx.secrets.clone()),
             hierarchy,
             ctx,

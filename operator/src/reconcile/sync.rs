@@ -53,7 +53,12 @@ async fn steps(
     let logins = registry_auth::read(&ctx.client, hierarchy).await?;
     let manifests = deploy::add_registry_credentials(manifests, &logins.deployments)
         .map_err(Error::InvalidManifests)?;
-    let scope = Scope::new(hierarchy, ctx, ctx.hubs.client_for(hierarchy).await?);
+    let hub = ctx.hubs.client_for(hierarchy).await?;
+    let key = ctx
+        .proof_keys
+        .get_or_create(&hierarchy.namespace().unwrap_or_default())
+        .await?;
+    let scope = Scope::new(hierarchy, ctx, hub, key);
     let policy = &hierarchy.spec.policy;
     metrics.step_done("spec", started);
 

@@ -157,7 +157,7 @@ impl HubDevice {
 
     /// Whom the device belongs to.
     pub fn ownership(&self, identity: &HierarchyIdentity) -> Ownership {
-        judge(self.owner_tags.as_ref(), identity)
+        judge(self.owner_tags.as_ref(), &self.id, identity)
     }
 
     /// The `layer` recorded in the ownership tags, for ordering deletions.

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::model::{DesiredAuth, DesiredDevice, HubDevice, SasKeys};
-use crate::api::{DeletionPolicy, DeviceState, PolicySpec, ReconcilePolicy};
+use crate::api::{DeviceState, PolicySpec, ReconcilePolicy};
 use crate::iothub::AuthenticationType as HubAuth;
 use crate::ownership::{HierarchyIdentity, Ownership, TAG, ownership_tags_patch};
 
@@ -247,7 +247,7 @@ impl<'a> Round<'a> {
 
     /// The actions in their order: creates, identity fixes, tag writes, deletes.
     fn finish(mut self) -> Plan {
-        let deletes = plan_removals(self.input, self.manage, &mut self.out);
+        let deletes = plan_removals(self.input, &mut self.out);
         if !self.creates.is_empty() {
             self.out.actions.push(Action::Create(self.creates));
         }
@@ -275,33 +275,64 @@ fn judge_ownership(
     manage: bool,
 ) -> Judgement {
     let taken_back = input.previously_registered.contains(&want.id);
+    let adopted = |why: &str| Judgement::Ours {
+        adopted: Some(if manage {
+            why.to_string()
+        } else {
+            format!("{why} once reconcile is Manage (Observe: not written)")
+        }),
+    };
     match have.ownership(input.identity) {
         Ownership::Ours => Judgement::Ours { adopted: None },
+        // Tags without the operator's proof are believed only when the hierarchy's own records
+        // (its status) show the operator registered the device: written by a version from
+        // before proofs, they get one now.
+        Ownership::Unproven if taken_back => adopted(
+            "ownership tags carried no valid proof; the device is in this hierarchy's records, \
+             so the proof is written",
+        ),
+        Ownership::Unproven => Judgement::Conflict(unproven(&want.id, input.identity)),
+        Ownership::Earlier { uid } => adopted(&format!(
+            "created by an earlier hierarchy {} (uid {uid}) deleted with deletion: Detach; taken back",
+            input.identity
+        )),
+        Ownership::Other { namespace, name }
+            if namespace == input.identity.namespace && name == input.identity.name =>
+        {
+            Judgement::Conflict(format!(
+                "device {:?} is tagged for an earlier hierarchy named {namespace}/{name}, but its \
+                 ownership proof does not verify, so it is not taken back; if it is this \
+                 hierarchy's, remove tags.edgeHierarchy from its twin and set \
+                 spec.policy.adoptExisting: true",
+                want.id
+            ))
+        }
         Ownership::Other { namespace, name } => Judgement::Conflict(format!(
             "device {:?} already exists in the hub and belongs to hierarchy {namespace}/{name}; \
              remove it from one of the two hierarchies",
             want.id
         )),
-        Ownership::Unowned if input.policy.adopt_existing || taken_back => {
-            let why = if taken_back {
-                "re-created outside the operator without ownership tags; taken back"
-            } else {
-                "existed in the hub without an owner; adopted (policy.adoptExisting)"
-            };
-            Judgement::Ours {
-                adopted: Some(if manage {
-                    why.to_string()
-                } else {
-                    format!("{why} once reconcile is Manage (Observe: not written)")
-                }),
-            }
-        }
+        Ownership::Unowned if input.policy.adopt_existing || taken_back => adopted(if taken_back {
+            "re-created outside the operator without ownership tags; taken back"
+        } else {
+            "existed in the hub without an owner; adopted (policy.adoptExisting)"
+        }),
         Ownership::Unowned => Judgement::Conflict(format!(
             "device {:?} already exists in the hub and no hierarchy owns it; set \
              spec.policy.adoptExisting: true to take it over, or rename the device in the spec",
             want.id
         )),
     }
+}
+
+/// The conflict message of a device tagged for this hierarchy without the operator's proof.
+fn unproven(id: &str, identity: &HierarchyIdentity) -> String {
+    format!(
+        "device {id:?} carries ownership tags naming hierarchy {identity} without the operator's \
+         proof (tags can be written by anyone with the hub's ServiceConnect right), so it is \
+         left alone and never deleted; if it is this hierarchy's, remove tags.edgeHierarchy from \
+         its twin and set spec.policy.adoptExisting: true"
+    )
 }
 
 /// How an owned device's identity differs from the spec: the correction, and a sentence per
@@ -500,19 +531,24 @@ fn plan_missing(
 
 /// Owned hub devices the spec no longer has: deleted children first under Delete, left alone
 /// under Detach or Observe.
-fn plan_removals(
-    input: &PlanInput<'_>,
-    manage: bool,
-    out: &mut Plan,
-) -> Vec<(String, Option<String>)> {
+fn plan_removals(input: &PlanInput<'_>, out: &mut Plan) -> Vec<(String, Option<String>)> {
     let wanted: BTreeSet<&str> = input.desired.iter().map(|d| d.id.as_str()).collect();
-    let mut removed: Vec<&HubDevice> = input
+    let gone = input
         .observed
         .values()
-        .filter(|d| !wanted.contains(d.id.as_str()))
-        .filter(|d| d.ownership(input.identity) == Ownership::Ours)
-        .collect();
-    if removed.is_empty() || !manage || input.policy.deletion == DeletionPolicy::Detach {
+        .filter(|d| !wanted.contains(d.id.as_str()));
+    // Deleted only with proof, or when the hierarchy's own records show the operator registered
+    // it: tags alone can be forged.
+    let mut removed = Vec::new();
+    for d in gone {
+        match d.ownership(input.identity) {
+            Ownership::Ours => removed.push(d),
+            Ownership::Unproven if input.previously_registered.contains(&d.id) => removed.push(d),
+            Ownership::Unproven => out.conflicts.push(unproven(&d.id, input.identity)),
+            _ => {}
+        }
+    }
+    if removed.is_empty() || input.policy.leaves_removed_devices() {
         return Vec::new();
     }
     // Deepest first; the ownership tags record each device's layer.

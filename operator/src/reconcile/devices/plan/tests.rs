@@ -6,21 +6,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::api::{DeviceType, PolicySpec};
+use crate::api::{DeletionPolicy, DeviceType, PolicySpec};
 use crate::iothub::AuthenticationType as HubAuthKind;
-use crate::ownership::HierarchyIdentity;
+use crate::ownership::{HierarchyIdentity, ProofKey};
 use crate::reconcile::devices::model::{DesiredAuth, DesiredDevice, HubDevice};
 
 fn identity() -> HierarchyIdentity {
-    HierarchyIdentity {
-        namespace: "iot".into(),
-        name: "tutorial".into(),
-        uid: "uid-1".into(),
-    }
+    HierarchyIdentity::new("iot", "tutorial", "uid-1")
+        .with_key(Some(ProofKey::new(b"fixture ownership key")))
 }
 
-fn tags(layer: u32) -> Value {
-    json!({"namespace": "iot", "name": "tutorial", "uid": "uid-1", "layer": layer})
+/// The tags the operator writes on device `id`, with its proof.
+fn tags(id: &str, layer: u32) -> Value {
+    json!({"namespace": "iot", "name": "tutorial", "uid": "uid-1", "layer": layer,
+        "proof": identity().proof(id)})
 }
 
 fn want(id: &str, parent: Option<&str>, layer: u32, device_type: DeviceType) -> DesiredDevice {
@@ -30,7 +29,7 @@ fn want(id: &str, parent: Option<&str>, layer: u32, device_type: DeviceType) -> 
         layer,
         device_type,
         auth: DesiredAuth::SymmetricKey { keys: None },
-        owner_tags: tags(layer),
+        owner_tags: tags(id, layer),
     }
 }
 
@@ -122,7 +121,7 @@ fn empty_hub_creates_the_top_layer_first_with_tags() {
     assert!(devices[0].iot_edge);
     assert_eq!(devices[0].parent_scope, None);
     assert_eq!(devices[0].auth, NewAuth::Sas { keys: None });
-    assert_eq!(devices[0].owner_tags, tags(1));
+    assert_eq!(devices[0].owner_tags, tags("top", 1));
     assert_eq!(p.devices["lower"].state, DeviceState::Pending);
     assert_eq!(
         p.devices["lower"].message.as_deref(),
@@ -395,7 +394,7 @@ fn parent_recreated_out_of_band_gets_its_children_relinked() {
         panic!("{p:#?}")
     };
     assert_eq!(id, "lower");
-    assert_eq!(patch, &tags(2));
+    assert_eq!(patch, &tags("lower", 2));
     assert!(p.devices["lower"].drift[0].contains("taken back"));
 }
 
@@ -443,7 +442,7 @@ fn unowned_device_is_adopted_when_the_policy_says_so() {
         panic!()
     };
     // The foreign tag is replaced by ours (the tags object is the operator's to own).
-    let mut expected = tags(1);
+    let mut expected = tags("top", 1);
     expected["site"] = Value::Null;
     assert_eq!(patch, &expected);
     assert!(p.devices["top"].drift.iter().any(|d| d.contains("adopted")));
@@ -522,7 +521,7 @@ fn reparenting_moves_the_link_and_deletes_the_old_parent_after() {
     desired.remove(1);
     desired[1].parent = Some("top".into());
     desired[1].layer = 2;
-    desired[1].owner_tags = tags(2);
+    desired[1].owner_tags = tags("sensor", 2);
     let p = Case::new(desired, hub).plan();
     assert_eq!(p.actions.len(), 3, "{:#?}", p.actions);
     assert!(
@@ -614,7 +613,7 @@ fn from_twin_reads_the_fields_plan_uses() {
         "x509Thumbprint": {"primaryThumbprint": "P", "secondaryThumbprint": null},
         "capabilities": {"iotEdge": true},
         "deviceScope": scope("lower"), "parentScopes": [scope("top")],
-        "tags": {"edgeHierarchy": tags(2), "other": 1}
+        "tags": {"edgeHierarchy": tags("lower", 2), "other": 1}
     });
     let twin: crate::iothub::Twin = serde_json::from_value(twin).unwrap();
     let d = HubDevice::from_twin(&twin).unwrap();
@@ -625,8 +624,130 @@ fn from_twin_reads_the_fields_plan_uses() {
     assert_eq!(d.auth, HubAuthKind::SelfSigned);
     assert_eq!(d.thumbprints, (Some("P".into()), None));
     assert_eq!(d.parent_scopes, [scope("top")]);
-    assert_eq!(d.owner_tags, Some(tags(2)));
+    assert_eq!(d.owner_tags, Some(tags("lower", 2)));
     assert_eq!(d.tagged_layer(), 2);
     let no_id: crate::iothub::Twin = serde_json::from_value(json!({"etag": "x"})).unwrap();
     assert!(HubDevice::from_twin(&no_id).is_none());
+}
+
+/// Tags naming this hierarchy as anyone with ServiceConnect could write them: without a proof.
+fn forged_tags(layer: u32) -> Value {
+    json!({"namespace": "iot", "name": "tutorial", "uid": "uid-1", "layer": layer})
+}
+
+#[test]
+fn a_device_with_forged_tags_outside_the_spec_is_a_conflict_never_a_delete() {
+    let desired = tree();
+    let mut hub = converged_hub(&desired);
+    let mut forged = have(&want("planted", None, 1, DeviceType::Edge), None);
+    forged.owner_tags = Some(forged_tags(1));
+    hub.insert("planted".into(), forged.clone());
+    let p = Case::new(desired, hub.clone()).plan();
+    assert!(p.is_converged(), "{:#?}", p.actions);
+    assert_eq!(p.conflicts.len(), 1, "{:#?}", p.conflicts);
+    assert!(p.conflicts[0].contains("\"planted\"") && p.conflicts[0].contains("never deleted"));
+    // A wrong proof is no better than none, and deleting the hierarchy leaves it too.
+    let mut wrong = forged;
+    wrong.owner_tags.as_mut().unwrap()["proof"] = json!("0123456789abcdef0123456789abcdef");
+    hub.insert("planted".into(), wrong);
+    let p = Case::new(Vec::new(), hub).plan();
+    let Action::Delete(ids) = only_action(&p) else {
+        panic!("{p:#?}")
+    };
+    let ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["sensor", "lower", "top"]);
+    assert_eq!(p.conflicts.len(), 1);
+}
+
+#[test]
+fn a_spec_device_with_forged_tags_is_a_conflict_and_not_written() {
+    let desired = tree();
+    let mut hub = converged_hub(&desired);
+    let top = hub.get_mut("top").unwrap();
+    top.owner_tags = Some(forged_tags(1));
+    top.enabled = false;
+    let p = Case::new(desired, hub).plan();
+    assert_eq!(p.devices["top"].state, DeviceState::Conflict);
+    assert!(
+        p.actions.iter().all(|a| !a.device_ids().contains(&"top")),
+        "{:#?}",
+        p.actions
+    );
+    // Its children wait: a parent that is not ours cannot parent them.
+    assert!(
+        p.devices["lower"]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("waiting for parent")
+    );
+}
+
+#[test]
+fn tags_without_proof_on_a_device_the_status_records_get_the_proof() {
+    // Written by an operator version from before proofs: the status says the device is ours.
+    let desired = tree();
+    let mut hub = converged_hub(&desired);
+    hub.get_mut("lower").unwrap().owner_tags = Some(forged_tags(2));
+    let mut case = Case::new(desired, hub.clone());
+    case.previously = ["lower".to_string()].into();
+    let p = case.plan();
+    let Action::WriteOwnerTags { id, patch, .. } = only_action(&p) else {
+        panic!("{p:#?}")
+    };
+    assert_eq!(id, "lower");
+    assert_eq!(patch, &json!({"proof": identity().proof("lower")}));
+    assert!(p.devices["lower"].drift[0].contains("in this hierarchy's records"));
+    // Removed from the spec, such a device is deleted on the strength of the records.
+    let mut case = Case::new(Vec::new(), hub);
+    case.previously = ["lower".to_string()].into();
+    let p = case.plan();
+    let Action::Delete(ids) = only_action(&p) else {
+        panic!("{p:#?}")
+    };
+    assert!(ids.iter().any(|(id, _)| id == "lower"));
+}
+
+#[test]
+fn devices_of_an_earlier_hierarchy_of_the_same_name_are_taken_back_by_their_proof() {
+    // Deleted with deletion: Detach and created again: a new uid, the same namespace and name.
+    let earlier =
+        HierarchyIdentity::new("iot", "tutorial", "uid-0").with_key(identity().key.clone());
+    let earlier_tags = |id: &str, layer: u32| {
+        json!({"namespace": "iot", "name": "tutorial", "uid": "uid-0", "layer": layer,
+            "proof": earlier.proof(id)})
+    };
+    let desired = tree();
+    let mut hub = converged_hub(&desired);
+    for (id, layer) in [("top", 1), ("lower", 2), ("sensor", 3)] {
+        hub.get_mut(id).unwrap().owner_tags = Some(earlier_tags(id, layer));
+    }
+    let p = Case::new(desired.clone(), hub.clone()).plan();
+    assert!(p.conflicts.is_empty(), "{:#?}", p.conflicts);
+    let written: Vec<&str> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WriteOwnerTags { id, patch, .. } => {
+                assert_eq!(patch["uid"], "uid-1");
+                assert_eq!(patch["proof"], json!(identity().proof(id)));
+                Some(id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written, ["top", "lower", "sensor"]);
+    assert!(p.devices["top"].drift[0].contains("earlier hierarchy iot/tutorial (uid uid-0)"));
+    // Without a valid proof the earlier uid is only a claim: a conflict.
+    hub.get_mut("top").unwrap().owner_tags.as_mut().unwrap()["proof"] = json!("forged");
+    let p = Case::new(desired, hub).plan();
+    assert_eq!(p.devices["top"].state, DeviceState::Conflict);
+    assert!(
+        p.devices["top"]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("proof does not verify"),
+        "{p:#?}"
+    );
 }
