@@ -59,7 +59,13 @@ pub enum CredentialError {
         detail: String,
     },
     #[error("could not read Secret {secret:?}: {detail}")]
-    Unreadable { secret: String, detail: String },
+    Unreadable {
+        secret: String,
+        detail: String,
+        /// The API server failed or could not be reached (retry soon), rather than refused the
+        /// read (a person must grant it).
+        transient: bool,
+    },
     #[error(
         "cannot delete the hierarchy's devices from the hub: {detail}. Fix the hub Secret, or set spec.policy.deletion: Detach to leave the devices in the hub and let the hierarchy go"
     )]
@@ -190,6 +196,7 @@ async fn read_key(
         .await
         .map_err(|e| CredentialError::Unreadable {
             secret: name.into(),
+            transient: !matches!(&e, kube::Error::Api(s) if matches!(s.code, 401 | 403)),
             detail: e.to_string(),
         })?
         .ok_or_else(|| CredentialError::MissingSecret {

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use super::certs::CertError;
 use super::credentials::CredentialError;
 use super::deployments::DeploymentError;
+use super::proof_keys::ProofKeyError;
 use super::registry_auth::RegistryAuthErrors;
 use super::status::reason;
 use crate::api::{EdgeHierarchySpec, Violations};
@@ -33,6 +34,8 @@ pub enum Error {
     Deployments(DeploymentError),
     #[error(transparent)]
     RegistryAuth(RegistryAuthErrors),
+    #[error(transparent)]
+    ProofKey(#[from] ProofKeyError),
     #[error("could not delete every device from the hub: {0}; retrying")]
     CleanupIncomplete(String),
     #[error("finalizer: {0}")]
@@ -85,6 +88,13 @@ pub fn until_quota_reset(now: Timestamp) -> Duration {
     Duration::from_secs((next_midnight - seconds) as u64 + 60)
 }
 
+/// Whether the hub refused a request as such (its content, size or form), so that the same
+/// request can never succeed: not a failure of the hub, a throttle, or a race (404, 409, 412).
+fn is_rejected_request(error: &HubError) -> bool {
+    matches!(error, HubError::Api { .. })
+        && matches!(error.status(), Some(400 | 413 | 414 | 415 | 422))
+}
+
 impl Error {
     /// The disposition of this error for a hierarchy with `spec`, at `now`.
     pub fn disposition(&self, spec: &EdgeHierarchySpec, now: Timestamp) -> Disposition {
@@ -110,6 +120,11 @@ impl Error {
                 e.to_string(),
                 Some(STALL_RECHECK),
             ),
+            // The API server failed to answer: nothing is wrong with the credentials, and the
+            // next try (with backoff) will most likely read them.
+            Error::Credentials(CredentialError::Unreadable {
+                transient: true, ..
+            }) => Disposition::Retry,
             // A fix to the Secret triggers a reconcile through the Secret watch; the recheck is
             // a fallback.
             Error::Credentials(e) => stall(
@@ -154,6 +169,25 @@ impl Error {
                     retry,
                 }
             }
+            // The hub refused the request itself (400, 413, ...): sending it again fails the
+            // same way and spends the hub's quota, so a person must change what is sent.
+            Error::Hub(e) if is_rejected_request(e) => stall(
+                reason::HUB_REJECTED,
+                "WriteHub",
+                format!(
+                    "the hub refused a request as invalid: {e}. Correct the part of the spec it \
+                     names (a deployment's content, a device id or a limit of the hub's tier); \
+                     the operator tries again when the hierarchy changes, or in {} min",
+                    STALL_RECHECK.as_secs() / 60
+                ),
+                Some(STALL_RECHECK),
+            ),
+            Error::ProofKey(e @ ProofKeyError::Invalid { .. }) => stall(
+                reason::OWNERSHIP_KEY_INVALID,
+                "ReadOwnershipKey",
+                e.to_string(),
+                Some(STALL_RECHECK),
+            ),
             Error::Hub(e) => Disposition::Unreachable {
                 reason: reason::HUB_UNREACHABLE,
                 message: format!("the hub could not be reached or failed: {e}"),

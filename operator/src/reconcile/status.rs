@@ -27,6 +27,8 @@ pub mod reason {
     pub const INVALID_ROOT_CA: &str = "InvalidRootCA";
     pub const CERTIFICATES_ISSUED: &str = "CertificatesIssued";
     pub const BUNDLES_INCOMPLETE: &str = "BundlesIncomplete";
+    pub const HUB_REJECTED: &str = "HubRejected";
+    pub const OWNERSHIP_KEY_INVALID: &str = "OwnershipKeyInvalid";
 }
 
 /// The outcome of the reconcile rounds, as status input.

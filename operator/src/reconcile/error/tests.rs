@@ -170,3 +170,74 @@ fn a_used_up_daily_quota_waits_until_the_reset_at_midnight_utc() {
     };
     assert!(!forbidden.is_quota_exceeded());
 }
+
+#[test]
+fn an_api_server_that_fails_a_credentials_read_is_retried_not_called_bad_credentials() {
+    let unreadable = |transient| {
+        Error::Credentials(CredentialError::Unreadable {
+            secret: "iothub-service".into(),
+            detail: "etcdserver: request timed out".into(),
+            transient,
+        })
+    };
+    assert_eq!(
+        unreadable(true).disposition(&spec(), noon()),
+        Disposition::Retry
+    );
+    // Refused (RBAC): a person must grant the read.
+    assert_eq!(
+        reason_of(unreadable(false).disposition(&spec(), noon())),
+        (reason::BAD_CREDENTIALS, Some(STALL_RECHECK))
+    );
+}
+
+#[test]
+fn a_request_the_hub_refuses_as_invalid_stalls_instead_of_spending_the_quota() {
+    for status in [400, 413, 422] {
+        let d = Error::Hub(hub_status(status)).disposition(&spec(), noon());
+        let Disposition::Stall {
+            reason, message, ..
+        } = &d
+        else {
+            panic!("{status}: {d:?}")
+        };
+        assert_eq!(*reason, reason::HUB_REJECTED, "{status}");
+        assert!(
+            message.contains("Correct the part of the spec"),
+            "{message}"
+        );
+    }
+    // A race (gone, changed meanwhile) or a throttle is retried like a failing hub.
+    for status in [404, 409, 412, 429] {
+        assert!(
+            matches!(
+                Error::Hub(hub_status(status)).disposition(&spec(), noon()),
+                Disposition::Unreachable { .. }
+            ),
+            "{status}"
+        );
+    }
+}
+
+#[test]
+fn an_unusable_ownership_key_stalls_but_a_failed_read_of_it_is_retried() {
+    let invalid = Error::ProofKey(ProofKeyError::Invalid {
+        namespace: "plant".into(),
+        detail: "it has no \"key\" entry".into(),
+    });
+    let (reason, recheck) = reason_of(invalid.disposition(&spec(), noon()));
+    assert_eq!(
+        (reason, recheck),
+        (reason::OWNERSHIP_KEY_INVALID, Some(STALL_RECHECK))
+    );
+    assert!(invalid.to_string().contains("restore it from a backup"));
+    let unreachable = Error::ProofKey(ProofKeyError::Kube {
+        namespace: "plant".into(),
+        source: kube::Error::Api(
+            kube::core::Status::failure("etcd timed out", "Timeout")
+                .with_code(504)
+                .boxed(),
+        ),
+    });
+    assert_eq!(unreachable.disposition(&spec(), noon()), Disposition::Retry);
+}
