@@ -227,6 +227,15 @@ impl Default for PolicySpec {
     }
 }
 
+impl PolicySpec {
+    /// Whether a device removed from the spec stays in the hub (`deletion: Detach`, or
+    /// `reconcile: Observe`, which writes nothing): then its certificates and bundle stay too,
+    /// since the device still runs with them.
+    pub fn leaves_removed_devices(&self) -> bool {
+        self.deletion == DeletionPolicy::Detach || self.reconcile == ReconcilePolicy::Observe
+    }
+}
+
 fn default_resync_interval() -> String {
     "5m".into()
 }

@@ -65,6 +65,7 @@ pub async fn reconcile(
         created_now: &created_now,
         existing: &existing,
         agent_auth,
+        keep_removed: scope.hierarchy.spec.policy.leaves_removed_devices(),
     };
     let mut read_keys = BTreeMap::new();
     for id in plan::keys_to_read(&input) {

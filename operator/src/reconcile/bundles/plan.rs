@@ -39,6 +39,9 @@ pub struct BundlePlanInput<'a> {
     pub existing: &'a BTreeMap<String, Secret>,
     /// `spec.edge.agentAuth` with its user name and password read from the Secret.
     pub agent_auth: Option<&'a RegistryLogin>,
+    /// Devices removed from the spec stay in the hub (`PolicySpec::leaves_removed_devices`), so
+    /// their Secrets are kept rather than deleted.
+    pub keep_removed: bool,
 }
 
 /// What the bundle step does.
@@ -191,6 +194,7 @@ pub fn plan_bundles(
     plan.delete = input
         .existing
         .iter()
+        .filter(|_| !input.keep_removed)
         .filter(|(id, _)| !by_id.contains_key(id.as_str()))
         .map(|(_, s)| s.name_any())
         .collect();

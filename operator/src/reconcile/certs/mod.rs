@@ -221,6 +221,7 @@ pub async fn reconcile(
         root: &root,
         existing: &existing,
         renew_before: settings.renew_before,
+        keep_removed: scope.hierarchy.spec.policy.leaves_removed_devices(),
         now,
     });
     // Apply: issue now, write beside the device step.

@@ -96,6 +96,9 @@ pub struct CertPlanInput<'a> {
     /// The hierarchy's certificate Secrets, by device id.
     pub existing: &'a BTreeMap<String, Secret>,
     pub renew_before: Duration,
+    /// Devices removed from the spec stay in the hub (`PolicySpec::leaves_removed_devices`), so
+    /// their Secrets are kept rather than deleted.
+    pub keep_removed: bool,
     pub now: Timestamp,
 }
 
@@ -153,6 +156,7 @@ pub fn plan_certificates(input: &CertPlanInput<'_>) -> CertPlan {
     plan.delete = input
         .existing
         .iter()
+        .filter(|_| !input.keep_removed)
         .filter(|(id, _)| !wanted.contains(id.as_str()))
         .map(|(_, s)| s.name_any())
         .collect();

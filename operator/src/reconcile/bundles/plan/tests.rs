@@ -81,6 +81,7 @@ fn input<'a>(
         created_now,
         existing,
         agent_auth: None,
+        keep_removed: false,
     }
 }
 
@@ -183,6 +184,16 @@ fn unregistered_devices_get_no_bundle_and_removed_devices_lose_theirs() {
         plan.delete,
         [existing["lower-layer"].metadata.name.clone().unwrap()]
     );
+    // Under Detach or Observe the removed device stays in the hub, and so does its bundle.
+    let kept = plan_bundles(
+        &BundlePlanInput {
+            keep_removed: true,
+            ..input(&w, &nothing_new, &existing)
+        },
+        &BTreeMap::new(),
+    );
+    assert!(kept.delete.is_empty(), "{:?}", kept.delete);
+    assert!(kept.writes.is_empty());
 }
 
 #[test]
@@ -215,6 +226,7 @@ fn agent_auth_reaches_every_device_with_the_address_its_image_is_pulled_from() {
     let none = BTreeMap::new();
     let first = BundlePlanInput {
         agent_auth: Some(&login),
+        keep_removed: false,
         ..input(&w, &created, &none)
     };
     let plan = plan_bundles(&first, &BTreeMap::new());
@@ -262,6 +274,7 @@ fn agent_auth_reaches_every_device_with_the_address_its_image_is_pulled_from() {
     let nothing_new = BTreeSet::new();
     let again = BundlePlanInput {
         agent_auth: Some(&rotated),
+        keep_removed: false,
         ..input(&w, &nothing_new, &existing)
     };
     let plan = plan_bundles(&again, &BTreeMap::new());

@@ -80,6 +80,7 @@ fn plan_with(
         root,
         existing,
         renew_before: RENEW_BEFORE,
+        keep_removed: false,
         now: now(),
     })
 }
@@ -161,6 +162,19 @@ fn devices_that_left_the_spec_lose_their_certificate_secrets() {
     let plan = plan_with(&root, &[edge("top")], &existing, false);
     assert_eq!(plan.delete, [certificate_secret_name("h", "gone")]);
     assert!(plan.reuse.contains_key("top"));
+    // Under Detach or Observe the device stays in the hub and still runs with them.
+    let kept = plan_certificates(&CertPlanInput {
+        hierarchy: "h",
+        wanted: &[edge("top")],
+        x509: false,
+        root: &root,
+        existing: &existing,
+        renew_before: RENEW_BEFORE,
+        keep_removed: true,
+        now: now(),
+    });
+    assert!(kept.delete.is_empty(), "{:?}", kept.delete);
+    assert!(kept.reuse.contains_key("top") && !kept.reuse.contains_key("gone"));
 }
 
 #[test]
