@@ -280,6 +280,8 @@ async fn get_shows_columns(plane: &ControlPlane) -> anyhow::Result<()> {
 
 struct RejectionCase {
     what: &'static str,
+    /// The hierarchy's name; "invalid" when `None`.
+    name: Option<String>,
     spec_devices: Value,
     spec_overrides: Value,
     /// Every fragment must appear in the apiserver's message.
@@ -294,6 +296,7 @@ fn rejection_cases() -> Vec<RejectionCase> {
     vec![
         RejectionCase {
             what: "a duplicate device id",
+            name: None,
             spec_devices: json!([{"id": "twin"}, {"id": "twin"}]),
             spec_overrides: json!({}),
             message_contains: vec![
@@ -304,30 +307,35 @@ fn rejection_cases() -> Vec<RejectionCase> {
         },
         RejectionCase {
             what: "a device id with '/'",
+            name: None,
             spec_devices: json!([{"id": "plant/line-1"}]),
             spec_overrides: json!({}),
             message_contains: vec!["spec.devices[0].id".into(), "plant/line-1".into()],
         },
         RejectionCase {
             what: "a device id with a space",
+            name: None,
             spec_devices: json!([{"id": "line 1"}]),
             spec_overrides: json!({}),
             message_contains: vec!["spec.devices[0].id".into(), "line 1".into()],
         },
         RejectionCase {
             what: "a device id of 129 characters",
+            name: None,
             spec_devices: json!([{"id": long_id}]),
             spec_overrides: json!({}),
             message_contains: vec!["spec.devices[0].id".into(), "128".into()],
         },
         RejectionCase {
             what: "a device that is its own parent",
+            name: None,
             spec_devices: json!([{"id": "loop", "parent": "loop"}]),
             spec_overrides: json!({}),
             message_contains: vec!["spec.devices[0]".into(), "own parent".into()],
         },
         RejectionCase {
             what: "a Leaf device with a deployment",
+            name: None,
             spec_devices: json!([
                 {"id": "gateway", "deployment": "base"},
                 {"id": "sensor", "parent": "gateway", "type": "Leaf", "deployment": "base"},
@@ -337,6 +345,7 @@ fn rejection_cases() -> Vec<RejectionCase> {
         },
         RejectionCase {
             what: "an unknown authentication value",
+            name: None,
             spec_devices: json!([{"id": "gateway"}]),
             spec_overrides: json!({"authentication": "Certificate"}),
             message_contains: vec![
@@ -347,7 +356,25 @@ fn rejection_cases() -> Vec<RejectionCase> {
             ],
         },
         RejectionCase {
+            what: "a name of 64 characters",
+            name: Some("n".repeat(64)),
+            spec_devices: json!([{"id": "gateway"}]),
+            spec_overrides: json!({}),
+            message_contains: vec!["metadata.name must be at most 63 characters".into()],
+        },
+        RejectionCase {
+            what: "a name with a dot",
+            name: Some("plant.line-1".into()),
+            spec_devices: json!([{"id": "gateway"}]),
+            spec_overrides: json!({}),
+            message_contains: vec![
+                "metadata.name must be lowercase letters".into(),
+                "dots are not allowed".into(),
+            ],
+        },
+        RejectionCase {
             what: "1,001 devices",
+            name: None,
             spec_devices: Value::Array(too_many),
             spec_overrides: json!({}),
             message_contains: vec!["spec.devices".into(), "1000".into()],
@@ -358,7 +385,8 @@ fn rejection_cases() -> Vec<RejectionCase> {
 async fn rejected_with_message(plane: &ControlPlane, case: &RejectionCase) -> anyhow::Result<()> {
     let namespace = "rejections";
     create_namespace(plane, namespace).await?;
-    let mut object = hierarchy("invalid", case.spec_devices.clone());
+    let name = case.name.as_deref().unwrap_or("invalid");
+    let mut object = hierarchy(name, case.spec_devices.clone());
     if let Some(overrides) = case.spec_overrides.as_object() {
         for (key, value) in overrides {
             object.data["spec"][key] = value.clone();
@@ -367,7 +395,7 @@ async fn rejected_with_message(plane: &ControlPlane, case: &RejectionCase) -> an
     let api = hierarchies(plane, namespace);
     let status = match api.create(&PostParams::default(), &object).await {
         Ok(_) => {
-            let _ = api.delete("invalid", &DeleteParams::default()).await;
+            let _ = api.delete(name, &DeleteParams::default()).await;
             bail!("the apiserver accepted it");
         }
         Err(kube::Error::Api(status)) => status,

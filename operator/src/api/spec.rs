@@ -30,6 +30,14 @@ pub const MAX_DEVICES: usize = 1000;
     namespaced,
     status = "EdgeHierarchyStatus",
     shortname = "eh",
+    // The name goes into label values (63 characters at most) on every Secret the operator
+    // makes; the API server itself allows 253.
+    validation = Rule::new("self.metadata.name.size() <= 63").message(
+        "metadata.name must be at most 63 characters: it is a label value on the hierarchy's Secrets; choose a shorter name"
+    ),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message(
+        "metadata.name must be lowercase letters, digits and '-', starting and ending with a letter or digit (an RFC 1123 label); dots are not allowed"
+    ),
     category = "iotedge",
     printcolumn(
         name = "Ready",

@@ -469,6 +469,14 @@ pub async fn assert_hub_matches(
             "{}: tags {tags}",
             d.id
         );
+        // The operator's ownership proof: 32 hex digits (an HMAC only the operator can make).
+        anyhow::ensure!(
+            tags["proof"]
+                .as_str()
+                .is_some_and(|p| p.len() == 32 && p.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{}: no ownership proof in tags {tags}",
+            d.id
+        );
         if let Some(deployment) = &d.deployment {
             anyhow::ensure!(
                 tags["deployment"] == json!(deployment),
