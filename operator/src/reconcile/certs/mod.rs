@@ -51,6 +51,25 @@ pub enum CertError {
         "the generated root CA in Secret {secret:?} is unusable ({source}); it is not regenerated silently: delete the Secret to generate a new root, and every device certificate will be re-issued"
     )]
     GeneratedRootDamaged { secret: String, source: RootCaError },
+    #[error(
+        "the generated root CA Secret {secret:?} is gone while {} device certificate Secret(s) \
+         issued under it are still in use ({}); it is not regenerated, because every parent-child \
+         link would break until each device installed a new bundle. Restore the Secret from a \
+         backup, or delete the hierarchy's certificate Secrets (kubectl delete secret -l \
+         edgehierarchy.dev/component=certs) to accept a new root and re-issue every device",
+        devices.len(),
+        devices.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    )]
+    GeneratedRootMissing {
+        secret: String,
+        devices: Vec<String>,
+    },
+    #[error(
+        "the root CA Secret {secret:?} is gone and {devices} device certificate Secret(s) of a \
+         deleted hierarchy of this name are being garbage-collected; waiting for them to go \
+         before generating a new root"
+    )]
+    RootBeingCollected { secret: String, devices: usize },
     #[error("issuing certificates: {0}")]
     Pki(#[from] PkiError),
     #[error("Kubernetes API error while handling certificate Secrets: {0}")]
@@ -66,6 +85,7 @@ impl CertError {
                 | Self::UserRootMissing { .. }
                 | Self::RootKeyMissing { .. }
                 | Self::GeneratedRootDamaged { .. }
+                | Self::GeneratedRootMissing { .. }
         )
     }
 }
@@ -197,7 +217,14 @@ pub async fn reconcile(
     let root_secret = scope.secrets.get(&root_name).await?;
     let existing = scope.secrets.list_component(CERTS_COMPONENT).await?;
     // Plan.
-    let root_plan = plan::plan_root(user_root, &root_name, root_secret.as_ref(), now)?;
+    let root_plan = plan::plan_root(
+        user_root,
+        &root_name,
+        root_secret.as_ref(),
+        &existing,
+        &scope.identity.uid,
+        now,
+    )?;
     let (root, root_secret) = match root_plan {
         RootPlan::Use { root, secret } => (*root, secret),
         RootPlan::Generate { secret } => {

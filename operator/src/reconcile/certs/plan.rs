@@ -33,10 +33,16 @@ pub enum RootPlan {
 
 /// Decides the root from the user's Secret (when `user` names one) or the generated one.
 /// `secret` is what was read under that name.
+/// `certificates` are the hierarchy's device certificate Secrets and `uid` its own uid: a
+/// generated root that is missing while device certificates signed by it are still in use is not
+/// regenerated (every link would break at once), and one whose device Secrets belong to a deleted
+/// hierarchy of the same name waits for garbage collection to take them.
 pub fn plan_root(
     user: Option<&RootCaSpec>,
     generated_name: &str,
     secret: Option<&Secret>,
+    certificates: &BTreeMap<String, Secret>,
+    uid: &str,
     now: Timestamp,
 ) -> Result<RootPlan, CertError> {
     if let Some(user) = user {
@@ -61,7 +67,22 @@ pub fn plan_root(
     }
     let name = generated_name.to_string();
     let Some(secret) = secret else {
-        return Ok(RootPlan::Generate { secret: name });
+        let (live, collected): (Vec<_>, Vec<_>) = certificates
+            .iter()
+            .partition(|(_, s)| !being_collected(s, uid));
+        return if !live.is_empty() {
+            Err(CertError::GeneratedRootMissing {
+                secret: name,
+                devices: live.iter().map(|(id, _)| (*id).clone()).collect(),
+            })
+        } else if !collected.is_empty() {
+            Err(CertError::RootBeingCollected {
+                secret: name,
+                devices: collected.len(),
+            })
+        } else {
+            Ok(RootPlan::Generate { secret: name })
+        };
     };
     let damaged = |source| CertError::GeneratedRootDamaged {
         secret: name.clone(),
@@ -78,6 +99,18 @@ pub fn plan_root(
         root: Box::new(root),
         secret: name,
     })
+}
+
+/// Whether a certificate Secret is on its way out: being deleted, or owned only by another
+/// (deleted) hierarchy, so garbage collection takes it.
+fn being_collected(secret: &Secret, uid: &str) -> bool {
+    let owners = secret
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default();
+    secret.metadata.deletion_timestamp.is_some()
+        || (!owners.is_empty() && owners.iter().all(|o| o.uid != uid))
 }
 
 /// A device that needs certificates (every Edge device; Leaf devices too under X509).

@@ -230,7 +230,16 @@ fn a_user_root_is_used_as_given_and_every_problem_with_it_needs_a_person() {
         "my-root",
         &[("tls.crt", &root.cert_pem), ("tls.key", root.key.pem())],
     );
-    match plan_root(Some(&spec), "my-root", Some(&good), now()).unwrap() {
+    match plan_root(
+        Some(&spec),
+        "my-root",
+        Some(&good),
+        &BTreeMap::new(),
+        "uid-1",
+        now(),
+    )
+    .unwrap()
+    {
         RootPlan::Use { root: used, secret } => {
             assert_eq!(
                 (used.cert_pem, secret),
@@ -239,23 +248,47 @@ fn a_user_root_is_used_as_given_and_every_problem_with_it_needs_a_person() {
         }
         other => panic!("expected the user's root, got {other:?}"),
     }
-    let missing = plan_root(Some(&spec), "my-root", None, now()).unwrap_err();
+    let missing = plan_root(
+        Some(&spec),
+        "my-root",
+        None,
+        &BTreeMap::new(),
+        "uid-1",
+        now(),
+    )
+    .unwrap_err();
     assert!(matches!(missing, CertError::UserRootMissing { .. }) && missing.needs_person());
     let no_key = secret_with("my-root", &[("tls.crt", &root.cert_pem)]);
-    let error = plan_root(Some(&spec), "my-root", Some(&no_key), now()).unwrap_err();
+    let error = plan_root(
+        Some(&spec),
+        "my-root",
+        Some(&no_key),
+        &BTreeMap::new(),
+        "uid-1",
+        now(),
+    )
+    .unwrap_err();
     assert!(matches!(
         error,
         CertError::RootKeyMissing { key: "tls.key", .. }
     ));
     let garbage = secret_with("my-root", &[("tls.crt", "x"), ("tls.key", "y")]);
-    let error = plan_root(Some(&spec), "my-root", Some(&garbage), now()).unwrap_err();
+    let error = plan_root(
+        Some(&spec),
+        "my-root",
+        Some(&garbage),
+        &BTreeMap::new(),
+        "uid-1",
+        now(),
+    )
+    .unwrap_err();
     assert!(matches!(error, CertError::UserRoot { .. }) && error.needs_person());
     assert!(!error.to_string().contains("PRIVATE KEY"));
 }
 
 #[test]
 fn a_generated_root_is_made_once_and_never_replaced_silently() {
-    let plan = plan_root(None, "h-root-ca", None, now()).unwrap();
+    let plan = plan_root(None, "h-root-ca", None, &BTreeMap::new(), "uid-1", now()).unwrap();
     assert!(matches!(plan, RootPlan::Generate { secret } if secret == "h-root-ca"));
     let root = root("h");
     let good = secret_with(
@@ -263,12 +296,66 @@ fn a_generated_root_is_made_once_and_never_replaced_silently() {
         &[("tls.crt", &root.cert_pem), ("tls.key", root.key.pem())],
     );
     assert!(matches!(
-        plan_root(None, "h-root-ca", Some(&good), now()).unwrap(),
+        plan_root(
+            None,
+            "h-root-ca",
+            Some(&good),
+            &BTreeMap::new(),
+            "uid-1",
+            now()
+        )
+        .unwrap(),
         RootPlan::Use { .. }
     ));
     let damaged = secret_with("h-root-ca", &[("tls.crt", &root.cert_pem)]);
-    let error = plan_root(None, "h-root-ca", Some(&damaged), now()).unwrap_err();
+    let error = plan_root(
+        None,
+        "h-root-ca",
+        Some(&damaged),
+        &BTreeMap::new(),
+        "uid-1",
+        now(),
+    )
+    .unwrap_err();
     assert!(matches!(error, CertError::GeneratedRootDamaged { .. }) && error.needs_person());
+}
+
+#[test]
+fn a_missing_generated_root_with_device_certificates_in_use_stalls_instead_of_regenerating() {
+    let root = root("h");
+    let owned_by = |uid: &str| {
+        let mut secret = edge_secret(&root, "top", 1, 1);
+        secret.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                uid: uid.into(),
+                ..Default::default()
+            },
+        ]);
+        secret
+    };
+    // Ours (or released by a Detach): in use; regenerating would break every link.
+    for secret in [owned_by("uid-1"), edge_secret(&root, "top", 1, 1)] {
+        let certificates = BTreeMap::from([("top".to_string(), secret)]);
+        let error = plan_root(None, "h-root-ca", None, &certificates, "uid-1", now()).unwrap_err();
+        assert!(
+            matches!(&error, CertError::GeneratedRootMissing { devices, .. } if devices == &["top"]),
+            "{error:?}"
+        );
+        assert!(error.needs_person());
+        assert!(
+            error
+                .to_string()
+                .contains("Restore the Secret from a backup")
+        );
+    }
+    // Left by a deleted hierarchy of the same name: garbage collection takes them; wait.
+    let certificates = BTreeMap::from([("top".to_string(), owned_by("uid-0"))]);
+    let error = plan_root(None, "h-root-ca", None, &certificates, "uid-1", now()).unwrap_err();
+    assert!(matches!(
+        error,
+        CertError::RootBeingCollected { devices: 1, .. }
+    ));
+    assert!(!error.needs_person());
 }
 
 fn with_annotation(mut secret: Secret, key: &str, value: &str) -> Secret {
