@@ -28,8 +28,8 @@ const PROOF_KEY_COMPONENT: &str = "ownership-key";
 pub enum ProofKeyError {
     #[error(
         "Secret {namespace}/{PROOF_KEY_SECRET} holds no usable ownership key ({detail}); restore it \
-         from a backup (devices tagged with the lost key become Conflicts and are never deleted), \
-         or delete the Secret so a new key is made"
+         from a backup, or delete the Secret so a new key is made (devices in a hierarchy's status \
+         then get new proofs; others tagged under the lost key become Conflicts, never deleted)"
     )]
     Invalid { namespace: String, detail: String },
     #[error("could not read or create Secret {namespace}/{PROOF_KEY_SECRET}: {source}")]
