@@ -41,6 +41,8 @@ pub const DEPLOYMENT_LABEL: &str = "edgeHierarchyDeployment";
 pub const VARIANT_LABEL: &str = "edgeHierarchyVariant";
 /// Configuration label: the operator that manages it.
 pub const MANAGED_BY_LABEL: &str = "managedBy";
+/// Configuration label: the operator's ownership proof (as the device tag [`PROOF_TAG`]).
+pub const PROOF_LABEL: &str = "edgeHierarchyProof";
 /// The uid label of configurations written by earlier versions (a key IoT Hub documents as
 /// invalid, though it stored it): still recognised, so they are cleaned up, never orphaned.
 const LEGACY_UID_LABEL: &str = "edgehierarchy.dev/uid";
@@ -320,31 +322,54 @@ pub fn target_condition(uid: &str, deployment: &str, layered: bool, variant: Var
     format!("{owner} AND {selects} AND {layer}")
 }
 
-/// Labels of a configuration the operator creates for `deployment` / `variant`.
+/// What a configuration's proof signs in place of a device id: device ids cannot contain `/`,
+/// so no configuration proof is also a device's.
+fn configuration_subject(id: &str) -> String {
+    format!("configuration/{id}")
+}
+
+/// Labels of the configuration `id` the operator creates for `deployment` / `variant`.
 pub fn configuration_labels(
     identity: &HierarchyIdentity,
     deployment: &str,
     variant: Variant,
+    id: &str,
 ) -> BTreeMap<String, String> {
     let value = |v: &str| v.chars().take(MAX_LABEL_VALUE).collect::<String>();
-    BTreeMap::from([
+    let proof = identity
+        .proof(&configuration_subject(id))
+        .map(|p| (PROOF_LABEL.to_string(), p));
+    BTreeMap::from_iter(proof.into_iter().chain([
         (NAME_LABEL.to_string(), value(&identity.name)),
         (NAMESPACE_LABEL.to_string(), value(&identity.namespace)),
         (UID_LABEL.to_string(), value(&identity.uid)),
         (DEPLOYMENT_LABEL.to_string(), value(deployment)),
         (VARIANT_LABEL.to_string(), variant.as_str().to_string()),
         (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
-    ])
+    ]))
 }
 
-/// Whether a configuration's `labels` mark it as created for the hierarchy with `uid`.
-/// Configurations without the label are never the operator's.
-pub fn is_owned_configuration(labels: Option<&BTreeMap<String, String>>, uid: &str) -> bool {
-    labels.is_some_and(|l| {
-        [UID_LABEL, LEGACY_UID_LABEL]
-            .iter()
-            .any(|key| l.get(*key).map(String::as_str) == Some(uid))
-    })
+/// Judges configuration `id` by its labels, as [`judge`] does a device by its tags.
+pub fn judge_configuration(
+    labels: Option<&BTreeMap<String, String>>,
+    id: &str,
+    identity: &HierarchyIdentity,
+) -> Ownership {
+    let Some(labels) = labels else {
+        return Ownership::Unowned;
+    };
+    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let uid = [UID_LABEL, LEGACY_UID_LABEL]
+        .iter()
+        .find_map(|k| labels.get(*k).cloned())
+        .unwrap_or_default();
+    let tags = json!({
+        "namespace": label(NAMESPACE_LABEL),
+        "name": label(NAME_LABEL),
+        "uid": uid,
+        PROOF_TAG: label(PROOF_LABEL),
+    });
+    judge(Some(&tags), &configuration_subject(id), identity)
 }
 
 #[cfg(test)]

@@ -113,16 +113,25 @@ async fn futures_tags(env: &Env, ids: &[&str]) -> anyhow::Result<Vec<Value>> {
 }
 
 async fn detached_then_recreated_takes_its_devices_back(env: &Env) -> anyhow::Result<()> {
-    let (ns, name) = ("readopt", "line");
+    let (ns, name) = ("readopt", "tutorial");
     env.namespace(ns).await?;
-    let devices = "    - {id: ra-top}\n    - {id: ra-cell, parent: ra-top}\n    - {id: ra-sensor, parent: ra-cell, type: Leaf}\n";
-    let yaml = hierarchy_yaml(name, ", deletion: Detach", devices);
+    // The tutorial (three layers, two deployments), deleted with Detach and applied again.
+    let yaml = common::example("tutorial.yaml").replace(
+        "spec:\n",
+        "spec:\n  policy: {deletion: Detach, resyncInterval: 10s}\n",
+    );
     env.apply(ns, &yaml).await?;
     env.wait_condition(ns, name, "Ready", "True").await?;
     let first_uid = uid_of(env, ns, name).await?;
-    let ids = ["ra-top", "ra-cell", "ra-sensor"];
+    let first_configurations = common::configurations(env, &first_uid).await?;
+    ensure!(
+        !first_configurations.is_empty(),
+        "the tutorial has configurations"
+    );
+    let h = env.hierarchies(ns).get(name).await?;
+    let ids: Vec<String> = h.spec.devices.iter().map(|d| d.id.clone()).collect();
     let mut keys = Vec::new();
-    for id in ids {
+    for id in &ids {
         keys.push(env.hub.admin.device_keys(id).await?);
     }
 
@@ -153,13 +162,35 @@ async fn detached_then_recreated_takes_its_devices_back(env: &Env) -> anyhow::Re
     for (id, before) in ids.iter().zip(&keys) {
         same_keys += usize::from(&env.hub.admin.device_keys(id).await? == before);
     }
+    // The earlier hierarchy's configurations target tags no device carries any more: proven
+    // its own, they are deleted rather than left to fill the hub's 100.
+    let left_over = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        "the earlier hierarchy's configurations to be deleted",
+        || async {
+            let left = common::configurations(env, &first_uid).await.ok()?;
+            left.is_empty().then_some(left.len())
+        },
+    )
+    .await?;
+    let current = common::configurations(env, &second_uid).await?;
     println!(
         "detach, then re-create: {} of {} devices taken back by their proof, {same_keys} with \
-         their keys unchanged, 0 conflicts",
+         their keys unchanged, 0 conflicts; configurations: {} of the earlier hierarchy left, \
+         {} of this one",
         ids.len(),
-        ids.len()
+        ids.len(),
+        left_over,
+        current.len()
     );
     ensure!(same_keys == ids.len(), "a device's keys changed");
+    ensure!(
+        current.len() == first_configurations.len(),
+        "{} configurations now, {} before",
+        current.len(),
+        first_configurations.len()
+    );
     Ok(())
 }
 

@@ -184,9 +184,10 @@ pub fn automatic_configurations(
             manifest.priority,
             target
         ]));
+        let id = configuration_id(&owner.name, &name, &hash_input);
         out.push(DesiredConfiguration {
-            id: configuration_id(&owner.name, &name, &hash_input),
-            labels: configuration_labels(owner, &name, variant),
+            labels: configuration_labels(owner, &name, variant, &id),
+            id,
             deployment: name,
             variant,
             layered: manifest.layered,

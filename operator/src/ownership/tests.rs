@@ -116,8 +116,10 @@ fn target_conditions_quote_and_select_by_layer() {
 
 #[test]
 fn labels_mark_ownership() {
-    let owner = identity();
-    let labels = configuration_labels(&owner, "cell", Variant::Lower);
+    let owner = identity().with_key(Some(ProofKey::new(b"the namespace's key")));
+    let id = "factory-cell-0123abcd";
+    let labels = configuration_labels(&owner, "cell", Variant::Lower, id);
+    let proof = owner.proof(&format!("configuration/{id}")).unwrap();
     assert_eq!(
         labels,
         BTreeMap::from([
@@ -128,28 +130,50 @@ fn labels_mark_ownership() {
             ("edgeHierarchyDeployment".to_string(), "cell".to_string()),
             ("edgeHierarchyName".to_string(), "factory".to_string()),
             ("edgeHierarchyNamespace".to_string(), "plant".to_string()),
+            ("edgeHierarchyProof".to_string(), proof),
             ("edgeHierarchyUid".to_string(), UID.to_string()),
             ("edgeHierarchyVariant".to_string(), "lower".to_string()),
         ])
     );
-    assert!(is_owned_configuration(Some(&labels), UID));
-    assert!(!is_owned_configuration(Some(&labels), "another-uid"));
-    assert!(!is_owned_configuration(
-        Some(&BTreeMap::from([(
-            "edgeHierarchyName".to_string(),
-            "factory".to_string()
-        )])),
-        UID
+    assert_eq!(
+        judge_configuration(Some(&labels), id, &owner),
+        Ownership::Ours
+    );
+    // The proof is the configuration's own: on another id, or without a key, it proves nothing.
+    assert_eq!(
+        judge_configuration(Some(&labels), "factory-cell-ffffffff", &owner),
+        Ownership::Unproven
+    );
+    assert_eq!(
+        judge_configuration(Some(&labels), id, &identity()),
+        Ownership::Unproven
+    );
+    let other = HierarchyIdentity::new("plant", "other", "another-uid").with_key(owner.key.clone());
+    assert!(matches!(
+        judge_configuration(Some(&labels), id, &other),
+        Ownership::Other { .. }
     ));
-    assert!(!is_owned_configuration(None, UID));
-    // Configurations written by earlier versions are still recognised.
-    assert!(is_owned_configuration(
-        Some(&BTreeMap::from([(
-            "edgehierarchy.dev/uid".to_string(),
-            UID.to_string()
-        )])),
-        UID
+    let name_only = BTreeMap::from([("edgeHierarchyName".to_string(), "factory".to_string())]);
+    assert!(matches!(
+        judge_configuration(Some(&name_only), id, &owner),
+        Ownership::Other { .. }
     ));
+    assert_eq!(judge_configuration(None, id, &owner), Ownership::Unowned);
+    // Configurations written by earlier versions carry the uid under an older key and no proof.
+    let legacy = BTreeMap::from([("edgehierarchy.dev/uid".to_string(), UID.to_string())]);
+    assert_eq!(
+        judge_configuration(Some(&legacy), id, &owner),
+        Ownership::Unproven
+    );
+    // An earlier hierarchy of the same name (deleted with Detach): its own, by the proof.
+    let earlier = HierarchyIdentity::new("plant", "factory", "old-uid").with_key(owner.key.clone());
+    let old = configuration_labels(&earlier, "cell", Variant::Lower, id);
+    assert_eq!(
+        judge_configuration(Some(&old), id, &owner),
+        Ownership::Earlier {
+            uid: "old-uid".into()
+        }
+    );
 }
 
 /// IoT Hub's label rule: keys and values of at most 128 characters from letters, digits and
@@ -165,7 +189,8 @@ fn valid_label_text(text: &str) -> bool {
 #[test]
 fn labels_follow_iot_hubs_rule_for_any_hierarchy_name() {
     let long = HierarchyIdentity::new(&"n".repeat(63), &"h".repeat(253), UID);
-    for (key, value) in configuration_labels(&long, &"d".repeat(63), Variant::Top) {
+    let long = long.with_key(Some(ProofKey::new(b"key")));
+    for (key, value) in configuration_labels(&long, &"d".repeat(63), Variant::Top, "id") {
         assert!(valid_label_text(&key), "key {key:?}");
         assert!(valid_label_text(&value), "{key} = {value:?}");
     }

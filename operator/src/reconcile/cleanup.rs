@@ -101,7 +101,12 @@ pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue
     ctx.events
         .publish_all(hierarchy, devices.into_iter().collect())
         .await;
-    let configurations = deployments::delete_owned_configurations(&hub, &identity.uid).await;
+    let known = hierarchy
+        .status
+        .as_ref()
+        .map(deployments::plan::known_configurations)
+        .unwrap_or_default();
+    let configurations = deployments::delete_owned_configurations(&hub, &identity, &known).await;
     // The hub's configurations changed under the shared view: the next hierarchy lists afresh.
     ctx.configuration_views.forget(&hub).await;
     let configurations = configurations?;

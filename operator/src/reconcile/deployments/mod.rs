@@ -30,7 +30,7 @@ use crate::api::{
 use crate::deploy::{self, DesiredConfiguration, ManifestError, Manifests};
 use crate::iothub::query::in_list_queries;
 use crate::iothub::{Configuration, HubClient, HubError};
-use crate::ownership::is_owned_configuration;
+use crate::ownership::{HierarchyIdentity, Ownership, judge_configuration};
 use plan::{AgentTwin, ConfigurationPlan, DevicePlanInput};
 use read_back::AgentReadBacks;
 
@@ -140,7 +140,7 @@ pub async fn reconcile_configurations(
         let views = &scope.ctx.configuration_views;
         let all = views.list(&scope.hub, view_age).await?;
         let in_hub = all.len();
-        let owned = owned_by(all, &scope.identity.uid);
+        let owned = owned_by(all, &scope.identity, known_configurations);
         let plan = plan::plan_configurations(&desired, &owned, known_configurations, manage);
         // Checked before anything is written: past the hub's limit every create would fail.
         plan::check_configuration_limit(in_hub, &plan, &desired)
@@ -234,15 +234,42 @@ pub async fn reconcile_devices(
 /// The hub's configurations that this hierarchy owns, by id.
 async fn owned_configurations(
     hub: &HubClient,
-    uid: &str,
+    identity: &HierarchyIdentity,
+    known: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Configuration>, HubError> {
-    Ok(owned_by(hub.list_configurations(None).await?, uid))
+    Ok(owned_by(
+        hub.list_configurations(None).await?,
+        identity,
+        known,
+    ))
 }
 
-fn owned_by(all: Vec<Configuration>, uid: &str) -> BTreeMap<String, Configuration> {
+/// The configurations this hierarchy may change and delete: labelled for it with the operator's
+/// proof; labelled for it without one when the status records them (written before proofs:
+/// the restore adds it); and those of an earlier hierarchy of the same name (Detach, then
+/// created again), which nothing else will ever clean up. Labels alone can be forged.
+fn owned_by(
+    all: Vec<Configuration>,
+    identity: &HierarchyIdentity,
+    known: &BTreeSet<String>,
+) -> BTreeMap<String, Configuration> {
     all.into_iter()
-        .filter(|c| is_owned_configuration(c.labels.as_ref(), uid))
         .filter_map(|c| Some((c.id.clone()?, c)))
+        .filter(
+            |(id, c)| match judge_configuration(c.labels.as_ref(), id, identity) {
+                Ownership::Ours | Ownership::Earlier { .. } => true,
+                Ownership::Unproven if known.contains(id) => true,
+                Ownership::Unproven => {
+                    tracing::warn!(
+                        configuration = %id,
+                        hierarchy = %identity,
+                        "labelled for this hierarchy without the operator's proof; left alone"
+                    );
+                    false
+                }
+                Ownership::Unowned | Ownership::Other { .. } => false,
+            },
+        )
         .collect()
 }
 
@@ -277,6 +304,7 @@ async fn apply_configurations(
         let mut have = hub.get_configuration(id).await?;
         have.priority = Some(want.priority);
         have.target_condition = Some(want.target_condition.clone());
+        have.labels = Some(want.labels.clone());
         let etag = have.etag.clone().unwrap_or_else(|| "*".into());
         written.push(
             hub.create_or_update_configuration(&have, Some(&etag))
@@ -322,10 +350,14 @@ async fn agent_twins<'a>(
 /// their ids.
 pub async fn delete_owned_configurations(
     hub: &HubClient,
-    uid: &str,
+    identity: &HierarchyIdentity,
+    known: &BTreeSet<String>,
 ) -> Result<Vec<String>, HubError> {
     let mut deleted = Vec::new();
-    for id in owned_configurations(hub, uid).await?.into_keys() {
+    for id in owned_configurations(hub, identity, known)
+        .await?
+        .into_keys()
+    {
         hub.delete_configuration(&id, None)
             .await
             .or_else(ignore_not_found)?;

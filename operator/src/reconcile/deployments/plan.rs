@@ -56,7 +56,8 @@ pub fn plan_configurations(
                     .map(|c| strip_empty(&c))
                     != Some(strip_empty(&want.content));
                 let settings_differ = have.priority != Some(want.priority)
-                    || have.target_condition.as_deref() != Some(want.target_condition.as_str());
+                    || have.target_condition.as_deref() != Some(want.target_condition.as_str())
+                    || have.labels.as_ref() != Some(&want.labels);
                 if content_differs {
                     plan.drift.push(format!(
                         "configuration {} has other content in the hub; replaced{suffix}",
@@ -65,7 +66,7 @@ pub fn plan_configurations(
                     plan.delete.push(want.id.clone());
                     plan.create.push(want.id.clone());
                 } else if settings_differ {
-                    plan.drift.push(format!("configuration {} had its priority or target condition edited in the hub; restored{suffix}", want.id));
+                    plan.drift.push(format!("configuration {} had its priority, target condition or labels edited in the hub; restored{suffix}", want.id));
                     plan.restore.push(want.id.clone());
                 }
             }
@@ -468,7 +469,7 @@ mod tests {
             true,
         );
         assert_eq!(plan.restore, ["h-base-1"]);
-        assert!(plan.drift[0].contains("priority or target condition"));
+        assert!(plan.drift[0].contains("priority, target condition or labels"));
 
         let mut replaced = in_hub(&want);
         replaced.content = Some(serde_json::from_value(json!({"modulesContent": {"$edgeAgent": {"properties.desired": {"schemaVersion": "9"}}}})).unwrap());
@@ -487,6 +488,22 @@ mod tests {
         let plan = plan_configurations(&[want], &BTreeMap::new(), &known, false);
         assert!(plan.create.is_empty() && plan.delete.is_empty());
         assert!(plan.drift[0].contains("Observe"));
+    }
+
+    #[test]
+    fn a_configuration_without_its_proof_label_gets_it_in_place() {
+        // Written before proofs: the same content and settings, labels without the proof.
+        let mut want = desired("h-base-1");
+        want.labels = BTreeMap::from([
+            ("edgeHierarchyUid".to_string(), "u".to_string()),
+            ("edgeHierarchyProof".to_string(), "0123abcd".to_string()),
+        ]);
+        let mut legacy = in_hub(&want);
+        legacy.labels.as_mut().unwrap().remove("edgeHierarchyProof");
+        let owned = BTreeMap::from([(want.id.clone(), legacy)]);
+        let plan = plan_configurations(&[want], &owned, &BTreeSet::new(), true);
+        assert_eq!(plan.restore, ["h-base-1"]);
+        assert!(plan.create.is_empty() && plan.delete.is_empty());
     }
 
     #[test]
