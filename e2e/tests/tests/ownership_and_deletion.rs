@@ -191,6 +191,38 @@ async fn detached_then_recreated_takes_its_devices_back(env: &Env) -> anyhow::Re
         current.len(),
         first_configurations.len()
     );
+
+    // A device removed from the spec under Detach stays in the hub, and so do its Secrets.
+    let removed = "    - id: lower-layer\n      parent: top-layer\n      deployment: lower-layer\n";
+    ensure!(yaml.contains(removed), "the tutorial has lower-layer");
+    let secrets_of = |id: &'static str| async move {
+        let api: Api<Secret> = Api::namespaced(env.client.clone(), ns);
+        let selector = format!(
+            "edgehierarchy.dev/hierarchy={name},edgehierarchy.dev/device={}",
+            edge_hierarchy_operator::names::device_label_value(id)
+        );
+        api.list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items.len())
+    };
+    let before = secrets_of("lower-layer").await?;
+    ensure!(
+        before >= 2,
+        "lower-layer has {before} Secrets, expected certificates and a bundle"
+    );
+    env.apply(ns, &yaml.replace(removed, "")).await?;
+    env.wait_condition(ns, name, "Ready", "True").await?;
+    env.resync(ns, name).await?;
+    let after = secrets_of("lower-layer").await?;
+    println!("a device removed under Detach: {after} of its {before} Secrets kept");
+    ensure!(
+        after == before,
+        "Secrets of a device removed under Detach were deleted"
+    );
+    ensure!(
+        env.hub.admin.device("lower-layer").await?.is_some(),
+        "Detach deleted a device from the hub"
+    );
     Ok(())
 }
 
