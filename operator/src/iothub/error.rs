@@ -117,6 +117,42 @@ pub enum HubError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The answer was larger than the client reads for this operation; reading stopped at the
+    /// limit and the connection was dropped. Not retried: the same server sends the same.
+    #[error(
+        "IoT Hub {operation} of {target} at {host}: the answer is larger than the {} MiB the operator reads for this call; it stopped reading. IoT Hub's own answers stay far below this, so check that HostName in the connection string names the hub",
+        limit_bytes / (1024 * 1024)
+    )]
+    TooLarge {
+        /// Which call.
+        operation: HubOperation,
+        /// What it was about.
+        target: HubTarget,
+        /// The hub host.
+        host: String,
+        /// The limit that was reached, in bytes.
+        limit_bytes: usize,
+    },
+    /// The call's whole time budget (attempts, backoffs, waits for a connection slot) ran out,
+    /// or the hub is paused after an earlier call to it got no answer in time.
+    #[error(
+        "IoT Hub {operation} of {target} at {host}: no answer within the call's time budget of {}s ({attempts} attempts): {message}",
+        budget.as_secs()
+    )]
+    DeadlineExceeded {
+        /// Which call.
+        operation: HubOperation,
+        /// What it was about.
+        target: HubTarget,
+        /// The hub host.
+        host: String,
+        /// The call's budget.
+        budget: Duration,
+        /// Attempts sent (0 when the hub was paused).
+        attempts: u32,
+        /// What the last attempt saw, or why none was sent.
+        message: String,
+    },
     /// The client could not be built (bad CA certificate, TLS set-up).
     #[error("IoT Hub client for {host} could not be set up: {message}")]
     Setup {
@@ -177,7 +213,9 @@ impl HubError {
             HubError::Api { operation, .. }
             | HubError::Transport { operation, .. }
             | HubError::InvalidResponse { operation, .. }
-            | HubError::InvalidRequest { operation, .. } => Some(*operation),
+            | HubError::InvalidRequest { operation, .. }
+            | HubError::TooLarge { operation, .. }
+            | HubError::DeadlineExceeded { operation, .. } => Some(*operation),
             HubError::Setup { .. } => None,
         }
     }
@@ -188,7 +226,9 @@ impl HubError {
             HubError::Api { target, .. }
             | HubError::Transport { target, .. }
             | HubError::InvalidResponse { target, .. }
-            | HubError::InvalidRequest { target, .. } => Some(target),
+            | HubError::InvalidRequest { target, .. }
+            | HubError::TooLarge { target, .. }
+            | HubError::DeadlineExceeded { target, .. } => Some(target),
             HubError::Setup { .. } => None,
         }
     }
@@ -244,7 +284,7 @@ impl HubError {
     pub fn is_transient(&self) -> bool {
         match self {
             HubError::Api { status, .. } => is_transient_status(*status),
-            HubError::Transport { .. } => true,
+            HubError::Transport { .. } | HubError::DeadlineExceeded { .. } => true,
             _ => false,
         }
     }
