@@ -867,19 +867,19 @@ impl HubClient {
         // the operator's own, bounded by the quota; everything after counts.
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut attempt = 0;
+        let mut answered = false;
         loop {
             let waited = self.share.acquire(class, call.cost).await;
             inner.counters.record_rate_limit_wait(waited);
             let now = tokio::time::Instant::now();
             let deadline = *deadline.get_or_insert(now + budget);
             if let Some(until) = hub.paused_until() {
-                return Err(deadline_error(
-                    attempt,
-                    format!(
-                        "not sent: an earlier call to this hub got no answer within its whole budget, so calls to it fail at once for another {}s (any answer from the hub ends the pause)",
-                        until.saturating_duration_since(now).as_secs().max(1)
-                    ),
-                ));
+                return Err(HubError::Paused {
+                    operation: call.operation,
+                    target: call.target.clone(),
+                    host: self.host_name().to_string(),
+                    remaining: until.saturating_duration_since(now),
+                });
             }
             let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
@@ -955,23 +955,43 @@ impl HubClient {
                         AttemptOutcome::Transport(kind),
                         rand::random::<f64>(),
                     );
-                    let RetryDecision::RetryAfter(delay) = decision else {
-                        return Err(failure);
-                    };
-                    if tokio::time::Instant::now() + delay >= deadline {
-                        if kind == TransportKind::Timeout {
-                            // Every attempt that timed out got nothing back from the hub.
-                            let pause = hub.note_unanswered();
-                            return Err(deadline_error(
-                                attempt,
-                                format!(
-                                    "{failure}; calls to this hub fail at once for {}s",
-                                    pause.as_secs()
-                                ),
-                            ));
+                    let delay = match decision {
+                        RetryDecision::RetryAfter(delay)
+                            if tokio::time::Instant::now() + delay < deadline =>
+                        {
+                            Some(delay)
                         }
-                        return Err(deadline_error(attempt, failure.to_string()));
-                    }
+                        _ => None,
+                    };
+                    let Some(delay) = delay else {
+                        // Every attempt timed out: the hub took the calls and gave nothing back.
+                        let pause = (kind == TransportKind::Timeout && !answered)
+                            .then(|| hub.note_unanswered())
+                            .map(|p| {
+                                format!("; calls to this hub fail at once for {}s", p.as_secs())
+                            })
+                            .unwrap_or_default();
+                        return Err(match (decision, failure) {
+                            (RetryDecision::RetryAfter(_), failure) => {
+                                deadline_error(attempt, format!("{failure}{pause}"))
+                            }
+                            (
+                                RetryDecision::GiveUp,
+                                HubError::Transport {
+                                    operation,
+                                    target,
+                                    kind,
+                                    message,
+                                },
+                            ) => HubError::Transport {
+                                operation,
+                                target,
+                                kind,
+                                message: format!("{message}{pause}"),
+                            },
+                            (RetryDecision::GiveUp, other) => other,
+                        });
+                    };
                     tracing::debug!(
                         operation = %call.operation, target = %call.target, attempt,
                         delay_ms = delay.as_millis() as u64, error = %kind,
@@ -980,6 +1000,7 @@ impl HubClient {
                     tokio::time::sleep(delay).await;
                 }
                 Ok(reply) => {
+                    answered = true;
                     hub.note_answered();
                     inner
                         .counters

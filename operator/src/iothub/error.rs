@@ -133,8 +133,7 @@ pub enum HubError {
         /// The limit that was reached, in bytes.
         limit_bytes: usize,
     },
-    /// The call's whole time budget (attempts, backoffs, waits for a connection slot) ran out,
-    /// or the hub is paused after an earlier call to it got no answer in time.
+    /// The call's whole time budget (attempts, backoffs, waits for a connection slot) ran out.
     #[error(
         "IoT Hub {operation} of {target} at {host}: no answer within the call's time budget of {}s ({attempts} attempts): {message}",
         budget.as_secs()
@@ -152,6 +151,22 @@ pub enum HubError {
         attempts: u32,
         /// What the last attempt saw, or why none was sent.
         message: String,
+    },
+    /// Not sent: an earlier call to this hub got no answer within its whole time budget, and
+    /// calls to it fail at once until the pause ends (or any answer from the hub ends it).
+    #[error(
+        "IoT Hub {operation} of {target} at {host} not sent: an earlier call to this hub got no answer within its whole time budget, so calls to it fail at once for another {}s",
+        remaining.as_secs().max(1)
+    )]
+    Paused {
+        /// Which call.
+        operation: HubOperation,
+        /// What it was about.
+        target: HubTarget,
+        /// The hub host.
+        host: String,
+        /// How long the pause lasts from now.
+        remaining: Duration,
     },
     /// The client could not be built (bad CA certificate, TLS set-up).
     #[error("IoT Hub client for {host} could not be set up: {message}")]
@@ -215,7 +230,8 @@ impl HubError {
             | HubError::InvalidResponse { operation, .. }
             | HubError::InvalidRequest { operation, .. }
             | HubError::TooLarge { operation, .. }
-            | HubError::DeadlineExceeded { operation, .. } => Some(*operation),
+            | HubError::DeadlineExceeded { operation, .. }
+            | HubError::Paused { operation, .. } => Some(*operation),
             HubError::Setup { .. } => None,
         }
     }
@@ -228,7 +244,8 @@ impl HubError {
             | HubError::InvalidResponse { target, .. }
             | HubError::InvalidRequest { target, .. }
             | HubError::TooLarge { target, .. }
-            | HubError::DeadlineExceeded { target, .. } => Some(target),
+            | HubError::DeadlineExceeded { target, .. }
+            | HubError::Paused { target, .. } => Some(target),
             HubError::Setup { .. } => None,
         }
     }
@@ -284,7 +301,9 @@ impl HubError {
     pub fn is_transient(&self) -> bool {
         match self {
             HubError::Api { status, .. } => is_transient_status(*status),
-            HubError::Transport { .. } | HubError::DeadlineExceeded { .. } => true,
+            HubError::Transport { .. }
+            | HubError::DeadlineExceeded { .. }
+            | HubError::Paused { .. } => true,
             _ => false,
         }
     }
