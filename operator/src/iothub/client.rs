@@ -869,7 +869,24 @@ impl HubClient {
         let mut attempt = 0;
         let mut answered = false;
         loop {
-            let waited = self.share.acquire(class, call.cost).await;
+            let waited = match deadline {
+                None => self.share.acquire(class, call.cost).await,
+                // A retry waits for the rate budget (and a 429's block) within the call's own.
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, self.share.acquire(class, call.cost))
+                        .await
+                    {
+                        Ok(waited) => waited,
+                        Err(_) => {
+                            return Err(deadline_error(
+                                attempt,
+                                "the budget ran out waiting for the hub's rate budget to retry"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            };
             inner.counters.record_rate_limit_wait(waited);
             let now = tokio::time::Instant::now();
             let deadline = *deadline.get_or_insert(now + budget);

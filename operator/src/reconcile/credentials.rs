@@ -152,7 +152,7 @@ impl HubClients {
             connection.host_name(),
             &format!("{namespace}/{}", hierarchy.name_any()),
             &limits,
-            declaration_ttl(hierarchy),
+            declaration_ttl(&hierarchy.spec.policy.resync_interval),
         );
         let cache_key = fingerprint(&text, ca.as_deref());
         if let Some(client) = self.cache.lock().expect("cache lock").get(&cache_key) {
@@ -191,9 +191,9 @@ impl HubClients {
 /// How long a hierarchy's `rateLimits` count in its hub's budget after its last reconcile:
 /// two resync intervals, at least ten minutes, so a hierarchy that was deleted or moved to
 /// another hub stops counting, and one that resyncs rarely keeps counting between resyncs.
-fn declaration_ttl(hierarchy: &EdgeHierarchy) -> Duration {
-    let resync = crate::api::duration::parse_duration(&hierarchy.spec.policy.resync_interval)
-        .unwrap_or(Duration::from_secs(300));
+fn declaration_ttl(resync_interval: &str) -> Duration {
+    let resync =
+        crate::api::duration::parse_duration(resync_interval).unwrap_or(Duration::from_secs(300));
     (resync * 2).max(Duration::from_secs(600))
 }
 
@@ -243,4 +243,17 @@ fn fingerprint(connection: &str, ca: Option<&[u8]>) -> String {
     hash.update([0]);
     hash.update(ca.unwrap_or_default());
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declaration_counts_for_two_resync_intervals_and_at_least_ten_minutes() {
+        assert_eq!(declaration_ttl("5m"), Duration::from_secs(600));
+        assert_eq!(declaration_ttl("10s"), Duration::from_secs(600));
+        assert_eq!(declaration_ttl("1h"), Duration::from_secs(7200));
+        assert_eq!(declaration_ttl("nonsense"), Duration::from_secs(600));
+    }
 }
