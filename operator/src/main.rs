@@ -26,6 +26,11 @@ enum Command {
         /// Address of the /metrics, /healthz and /readyz endpoints (0.0.0.0:8080 in a cluster).
         #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
         metrics_addr: std::net::SocketAddr,
+        /// Hierarchies reconciled at once (1 to 1000). Each hierarchy waiting for its hub holds
+        /// one, for at most one hub call's time budget when the hub does not answer.
+        #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = edge_hierarchy_operator::reconcile::controller::DEFAULT_CONCURRENCY,
+              value_parser = clap::value_parser!(u16).range(1..=1000))]
+        reconcile_concurrency: u16,
     },
     /// Print the EdgeHierarchy CustomResourceDefinition as YAML.
     Crd,
@@ -68,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             log_json,
             metrics_addr,
+            reconcile_concurrency,
         } => {
             init_tracing(log_json);
             // kube, reqwest and rcgen all use aws-lc-rs; installing it process-wide up front
@@ -90,7 +96,13 @@ async fn main() -> anyhow::Result<()> {
                     tracing::error!(error = %e, "metrics endpoint unavailable");
                 }
             });
-            edge_hierarchy_operator::reconcile::run(client, counters, metrics).await?;
+            edge_hierarchy_operator::reconcile::run(
+                client,
+                counters,
+                metrics,
+                reconcile_concurrency,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -242,8 +242,9 @@ async fn operator_survives_throttling_and_crashes() -> anyhow::Result<()> {
     checks.finish()
 }
 
-/// Its own hub: the operator's client-side budget is per hub and taken from the first
-/// hierarchy that uses it, so next to the S1 hierarchies above it would stay at S1's pace.
+/// Its own hub: the hub's shared client-side budget follows the upper median of the
+/// declarations on it (docs/tenancy.md), so next to the S1 hierarchies above it would stay at
+/// S1's pace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_backs_off_on_429s_without_retry_after() -> anyhow::Result<()> {
     let env = Env::start(&[

@@ -1,11 +1,20 @@
 //! The typed HTTP client for the IoT Hub service API (api-version 2021-04-12).
 //!
-//! Every call goes through one pipeline: wait for the hub's rate limiter, sign (or reuse) a SAS
-//! token, send with a timeout, count the attempt, and retry transient failures (5xx, 408,
-//! connection errors with jittered exponential backoff; 429 honouring `Retry-After` and holding
-//! back every caller of that throttle class meanwhile). The `Authorization` header is marked
-//! sensitive and never logged; errors carry only the operation, the target, the status, the
-//! hub's error code and a scrubbed message.
+//! Every call goes through one pipeline: wait for the hierarchy's and the hub's rate limiters,
+//! sign (or reuse) a SAS token, take one of the hub's in-flight slots, send with a timeout, read
+//! the body up to a cap, count the attempt, and retry transient failures (5xx, 408, connection
+//! errors with jittered exponential backoff; 429 honouring `Retry-After` and holding back every
+//! caller of that throttle class meanwhile). The `Authorization` header is marked sensitive and
+//! never logged; errors carry only the operation, the target, the status, the hub's error code
+//! and a scrubbed message.
+//!
+//! What one hub can cost the others (docs/tenancy.md): every call has a total time budget
+//! ([`ClientOptions::call_budget`]) from its first admission by the rate limiter to its answer,
+//! retries, backoffs and waits for a slot included; a call that ran out of it without any answer
+//! pauses the hub, so the next calls to it fail at once instead of waiting out their own budget
+//! (`HubBudget::note_unanswered`). Bodies are read as a stream and dropped at a cap
+//! ([`MAX_LIST_BODY_BYTES`], [`MAX_OBJECT_BODY_BYTES`]); redirects are never followed; a query
+//! stops at a continuation token it has seen before and at [`MAX_QUERY_PAGES`].
 //!
 //! Retried writes are safe to repeat but may surface as a "conflict" when the lost first
 //! attempt actually succeeded (409 `DeviceAlreadyExists` for a create, 412 for an etag-guarded
@@ -31,7 +40,7 @@ use super::models::{
     QuerySpecification, Twin,
 };
 use super::operation::HubOperation;
-use super::rate_limit::HubRateLimiter;
+use super::rate_limit::{HubRateLimiter, HubShare, MAX_IN_FLIGHT_PER_HUB};
 use super::retry::{AttemptOutcome, RetryDecision, RetryPolicy, parse_retry_after};
 use super::sas::TokenSource;
 
@@ -40,6 +49,24 @@ pub const API_VERSION: &str = "2021-04-12";
 
 /// Most entries the hub accepts in one `POST /devices`.
 pub const MAX_BULK_ENTRIES: usize = 100;
+
+/// Most bytes read of one answer to a list: a query page, the configuration list, a device's
+/// modules; for a query, of all its pages together. 64 MiB holds the largest page the
+/// operator's own queries can draw from a real hub (1,000 agent twins, each with a reported and,
+/// in PerDevice mode, a desired section at IoT Hub's 32 KB cap per section: 64 MB) and the
+/// hub's whole configuration list (at most 100 configurations, each well under 1 MB); a
+/// typical page is under a tenth of it.
+pub const MAX_LIST_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most bytes read of any other answer (one device, twin, configuration or bulk result): a
+/// twin is at most three sections of 8 to 32 KB and its metadata, a configuration's content a
+/// few hundred KB; 4 MiB is ample for either.
+pub const MAX_OBJECT_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most pages read for one query. The operator's queries cover one hierarchy (at most 1,000
+/// devices) or one `IN` list (at most 1,000 ids), one or two pages of 1,000; 100 leaves room for
+/// a hub that answers with small pages and stops a server that never ends.
+pub const MAX_QUERY_PAGES: usize = 100;
 
 /// Characters kept as they are in a path segment (RFC 3986 unreserved). Everything else,
 /// including `#`, `?`, `%`, `$` and `/`, is percent-encoded: `$edgeAgent` -> `%24edgeAgent`.
@@ -52,8 +79,13 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Client settings. `Default` is what the operator uses.
 #[derive(Clone)]
 pub struct ClientOptions {
-    /// Whole-request timeout (connect, send, read the body).
+    /// Whole-request timeout of one attempt (connect, send, read the body).
     pub request_timeout: Duration,
+    /// Total time one call may take from its first admission by the rate limiter to its answer:
+    /// every attempt, backoff, `Retry-After` wait and wait for an in-flight slot. The default
+    /// (90 s) allows three attempts at a hub that does not answer, or the backoffs of five 429s
+    /// without `Retry-After`; after it the call fails with `DeadlineExceeded`.
+    pub call_budget: Duration,
     /// TCP + TLS connect timeout.
     pub connect_timeout: Duration,
     /// Retry policy for transient failures.
@@ -76,6 +108,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             request_timeout: Duration::from_secs(30),
+            call_budget: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             token_lifetime: Duration::from_secs(3600),
@@ -92,6 +125,7 @@ impl fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientOptions")
             .field("request_timeout", &self.request_timeout)
+            .field("call_budget", &self.call_budget)
             .field("connect_timeout", &self.connect_timeout)
             .field("retry", &self.retry)
             .field("token_lifetime", &self.token_lifetime)
@@ -108,6 +142,8 @@ impl fmt::Debug for ClientOptions {
 #[derive(Clone)]
 pub struct HubClient {
     inner: Arc<Inner>,
+    /// The rate budgets, in-flight slots and responsiveness this client's calls count against.
+    share: HubShare,
 }
 
 struct Inner {
@@ -116,7 +152,6 @@ struct Inner {
     /// Same value: same hub, same policy and key, same trusted CA (see [`HubClient::sharing_key`]).
     sharing_key: String,
     tokens: TokenSource,
-    limiter: Arc<HubRateLimiter>,
     counters: Arc<HubCallCounters>,
     options: ClientOptions,
 }
@@ -216,6 +251,8 @@ struct Call {
     body: Option<Vec<u8>>,
     cost: u32,
     accept: &'static [u16],
+    /// Most bytes of the answer read.
+    max_body: usize,
 }
 
 /// A response with an accepted status.
@@ -228,12 +265,12 @@ struct Reply {
 impl HubClient {
     /// Builds a client. `extra_ca_pem` (one or more PEM certificates, for example the local
     /// emulator's CA or a private endpoint's) is trusted in addition to the system roots.
-    /// `limiter` should come from [`super::HubLimiters::for_hub`] so all users of one hub share
-    /// it.
+    /// `share` should come from [`super::HubLimiters::join`] so all users of one hub share its
+    /// budget (a bare limiter makes the client alone on its hub).
     pub fn new(
         conn: ConnectionString,
         extra_ca_pem: Option<&[u8]>,
-        limiter: Arc<HubRateLimiter>,
+        share: impl Into<HubShare>,
         options: ClientOptions,
     ) -> Result<HubClient, HubError> {
         let host = conn.host_name().to_string();
@@ -246,6 +283,9 @@ impl HubClient {
             .timeout(options.request_timeout)
             .connect_timeout(options.connect_timeout)
             .user_agent(options.user_agent.clone())
+            // IoT Hub never redirects; following one would send the SAS token's request to a
+            // server the connection string does not name.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90));
         if let Some(pem) = extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
@@ -272,11 +312,20 @@ impl HubClient {
                 base_url: format!("https://{host}"),
                 sharing_key,
                 tokens,
-                limiter,
                 counters,
                 options,
             }),
+            share: share.into(),
         })
+    }
+
+    /// This client (same connections, token cache and counters) counting its calls against
+    /// `share`: one client per credentials, one share per hierarchy.
+    pub fn with_share(&self, share: HubShare) -> HubClient {
+        HubClient {
+            inner: self.inner.clone(),
+            share,
+        }
     }
 
     /// The hub host this client talks to.
@@ -302,9 +351,14 @@ impl HubClient {
         &self.inner.counters
     }
 
-    /// The rate limiter this client waits on.
+    /// The hub's shared rate limiter this client waits on.
     pub fn limiter(&self) -> &Arc<HubRateLimiter> {
-        &self.inner.limiter
+        self.share.hub().shared()
+    }
+
+    /// The budgets this client's calls count against.
+    pub fn share(&self) -> &HubShare {
+        &self.share
     }
 
     // ----- device identities -------------------------------------------------------------
@@ -514,7 +568,9 @@ impl HubClient {
     // ----- queries -----------------------------------------------------------------------
 
     /// `POST /devices/query`, following `x-ms-continuation` until the hub stops sending it.
-    /// Returns every item (twins for `SELECT *`, objects for projections).
+    /// Returns every item (twins for `SELECT *`, objects for projections). Stops with an error
+    /// at a continuation token it was given before (a loop, alternating or not), after
+    /// [`MAX_QUERY_PAGES`] pages, and when the pages together exceed [`MAX_LIST_BODY_BYTES`].
     pub async fn query(&self, query: &str) -> Result<Vec<serde_json::Value>, HubError> {
         let op = HubOperation::Query;
         let target = HubTarget::Hub;
@@ -523,7 +579,9 @@ impl HubClient {
         };
         let mut items = Vec::new();
         let mut continuation: Option<String> = None;
-        loop {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut read = 0usize;
+        for page in 1..=MAX_QUERY_PAGES {
             let mut call = Call::new(
                 op,
                 target.clone(),
@@ -539,29 +597,58 @@ impl HubClient {
             if let Some(token) = &continuation {
                 call.headers.push(("x-ms-continuation", token.clone()));
             }
-            let reply = self.execute(call).await?;
+            // The cap holds for the pages together, so a server cannot hand out the memory
+            // in page-sized pieces.
+            call.max_body = MAX_LIST_BODY_BYTES.saturating_sub(read);
+            let reply = self.execute(call).await.map_err(|e| match e {
+                HubError::TooLarge {
+                    operation,
+                    target,
+                    host,
+                    ..
+                } => HubError::TooLarge {
+                    operation,
+                    target,
+                    host,
+                    limit_bytes: MAX_LIST_BODY_BYTES,
+                },
+                other => other,
+            })?;
+            read += reply.body.len();
             self.inner.counters.record_billed(op, reply.body.len());
-            let page: Vec<serde_json::Value> = decode(op, &target, &reply)?;
-            items.extend(page);
+            let rows: Vec<serde_json::Value> = decode(op, &target, &reply)?;
+            items.extend(rows);
             let next = reply
                 .headers
                 .get("x-ms-continuation")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
                 .filter(|t| !t.is_empty());
-            match next {
-                None => return Ok(items),
-                Some(token) if continuation.as_deref() == Some(token.as_str()) => {
-                    return Err(HubError::InvalidResponse {
-                        operation: op,
-                        target,
-                        status: reply.status,
-                        message: "the hub returned the same continuation token twice; stopping to avoid an endless loop".into(),
-                    });
-                }
-                Some(token) => continuation = Some(token),
+            let Some(token) = next else {
+                return Ok(items);
+            };
+            if !seen.insert(token.clone()) {
+                return Err(HubError::InvalidResponse {
+                    operation: op,
+                    target,
+                    status: reply.status,
+                    message: format!(
+                        "{} returned a continuation token it had already given on an earlier page of this query (page {page}); stopping, since following it would loop forever",
+                        self.host_name()
+                    ),
+                });
             }
+            continuation = Some(token);
         }
+        Err(HubError::InvalidResponse {
+            operation: op,
+            target,
+            status: 200,
+            message: format!(
+                "{} was still sending continuation tokens after {MAX_QUERY_PAGES} pages; the operator's queries need one or two, so it stopped",
+                self.host_name()
+            ),
+        })
     }
 
     /// [`HubClient::query`] for `SELECT * FROM devices` / `devices.modules` queries, each item
@@ -766,13 +853,101 @@ impl HubClient {
             url.push('=');
             url.extend(utf8_percent_encode(value, SEGMENT));
         }
+        let budget = inner.options.call_budget;
+        let hub = self.share.hub();
+        let deadline_error = |attempts: u32, message: String| HubError::DeadlineExceeded {
+            operation: call.operation,
+            target: call.target.clone(),
+            host: self.host_name().to_string(),
+            budget,
+            attempts,
+            message,
+        };
+        // The budget starts when the limiter first lets the call go: the pacing before that is
+        // the operator's own, bounded by the quota; everything after counts.
+        let mut deadline: Option<tokio::time::Instant> = None;
         let mut attempt = 0;
+        let mut answered = false;
         loop {
-            attempt += 1;
-            let waited = inner.limiter.acquire(class, call.cost).await;
+            let waited = match deadline {
+                None => self.share.acquire(class, call.cost).await,
+                // A retry waits for the rate budget (and a 429's block) within the call's own.
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, self.share.acquire(class, call.cost))
+                        .await
+                    {
+                        Ok(waited) => waited,
+                        Err(_) => {
+                            return Err(deadline_error(
+                                attempt,
+                                "the budget ran out waiting for the hub's rate budget to retry"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            };
             inner.counters.record_rate_limit_wait(waited);
-
-            let outcome = self.send_once(&call, &url).await?;
+            let now = tokio::time::Instant::now();
+            let deadline = *deadline.get_or_insert(now + budget);
+            if let Some(until) = hub.paused_until() {
+                return Err(HubError::Paused {
+                    operation: call.operation,
+                    target: call.target.clone(),
+                    host: self.host_name().to_string(),
+                    remaining: until.saturating_duration_since(now),
+                });
+            }
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                return Err(deadline_error(
+                    attempt,
+                    "the budget was spent waiting to retry".into(),
+                ));
+            }
+            attempt += 1;
+            let mut sending = false;
+            let sent = tokio::time::timeout(remaining, async {
+                let _slot = hub.slot().await;
+                sending = true;
+                self.send_once(&call, &url, remaining).await
+            })
+            .await;
+            let outcome = match sent {
+                Ok(outcome) => outcome,
+                Err(_) if !sending => {
+                    return Err(deadline_error(
+                        attempt - 1,
+                        format!(
+                            "every one of the {MAX_IN_FLIGHT_PER_HUB} in-flight slots of this hub stayed taken by calls waiting for its answers"
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    inner
+                        .counters
+                        .record(call.operation, CallResult::TransportError);
+                    let pause = hub.note_unanswered();
+                    return Err(deadline_error(
+                        attempt,
+                        format!(
+                            "the hub did not answer in time; calls to it fail at once for {}s",
+                            pause.as_secs()
+                        ),
+                    ));
+                }
+            };
+            let outcome = match outcome {
+                Err(error @ HubError::TooLarge { .. }) => {
+                    hub.note_answered();
+                    inner
+                        .counters
+                        .record(call.operation, CallResult::TransportError);
+                    return Err(error);
+                }
+                Err(other) => return Err(other),
+                Ok(outcome) => outcome,
+            };
 
             match outcome {
                 Err(error) => {
@@ -786,28 +961,64 @@ impl HubClient {
                     inner
                         .counters
                         .record(call.operation, CallResult::TransportError);
+                    let failure = HubError::Transport {
+                        operation: call.operation,
+                        target: call.target.clone(),
+                        kind,
+                        message: scrub(&error_chain(&error)),
+                    };
                     let decision = inner.options.retry.decide(
                         attempt,
                         AttemptOutcome::Transport(kind),
                         rand::random::<f64>(),
                     );
-                    if let RetryDecision::RetryAfter(delay) = decision {
-                        tracing::debug!(
-                            operation = %call.operation, target = %call.target, attempt,
-                            delay_ms = delay.as_millis() as u64, error = %kind,
-                            "IoT Hub call failed to connect; retrying"
-                        );
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    return Err(HubError::Transport {
-                        operation: call.operation,
-                        target: call.target,
-                        kind,
-                        message: scrub(&error_chain(&error)),
-                    });
+                    let delay = match decision {
+                        RetryDecision::RetryAfter(delay)
+                            if tokio::time::Instant::now() + delay < deadline =>
+                        {
+                            Some(delay)
+                        }
+                        _ => None,
+                    };
+                    let Some(delay) = delay else {
+                        // Every attempt timed out: the hub took the calls and gave nothing back.
+                        let pause = (kind == TransportKind::Timeout && !answered)
+                            .then(|| hub.note_unanswered())
+                            .map(|p| {
+                                format!("; calls to this hub fail at once for {}s", p.as_secs())
+                            })
+                            .unwrap_or_default();
+                        return Err(match (decision, failure) {
+                            (RetryDecision::RetryAfter(_), failure) => {
+                                deadline_error(attempt, format!("{failure}{pause}"))
+                            }
+                            (
+                                RetryDecision::GiveUp,
+                                HubError::Transport {
+                                    operation,
+                                    target,
+                                    kind,
+                                    message,
+                                },
+                            ) => HubError::Transport {
+                                operation,
+                                target,
+                                kind,
+                                message: format!("{message}{pause}"),
+                            },
+                            (RetryDecision::GiveUp, other) => other,
+                        });
+                    };
+                    tracing::debug!(
+                        operation = %call.operation, target = %call.target, attempt,
+                        delay_ms = delay.as_millis() as u64, error = %kind,
+                        "IoT Hub call failed to connect; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
                 }
                 Ok(reply) => {
+                    answered = true;
+                    hub.note_answered();
                     inner
                         .counters
                         .record(call.operation, CallResult::Status(reply.status));
@@ -827,33 +1038,37 @@ impl HubClient {
                         },
                         rand::random::<f64>(),
                     );
-                    if let RetryDecision::RetryAfter(delay) = decision {
-                        tracing::debug!(
-                            operation = %call.operation, target = %call.target, attempt,
-                            status = reply.status, delay_ms = delay.as_millis() as u64,
-                            "IoT Hub call failed transiently; retrying"
-                        );
-                        if reply.status == 429 {
-                            // Hold back every caller of this throttle class, not only this one;
-                            // the next acquire() waits out the block.
-                            inner.limiter.block_for(class, delay);
-                        } else {
-                            tokio::time::sleep(delay).await;
-                        }
-                        continue;
+                    let RetryDecision::RetryAfter(delay) = decision else {
+                        return Err(self.api_error(call.operation, call.target.clone(), &reply));
+                    };
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        let failure = self.api_error(call.operation, call.target.clone(), &reply);
+                        return Err(deadline_error(attempt, failure.to_string()));
                     }
-                    return Err(api_error(call.operation, call.target, &reply));
+                    tracing::debug!(
+                        operation = %call.operation, target = %call.target, attempt,
+                        status = reply.status, delay_ms = delay.as_millis() as u64,
+                        "IoT Hub call failed transiently; retrying"
+                    );
+                    if reply.status == 429 {
+                        // Hold back every caller of this throttle class, not only this one;
+                        // the next acquire() waits out the block.
+                        self.share.block_for(class, delay);
+                    } else {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }
     }
 
-    /// One attempt of `call` at `url`: the reply, or why none came. Fails only when no request
-    /// can be built.
+    /// One attempt of `call` at `url` within `timeout`: the reply, or why none came. Fails
+    /// only when no request can be built or the body is larger than `call.max_body`.
     async fn send_once(
         &self,
         call: &Call,
         url: &str,
+        timeout: Duration,
     ) -> Result<Result<Reply, reqwest::Error>, HubError> {
         let inner = &self.inner;
         let token = inner.tokens.token();
@@ -867,6 +1082,7 @@ impl HubClient {
         let mut request = inner
             .http
             .request(call.method.clone(), url)
+            .timeout(timeout.min(inner.options.request_timeout))
             .header(AUTHORIZATION, authorization)
             .header(ACCEPT, "application/json");
         for (name, value) in &call.headers {
@@ -878,22 +1094,62 @@ impl HubClient {
                 .body(body.clone());
         }
 
-        let sent = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let headers = response.headers().clone();
-                match response.bytes().await {
-                    Ok(body) => Ok(Reply {
-                        status,
-                        headers,
-                        body: body.to_vec(),
-                    }),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(sent)
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let too_large = || HubError::TooLarge {
+            operation: call.operation,
+            target: call.target.clone(),
+            host: self.host_name().to_string(),
+            limit_bytes: call.max_body,
+        };
+        // A declared length over the cap is refused before a byte of the body is read.
+        let declared = response.content_length().unwrap_or(0);
+        if declared > call.max_body as u64 {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(declared as usize);
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > call.max_body {
+                        // Dropping the response closes the connection mid-body.
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        Ok(Ok(Reply {
+            status,
+            headers,
+            body,
+        }))
+    }
+
+    /// The error for a reply with a status the call does not accept.
+    fn api_error(&self, operation: HubOperation, target: HubTarget, reply: &Reply) -> HubError {
+        let mut error = api_error(operation, target, reply);
+        if (300..400).contains(&reply.status)
+            && let HubError::Api { message, .. } = &mut error
+        {
+            let location = reply
+                .headers
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| format!(" to {}", scrub(l)))
+                .unwrap_or_default();
+            *message = format!(
+                "{} answered with a redirect{location}, which the operator never follows (IoT Hub does not redirect); check that HostName in the connection string names the hub",
+                self.host_name()
+            );
+        }
+        error
     }
 }
 
@@ -915,6 +1171,12 @@ impl Call {
             body: None,
             cost: 1,
             accept,
+            max_body: match operation {
+                HubOperation::Query
+                | HubOperation::ListConfigurations
+                | HubOperation::ListModules => MAX_LIST_BODY_BYTES,
+                _ => MAX_OBJECT_BODY_BYTES,
+            },
         }
     }
 

@@ -117,6 +117,57 @@ pub enum HubError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The answer was larger than the client reads for this operation; reading stopped at the
+    /// limit and the connection was dropped. Not retried: the same server sends the same.
+    #[error(
+        "IoT Hub {operation} of {target} at {host}: the answer is larger than the {} MiB the operator reads for this call; it stopped reading. IoT Hub's own answers stay far below this, so check that HostName in the connection string names the hub",
+        limit_bytes / (1024 * 1024)
+    )]
+    TooLarge {
+        /// Which call.
+        operation: HubOperation,
+        /// What it was about.
+        target: HubTarget,
+        /// The hub host.
+        host: String,
+        /// The limit that was reached, in bytes.
+        limit_bytes: usize,
+    },
+    /// The call's whole time budget (attempts, backoffs, waits for a connection slot) ran out.
+    #[error(
+        "IoT Hub {operation} of {target} at {host}: no answer within the call's time budget of {}s ({attempts} attempts): {message}",
+        budget.as_secs()
+    )]
+    DeadlineExceeded {
+        /// Which call.
+        operation: HubOperation,
+        /// What it was about.
+        target: HubTarget,
+        /// The hub host.
+        host: String,
+        /// The call's budget.
+        budget: Duration,
+        /// Attempts sent (0 when the hub was paused).
+        attempts: u32,
+        /// What the last attempt saw, or why none was sent.
+        message: String,
+    },
+    /// Not sent: an earlier call to this hub got no answer within its whole time budget, and
+    /// calls to it fail at once until the pause ends (or any answer from the hub ends it).
+    #[error(
+        "IoT Hub {operation} of {target} at {host} not sent: an earlier call to this hub got no answer within its whole time budget, so calls to it fail at once for another {}s",
+        remaining.as_secs().max(1)
+    )]
+    Paused {
+        /// Which call.
+        operation: HubOperation,
+        /// What it was about.
+        target: HubTarget,
+        /// The hub host.
+        host: String,
+        /// How long the pause lasts from now.
+        remaining: Duration,
+    },
     /// The client could not be built (bad CA certificate, TLS set-up).
     #[error("IoT Hub client for {host} could not be set up: {message}")]
     Setup {
@@ -177,7 +228,10 @@ impl HubError {
             HubError::Api { operation, .. }
             | HubError::Transport { operation, .. }
             | HubError::InvalidResponse { operation, .. }
-            | HubError::InvalidRequest { operation, .. } => Some(*operation),
+            | HubError::InvalidRequest { operation, .. }
+            | HubError::TooLarge { operation, .. }
+            | HubError::DeadlineExceeded { operation, .. }
+            | HubError::Paused { operation, .. } => Some(*operation),
             HubError::Setup { .. } => None,
         }
     }
@@ -188,7 +242,10 @@ impl HubError {
             HubError::Api { target, .. }
             | HubError::Transport { target, .. }
             | HubError::InvalidResponse { target, .. }
-            | HubError::InvalidRequest { target, .. } => Some(target),
+            | HubError::InvalidRequest { target, .. }
+            | HubError::TooLarge { target, .. }
+            | HubError::DeadlineExceeded { target, .. }
+            | HubError::Paused { target, .. } => Some(target),
             HubError::Setup { .. } => None,
         }
     }
@@ -244,7 +301,9 @@ impl HubError {
     pub fn is_transient(&self) -> bool {
         match self {
             HubError::Api { status, .. } => is_transient_status(*status),
-            HubError::Transport { .. } => true,
+            HubError::Transport { .. }
+            | HubError::DeadlineExceeded { .. }
+            | HubError::Paused { .. } => true,
             _ => false,
         }
     }

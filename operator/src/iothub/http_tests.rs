@@ -44,12 +44,30 @@ struct Canned {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: String,
+    /// Sent instead of `body` when set (a body that streams).
+    stream: Option<Body>,
+    /// Never answer: the request is read and the connection kept open.
+    hang: bool,
+}
+
+impl Default for Canned {
+    fn default() -> Self {
+        Canned {
+            status: 200,
+            headers: vec![],
+            body: String::new(),
+            stream: None,
+            hang: false,
+        }
+    }
 }
 
 fn reply(status: u16, body: Value) -> Canned {
     Canned {
         status,
         headers: vec![],
+        stream: None,
+        hang: false,
         body: if body.is_null() {
             String::new()
         } else {
@@ -61,6 +79,8 @@ fn reply(status: u16, body: Value) -> Canned {
 fn hub_error(status: u16, code: &str, text: &str) -> Canned {
     Canned {
         status,
+        stream: None,
+        hang: false,
         headers: vec![("iothub-errorcode", code.to_string())],
         body: json!({"Message": format!("ErrorCode:{code};{text}"),
                      "ExceptionMessage": "Tracking ID:t-G:1-TimeStamp:01/01/2024 00:00:00"})
@@ -187,7 +207,11 @@ async fn handle(State(state): State<ServerState>, request: Request) -> Response 
         log.len() - 1
     };
     let canned = (state.responder)(&recorded, index);
-    let mut response = Response::new(Body::from(canned.body));
+    if canned.hang {
+        std::future::pending::<()>().await;
+    }
+    let body = canned.stream.unwrap_or_else(|| Body::from(canned.body));
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::from_u16(canned.status).unwrap();
     response
         .headers_mut()
@@ -787,4 +811,321 @@ async fn configurations_round_trip() {
         requests[1].json(),
         json!({"id": "base-1", "targetCondition": "tags.edgeHierarchy.name='h'", "priority": 10})
     );
+}
+
+// ----- what one hub can cost the others ---------------------------------------------------
+
+/// A body that never ends: `[` then 1 MiB chunks of JSON-ish filler, counting what it produced.
+fn endless_body(produced: Arc<std::sync::atomic::AtomicUsize>) -> Body {
+    let chunk = axum::body::Bytes::from(vec![b' '; 1024 * 1024]);
+    let head = futures::stream::once(async {
+        Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"["))
+    });
+    let rest = futures::stream::repeat_with(move || {
+        produced.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, std::io::Error>(chunk.clone())
+    });
+    Body::from_stream(futures::StreamExt::chain(head, rest))
+}
+
+#[tokio::test]
+async fn an_endless_body_is_cut_at_the_cap_with_an_error_naming_the_hub_and_call() {
+    let produced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = produced.clone();
+    let hub = TestHub::start(move |_, _| Canned {
+        stream: Some(endless_body(counter.clone())),
+        ..Canned::default()
+    })
+    .await;
+    let client = hub.client(fast_options());
+    let err = client.query("SELECT * FROM devices").await.unwrap_err();
+    assert!(matches!(err, HubError::TooLarge { .. }), "{err}");
+    let shown = err.to_string();
+    assert!(
+        shown.contains(&format!("localhost:{}", hub.port)),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("query") && shown.contains("64 MiB"),
+        "{shown}"
+    );
+    assert!(!err.is_transient(), "the same server sends the same again");
+    assert_eq!(hub.requests().len(), 1, "not retried");
+    // The server kept producing only as long as the client read (plus what the sockets buffer).
+    let sent = produced.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "the server produced {} MiB before the client stopped reading",
+        sent >> 20
+    );
+    assert!(sent < 2 * MAX_LIST_BODY_BYTES, "{sent} bytes produced");
+}
+
+#[tokio::test]
+async fn a_single_object_larger_than_its_cap_is_refused() {
+    let big = format!(
+        "{{\"deviceId\": \"d1\", \"x\": \"{}\"}}",
+        "a".repeat(MAX_OBJECT_BODY_BYTES)
+    );
+    let hub = TestHub::start(move |_, _| Canned {
+        body: big.clone(),
+        ..Canned::default()
+    })
+    .await;
+    let err = hub
+        .client(fast_options())
+        .get_device("d1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HubError::TooLarge { limit_bytes, .. } if limit_bytes == MAX_OBJECT_BODY_BYTES),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("get_device of device 'd1'"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn pages_together_are_held_to_the_list_cap() {
+    // Pages of 20 MiB each, each under the cap alone, each with a new token.
+    let page = format!("[\"{}\"]", "p".repeat(20 * 1024 * 1024));
+    let hub = TestHub::start(move |_, n| {
+        let mut canned = Canned {
+            body: page.clone(),
+            ..Canned::default()
+        };
+        canned
+            .headers
+            .push(("x-ms-continuation", format!("tok-{n}")));
+        canned
+    })
+    .await;
+    let err = hub
+        .client(fast_options())
+        .query("SELECT * FROM devices")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HubError::TooLarge { limit_bytes, .. } if limit_bytes == MAX_LIST_BODY_BYTES),
+        "{err}"
+    );
+    assert_eq!(
+        hub.requests().len(),
+        4,
+        "three pages fit 64 MiB, the fourth does not"
+    );
+}
+
+#[tokio::test]
+async fn alternating_continuation_tokens_stop_the_query() {
+    let hub = TestHub::start(|_, n| {
+        let mut canned = reply(200, json!([{"deviceId": format!("d{n}")}]));
+        let token = if n % 2 == 0 { "A" } else { "B" };
+        canned.headers.push(("x-ms-continuation", token.into()));
+        canned
+    })
+    .await;
+    let err = hub
+        .client(fast_options())
+        .query("SELECT * FROM devices")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::InvalidResponse { .. }), "{err}");
+    assert!(err.to_string().contains("already given"), "{err}");
+    // A, B, then A again: the third answer repeats the first token.
+    assert_eq!(hub.requests().len(), 3);
+    let sent: Vec<Option<String>> = hub
+        .requests()
+        .iter()
+        .map(|r| r.header("x-ms-continuation").map(str::to_string))
+        .collect();
+    assert_eq!(sent, [None, Some("A".into()), Some("B".into())]);
+}
+
+#[tokio::test]
+async fn endless_fresh_continuation_tokens_stop_at_the_page_cap() {
+    let hub = TestHub::start(|_, n| {
+        let mut canned = reply(200, json!([]));
+        canned
+            .headers
+            .push(("x-ms-continuation", format!("page-{n}")));
+        canned
+    })
+    .await;
+    let err = hub
+        .client(fast_options())
+        .query("SELECT * FROM devices")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("after 100 pages"), "{err}");
+    assert_eq!(hub.requests().len(), MAX_QUERY_PAGES);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let hub = TestHub::start(|req, _| {
+        if req.uri.starts_with("/elsewhere") {
+            return reply(200, device_json("d1"));
+        }
+        Canned {
+            status: 302,
+            headers: vec![("location", "/elsewhere/devices/d1".into())],
+            ..Canned::default()
+        }
+    })
+    .await;
+    let err = hub
+        .client(fast_options())
+        .get_device("d1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(302), "{err}");
+    assert!(err.to_string().contains("redirect"), "{err}");
+    assert!(!err.is_transient());
+    let requests = hub.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "{:?}",
+        requests.iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
+    // The redirect's target never saw the request (nor its SAS token).
+    assert!(requests[0].uri.starts_with("/devices/d1"));
+}
+
+fn hang_options() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(400),
+        call_budget: Duration::from_secs(1),
+        ..fast_options()
+    }
+}
+
+#[tokio::test]
+async fn a_hub_that_never_answers_costs_one_budget_then_fails_at_once() {
+    let hub = TestHub::start(|_, _| Canned {
+        hang: true,
+        ..Canned::default()
+    })
+    .await;
+    let client = hub.client(hang_options());
+    let started = Instant::now();
+    let err = client.get_device("d1").await.unwrap_err();
+    eprintln!("the first call ended after {:?}", started.elapsed());
+    let HubError::DeadlineExceeded { attempts, .. } = &err else {
+        panic!("{err}");
+    };
+    // 400 ms attempts with short backoffs fit the 1 s budget two or three times.
+    assert!((2..=3).contains(attempts), "{err}");
+    assert!(err.is_transient());
+    assert!(
+        err.to_string().contains(&format!("localhost:{}", hub.port)),
+        "{err}"
+    );
+    let sent = hub.requests().len();
+    assert_eq!(sent, *attempts as usize);
+
+    // The hub is paused: the next calls fail without a request, until it answers again.
+    let err = client.get_device("d2").await.unwrap_err();
+    assert!(matches!(err, HubError::Paused { .. }), "{err}");
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("fail at once"), "{err}");
+    assert_eq!(hub.requests().len(), sent, "nothing sent while paused");
+}
+
+#[tokio::test]
+async fn a_hung_hub_gets_at_most_its_in_flight_cap_of_requests() {
+    let hub = TestHub::start(|_, _| Canned {
+        hang: true,
+        ..Canned::default()
+    })
+    .await;
+    let holding = hub.client(ClientOptions {
+        request_timeout: Duration::from_secs(30),
+        call_budget: Duration::from_secs(3),
+        ..fast_options()
+    });
+    let first = (0..MAX_IN_FLIGHT_PER_HUB).map(|i| {
+        let client = holding.clone();
+        tokio::spawn(async move { client.get_device(&format!("d{i}")).await })
+    });
+    let first: Vec<_> = first.collect();
+    while hub.requests().len() < MAX_IN_FLIGHT_PER_HUB {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // More calls on the same hub (same share) while every slot is held: they wait for a slot
+    // within their own budget and end without a request.
+    let waiting = hub
+        .client(ClientOptions {
+            call_budget: Duration::from_millis(300),
+            ..fast_options()
+        })
+        .with_share(holding.share().clone());
+    for i in 0..8 {
+        let err = waiting.get_device(&format!("w{i}")).await.unwrap_err();
+        assert!(err.to_string().contains("in-flight slots"), "{err}");
+    }
+    assert_eq!(hub.requests().len(), MAX_IN_FLIGHT_PER_HUB);
+    for call in first {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, HubError::DeadlineExceeded { .. }), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn throttling_with_a_long_retry_after_ends_within_the_budget() {
+    let hub = TestHub::start(|_, _| {
+        let mut canned = hub_error(429, "ThrottlingException", "throttled");
+        canned.headers.push(("retry-after", "3".into()));
+        canned
+    })
+    .await;
+    let err = hub
+        .client(ClientOptions {
+            call_budget: Duration::from_secs(1),
+            ..fast_options()
+        })
+        .get_device("d1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HubError::DeadlineExceeded { attempts: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("429"), "{err}");
+    assert_eq!(
+        hub.requests().len(),
+        1,
+        "a wait past the budget is not started"
+    );
+}
+
+#[tokio::test]
+async fn hierarchies_on_one_hub_share_its_budget_and_each_keeps_its_own() {
+    let hub = TestHub::start(|_, _| reply(200, device_json("d1"))).await;
+    let limiters = HubLimiters::new();
+    let host = format!("localhost:{}", hub.port);
+    let ttl = Duration::from_secs(600);
+    let base = hub.client(fast_options());
+    let a = base.with_share(limiters.join(&host, "ns/a", &generous_limits(), ttl));
+    let b = base.with_share(limiters.join(
+        &host,
+        "ns/b",
+        &RateLimits {
+            registry_operations_per_minute: Some(1),
+            ..generous_limits()
+        },
+        ttl,
+    ));
+    assert!(Arc::ptr_eq(a.limiter(), b.limiter()), "one hub budget");
+    assert_eq!(a.sharing_key(), b.sharing_key(), "one set of connections");
+    // b's one registry call a minute holds back only b: a's calls go on.
+    b.get_device("d1").await.unwrap();
+    for _ in 0..5 {
+        a.get_device("d1").await.unwrap();
+    }
+    let late = tokio::time::timeout(Duration::from_millis(300), b.get_device("d1")).await;
+    assert!(late.is_err(), "b's second call waits for its own budget");
+    assert_eq!(hub.requests().len(), 6);
 }

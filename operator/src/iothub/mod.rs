@@ -4,7 +4,9 @@
 //! - [`HubClient`]: device identities, bulk registry calls, paged queries, twins, module twins,
 //!   configurations and single-device deployments; SAS tokens, retries, timeouts, extra CA.
 //! - [`HubRateLimiter`] / [`HubLimiters`]: client-side token buckets per hub and throttle class,
-//!   sized from IoT Hub's documented quotas, shared by every hierarchy on a hub.
+//!   sized from IoT Hub's documented quotas, shared by every hierarchy on a hub, plus one per
+//!   hierarchy; [`HubBudget`]: what the hierarchies on one hub share (budget, in-flight slots,
+//!   whether it answers). docs/tenancy.md says how one tenant is kept from harming another.
 //! - [`HubCallCounters`]: calls by operation and status, for benchmarks, tests and metrics.
 //! - [`models`]: the swagger's request and response bodies.
 //! - [`query`]: query literals and `IN` lists within the hub's grammar and length limit.
@@ -28,7 +30,7 @@ mod http_tests;
 
 pub use client::{
     API_VERSION, BulkDeviceOutcome, BulkDeviceResult, BulkOutcome, ClientOptions, HubClient,
-    MAX_BULK_ENTRIES, quote_etag,
+    MAX_BULK_ENTRIES, MAX_LIST_BODY_BYTES, MAX_OBJECT_BODY_BYTES, MAX_QUERY_PAGES, quote_etag,
 };
 pub use connection_string::{ConnectionString, ConnectionStringError};
 pub use error::{
@@ -37,6 +39,9 @@ pub use error::{
 pub use metrics::{CallCount, CallResult, HubCallCounters};
 pub use models::*;
 pub use operation::{HubOperation, OperationClass};
-pub use rate_limit::{HubLimiters, HubRateLimiter, HubTier, RateLimits};
+pub use rate_limit::{
+    FIRST_UNANSWERED_PAUSE, HubBudget, HubLimiters, HubRateLimiter, HubShare, HubTier,
+    MAX_IN_FLIGHT_PER_HUB, MAX_UNANSWERED_PAUSE, Quotas, RateLimits, hub_key,
+};
 pub use retry::{AttemptOutcome, RetryDecision, RetryPolicy, parse_retry_after};
 pub use sas::{SasToken, needs_refresh, sign_token};

@@ -30,8 +30,11 @@ use crate::names::{
     CERTS_COMPONENT, COMPONENT_LABEL, FINALIZER, HIERARCHY_LABEL, MANAGER, RENEW_ANNOTATION,
 };
 
-/// Hierarchies reconciled at once.
-const CONCURRENCY: u16 = 4;
+/// Hierarchies reconciled at once unless `--reconcile-concurrency` says otherwise. A reconcile
+/// holds its slot while it waits for its hub; a hub that does not answer gives its slot back
+/// within one call's time budget (`iothub::ClientOptions::call_budget`), and at once while it
+/// is paused after that (docs/tenancy.md).
+pub const DEFAULT_CONCURRENCY: u16 = 4;
 
 /// Shared state of the controller.
 pub struct Context {
@@ -79,11 +82,13 @@ impl Context {
     }
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
+/// Runs the controller until SIGTERM or Ctrl-C, reconciling up to `concurrency` hierarchies at
+/// once (at least one).
 pub async fn run(
     client: Client,
     counters: Arc<HubCallCounters>,
     metrics: Arc<crate::metrics::Metrics>,
+    concurrency: u16,
 ) -> anyhow::Result<()> {
     let hierarchies = Api::<EdgeHierarchy>::all(client.clone());
     if let Err(e) = hierarchies.list(&ListParams::default().limit(1)).await {
@@ -147,10 +152,11 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
+        .with_config(ControllerConfig::default().concurrency(concurrency.max(1)))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context);
     metrics.set_ready(true);
+    info!(concurrency, "reconciling");
     controller
         .for_each(|result| async move {
             match result {

@@ -1,9 +1,13 @@
 //! Hub credentials: the connection string (and optional extra CA) read from the user's Secrets,
 //! turned into a [`HubClient`]. Clients are cached per credentials so connections are reused;
-//! every hierarchy on one hub shares that hub's rate limiter.
+//! each hierarchy gets the cached client with a share of its own (`HubLimiters::join`): its own
+//! `rateLimits` pace its own calls, and the hub's budget, shared by every hierarchy on the hub,
+//! follows the declarations of all of them (docs/tenancy.md). A changed `rateLimits` takes
+//! effect at the hierarchy's next reconcile.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -150,11 +154,17 @@ impl HubClients {
             .as_ref()
             .map(RateLimits::from)
             .unwrap_or_default();
-        let cache_key = fingerprint(&text, ca.as_deref(), &limits);
+        let share = HubLimiters::global().join(
+            connection.host_name(),
+            &format!("{namespace}/{}", hierarchy.name_any()),
+            &limits,
+            declaration_ttl(&hierarchy.spec.policy.resync_interval),
+        );
+        let cache_key = fingerprint(&text, ca.as_deref());
         if let Some(client) = self.cache.lock().expect("cache lock").get(&cache_key) {
-            return Ok(client.clone());
+            return Ok(client.with_share(share));
         }
-        let limiter = HubLimiters::global().for_hub(connection.host_name(), &limits);
+        let limiter = share.hub().shared().clone();
         let options = ClientOptions {
             counters: Some(self.counters.clone()),
             ..ClientOptions::default()
@@ -180,8 +190,17 @@ impl HubClients {
             cache.clear();
         }
         cache.insert(cache_key, client.clone());
-        Ok(client)
+        Ok(client.with_share(share))
     }
+}
+
+/// How long a hierarchy's `rateLimits` count in its hub's budget after its last reconcile:
+/// two resync intervals, at least ten minutes, so a hierarchy that was deleted or moved to
+/// another hub stops counting, and one that resyncs rarely keeps counting between resyncs.
+fn declaration_ttl(resync_interval: &str) -> Duration {
+    let resync =
+        crate::api::duration::parse_duration(resync_interval).unwrap_or(Duration::from_secs(300));
+    (resync * 2).max(Duration::from_secs(600))
 }
 
 async fn read_key(
@@ -225,11 +244,23 @@ async fn read_key(
 }
 
 /// Cache key over the credentials (hashed: the cache never holds the key in clear as a map key).
-fn fingerprint(connection: &str, ca: Option<&[u8]>, limits: &RateLimits) -> String {
+fn fingerprint(connection: &str, ca: Option<&[u8]>) -> String {
     let mut hash = Sha256::new();
     hash.update(connection.as_bytes());
     hash.update([0]);
     hash.update(ca.unwrap_or_default());
-    hash.update(format!("{limits:?}").as_bytes());
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declaration_counts_for_two_resync_intervals_and_at_least_ten_minutes() {
+        assert_eq!(declaration_ttl("5m"), Duration::from_secs(600));
+        assert_eq!(declaration_ttl("10s"), Duration::from_secs(600));
+        assert_eq!(declaration_ttl("1h"), Duration::from_secs(7200));
+        assert_eq!(declaration_ttl("nonsense"), Duration::from_secs(600));
+    }
 }
