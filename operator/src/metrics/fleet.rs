@@ -61,9 +61,7 @@ impl HierarchySnapshot {
             .filter_map(|c| c.not_after.as_ref().map(|t| t.0))
             .chain(root_expiry)
             .min();
-        snapshot.earliest_renewal = certificates
-            .filter_map(|c| c.renewal_time.as_ref().map(|t| t.0))
-            .min();
+        snapshot.earliest_renewal = status.next_renewal_time.as_ref().map(|t| t.0);
         for device in &status.devices {
             if let Some(i) = DEVICE_STATES.iter().position(|(s, _)| *s == device.state) {
                 snapshot.devices[i] += 1;
