@@ -159,10 +159,10 @@ pub struct DeviceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules: Option<ModulesStatus>,
     /// What differed from the spec at the last sync, and what was done about it (at most three
-    /// items, each cut to 160 characters).
+    /// items, each cut to 160 bytes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
-    /// Human-readable detail, for example the last error (cut to 240 characters).
+    /// Human-readable detail, for example the last error (cut to 240 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -205,7 +205,7 @@ pub struct ModulesStatus {
     /// Modules reported running.
     pub running: u32,
     /// Modules not running, each as `name: status (description)` (at most three, each cut to
-    /// 160 characters, then `... and N more`).
+    /// 160 bytes, then `and N more`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<String>,
     /// Modules not running yet for a reason that passes by itself: the edge agent has not
