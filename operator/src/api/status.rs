@@ -214,3 +214,20 @@ pub struct ModulesStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<String>,
 }
+
+/// How many items a status list (drift, failing or pending modules) stands for: its entries, a
+/// closing `and N more` counted as the N it replaced.
+pub fn listed_items(list: &[String]) -> usize {
+    match list.last().and_then(|last| more_count(last)) {
+        Some(hidden) => list.len() - 1 + hidden,
+        None => list.len(),
+    }
+}
+
+/// The N of a list's closing `and N more`.
+pub fn more_count(item: &str) -> Option<usize> {
+    item.strip_prefix("and ")?
+        .strip_suffix(" more")?
+        .parse()
+        .ok()
+}

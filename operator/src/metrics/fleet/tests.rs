@@ -189,3 +189,14 @@ fn a_newer_status_replaces_the_snapshot() {
         "{text}"
     );
 }
+
+#[test]
+fn a_shortened_list_counts_the_items_its_last_entry_stands_for() {
+    let mut status = status();
+    status.devices[1].drift = vec!["parent".into(), "and 4 more".into()];
+    status.devices[1].modules.as_mut().unwrap().failing =
+        vec!["a".into(), "b".into(), "c".into(), "and 9 more".into()];
+    let s = HierarchySnapshot::of(&status);
+    assert_eq!(s.drift_items, 5);
+    assert_eq!(s.modules_failing, 12);
+}

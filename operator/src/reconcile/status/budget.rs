@@ -7,7 +7,7 @@
 //! The spec and metadata are the user's; the status gets what they leave ([`status_room`]),
 //! and [`for_apply`] shortens it in steps until it fits.
 
-use crate::api::{DeviceStatus, EdgeHierarchy, EdgeHierarchyStatus};
+use crate::api::{DeviceStatus, EdgeHierarchy, EdgeHierarchyStatus, more_count};
 use crate::names::MANAGER;
 
 use super::{MAX_TEXT, cap_text};
@@ -176,13 +176,6 @@ fn cap_list(list: &mut Vec<String>, items: usize, text: usize) {
     if hidden > 0 {
         list.push(format!("and {hidden} more"));
     }
-}
-
-fn more_count(item: &str) -> Option<usize> {
-    item.strip_prefix("and ")?
-        .strip_suffix(" more")?
-        .parse()
-        .ok()
 }
 
 fn has_texts(device: &DeviceStatus) -> bool {
