@@ -122,6 +122,13 @@ pub fn render(hierarchy: &EdgeHierarchy) -> String {
             summary.drifted
         );
     }
+    if let Some(omitted) = status.details_omitted {
+        let _ = writeln!(
+            out,
+            "(texts of {omitted} devices left out of the status to keep it within its size budget; \
+             `kubectl edgehierarchy status {name} DEVICE -n {namespace}` shows a device's Events)"
+        );
+    }
     out
 }
 
@@ -184,6 +191,15 @@ mod tests {
         assert!(text.contains("! device is disabled"), "{text}");
         assert!(
             text.contains("! SimulatedTemperatureSensor: backoff"),
+            "{text}"
+        );
+        assert!(!text.contains("left out"), "{text}");
+        h.status.as_mut().unwrap().details_omitted = Some(940);
+        let text = render(&h);
+        assert!(
+            text.lines().last().unwrap().starts_with(
+                "(texts of 940 devices left out of the status to keep it within its size budget"
+            ),
             "{text}"
         );
     }

@@ -36,12 +36,13 @@ use edge_hierarchy_operator::iothub::HubTier;
 use kube::api::DynamicObject;
 use serde_json::Value;
 
+use edge_hierarchy_operator::reconcile::status::OBJECT_BUDGET;
 use hierarchy::{Device, DeviceKind, ObjectOptions, Shape};
 use processes::{build_profile, peak_rss_kib};
 use report::{OperatorRun, S1_DAILY_MESSAGES, daily_share, messages_by_operation};
 use stats::HubStats;
 use targets::{Target, Targets};
-use world::{HubShape, World, object_bytes};
+use world::{HubShape, ObjectSize, World};
 
 /// The operator's query page size (`x-ms-max-item-count`), for the reads-per-resync goal.
 const QUERY_PAGE_SIZE: u64 = edge_hierarchy_operator::iothub::query::MAX_QUERY_PAGE_SIZE as u64;
@@ -697,21 +698,29 @@ async fn scale_scenario(setup: &Setup, dir: &Path, targets: &mut Targets) -> any
         format!("{peak_mib:.1} MiB"),
         "at most 128 MiB".into(),
     ));
-    let sizes: Vec<String> = names
+    // Each hierarchy's object as the API server stores it: metadata with every manager's
+    // managedFields, spec and status (docs/status.md).
+    let sizes: Vec<ObjectSize> = names
         .iter()
-        .map(|name| {
-            let (at, object) = &ready[name];
-            format!(
-                "{name} {:.0} KiB (Ready at {:.1} s)",
-                object_bytes(object) as f64 / 1024.0,
-                at.as_secs_f64()
-            )
-        })
+        .map(|name| ObjectSize::of(&ready[name].1))
         .collect();
-    println!(
-        "scale: object size with status and managedFields: {}",
-        sizes.join(", ")
-    );
+    for (name, size) in names.iter().zip(&sizes) {
+        println!(
+            "scale: {name}: object {} bytes with status and managedFields (status {} bytes, managedFields {} bytes; Ready at {:.1} s)",
+            size.total,
+            size.status,
+            size.managed_fields,
+            ready[name].0.as_secs_f64()
+        );
+    }
+    let largest = sizes.iter().map(|s| s.total).max().unwrap_or(0);
+    targets.report(Target::at_most(
+        "ten hierarchies of 1,000 on one hub: largest object with status and managedFields",
+        largest as f64,
+        OBJECT_BUDGET as f64,
+        format!("{largest} bytes ({:.1} KiB)", largest as f64 / 1024.0),
+        format!("at most {OBJECT_BUDGET} bytes (1 MiB; etcd refuses 1.5 MiB)"),
+    ));
 
     world
         .set_resync_interval(&names, RESYNC_MEASURED, &operator)
@@ -770,6 +779,30 @@ mod tests {
         let reads = reads_by_class(&stats);
         assert_eq!(join_counts(&reads), "query 12");
         assert_eq!(join_counts(&BTreeMap::new()), "none");
+    }
+
+    #[test]
+    fn an_object_size_counts_the_whole_object_and_names_two_parts() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "edgehierarchy.dev/v1alpha1",
+            "kind": "EdgeHierarchy",
+            "metadata": {"name": "h", "managedFields": [{"manager": "m", "fieldsV1": {"f:status": {}}}]},
+            "spec": {"devices": []},
+            "status": {"devices": [{"id": "a", "state": "Ready"}]},
+        }))
+        .unwrap();
+        let size = ObjectSize::of(&object);
+        let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap().len();
+        assert_eq!(
+            size.status,
+            json(serde_json::json!({"devices": [{"id": "a", "state": "Ready"}]}))
+        );
+        assert_eq!(
+            size.managed_fields,
+            json(serde_json::json!([{"manager": "m", "fieldsV1": {"f:status": {}}}]))
+        );
+        assert_eq!(size.total, world::object_bytes(&object));
+        assert!(size.total > size.status + size.managed_fields);
     }
 
     #[test]

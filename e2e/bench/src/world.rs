@@ -392,6 +392,32 @@ pub fn object_bytes(object: &DynamicObject) -> usize {
     serde_json::to_vec(object).map_or(0, |bytes| bytes.len())
 }
 
+/// An object's size in bytes of JSON, whole and two of its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectSize {
+    pub total: usize,
+    pub status: usize,
+    pub managed_fields: usize,
+}
+
+impl ObjectSize {
+    pub fn of(object: &DynamicObject) -> Self {
+        let part = |value: Option<&Value>| {
+            value.map_or(0, |v| serde_json::to_vec(v).map_or(0, |bytes| bytes.len()))
+        };
+        let managed = object
+            .metadata
+            .managed_fields
+            .as_ref()
+            .map_or(0, |m| serde_json::to_vec(m).map_or(0, |bytes| bytes.len()));
+        Self {
+            total: object_bytes(object),
+            status: part(object.data.get("status")),
+            managed_fields: managed,
+        }
+    }
+}
+
 pub fn describe_status(object: Option<&DynamicObject>) -> String {
     let Some(status) = object.and_then(|o| o.data.get("status")) else {
         return "no status".into();

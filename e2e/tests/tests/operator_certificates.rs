@@ -151,7 +151,7 @@ async fn issued_verified_and_downloadable(env: &Env) -> anyhow::Result<()> {
             .context("device status")?;
         let cert = device.certificate.as_ref().context("certificate status")?;
         ensure!(
-            cert.revision == 1 && cert.not_after.is_some() && cert.renewal_time.is_some(),
+            cert.revision == 1 && cert.not_after.is_some() && status.next_renewal_time.is_some(),
             "{id}: {cert:?}"
         );
         ensure!(

@@ -1,5 +1,11 @@
 //! Status of an `EdgeHierarchy`: kstatus-compatible conditions (so Flux and Argo CD judge health),
 //! a summary for `kubectl get`, and one compact entry per device.
+//!
+//! The whole object must stay well under etcd's 1.5 MiB limit for 1,000 devices in any state
+//! (docs/status.md): the device list is atomic (server-side apply then records it as one field in
+//! managedFields, not every field of every entry), a device entry carries nothing the spec or a
+//! naming rule already says, and every text in it is capped where it enters the status
+//! (`reconcile::status`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
@@ -41,13 +47,39 @@ pub struct EdgeHierarchyStatus {
     /// The root CA in use.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "rootCA")]
     pub root_ca: Option<RootCaStatus>,
+    /// When the next device certificate is re-issued (`renewBefore` before the earliest
+    /// `notAfter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_renewal_time: Option<Time>,
     /// When the hub was last read in full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
-    /// One entry per device of the spec (and per owned device still being removed).
+    /// The IoT Hub configurations carrying the deployments (Automatic mode), one per
+    /// deployment and rendering (top layer, lower layers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configurations: Vec<ConfigurationStatus>,
+    /// One entry per device of the spec (and per owned device still being removed), parents
+    /// first. Written whole by the operator (an atomic list).
     #[serde(default)]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub devices: Vec<DeviceStatus>,
+    /// Devices whose texts (failing and pending modules, drift, message) were left out so the
+    /// object stays within its size budget; their state and counts are still here, the details
+    /// are in the Events and in `kubectl edgehierarchy status HIERARCHY DEVICE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details_omitted: Option<u32>,
+}
+
+/// An IoT Hub configuration the operator keeps for a deployment.
+#[derive(
+    KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigurationStatus {
+    /// Deployment name from the spec.
+    pub deployment: String,
+    /// The configuration's id in the hub (`<hierarchy>-<deployment>-<hash8>`).
+    pub id: String,
 }
 
 /// Counts over all devices; the printer columns show some of them.
@@ -97,7 +129,10 @@ pub enum DeviceState {
     Deleting,
 }
 
-/// Status of one device.
+/// Status of one device: what the spec does not say already. The parent is the spec's; the
+/// certificate and bundle Secrets are named `<hierarchy>-<device slug>-<hash8>-certs` and
+/// `...-bundle` (`kubectl edgehierarchy status` prints them); a certificate renews `renewBefore`
+/// before `notAfter`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatus {
@@ -106,9 +141,6 @@ pub struct DeviceStatus {
     /// Generation below the top device (top layer is 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer: Option<u32>,
-    /// Parent device id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<String>,
     /// Pending, Ready, Drifted, Conflict, Error or Deleting.
     pub state: DeviceState,
     /// The device's scope in the hub (`ms-azure-iot-edge://<id>-<generationId>` for Edge devices).
@@ -126,49 +158,40 @@ pub struct DeviceStatus {
     /// Module health reported by the device's edgeAgent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules: Option<ModulesStatus>,
-    /// What differed from the spec at the last sync, and what was done about it.
+    /// What differed from the spec at the last sync, and what was done about it (at most three
+    /// items, each cut to 160 bytes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<String>,
-    /// Human-readable detail, for example the last error.
+    /// Human-readable detail, for example the last error (cut to 240 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
-/// A device's certificate.
+/// A device's certificate (its Secret is `<hierarchy>-<device slug>-<hash8>-certs`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
-    /// Secret holding the certificate.
-    pub secret_name: String,
-    /// Expiry.
+    /// Expiry; the operator re-issues the certificate `spec.certificates.renewBefore` earlier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<Time>,
-    /// When the operator re-issues it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub renewal_time: Option<Time>,
     /// Incremented on every issuance.
     pub revision: u32,
 }
 
-/// A device's config bundle.
+/// A device's config bundle (its Secret is `<hierarchy>-<device slug>-<hash8>-bundle`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleStatus {
-    /// Secret holding the bundle.
-    pub secret_name: String,
     /// Incremented whenever the bundle's content changes.
     pub revision: u32,
 }
 
-/// A device's deployment.
+/// A device's deployment (its configuration is in `status.configurations`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceDeploymentStatus {
     /// Deployment name from the spec.
     pub name: String,
-    /// IoT Hub configuration id carrying it (Automatic mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub configuration_id: Option<String>,
     /// Whether the hub reports it applied to the device.
     pub applied: bool,
 }
@@ -181,11 +204,30 @@ pub struct ModulesStatus {
     pub desired: u32,
     /// Modules reported running.
     pub running: u32,
-    /// Modules not running, each as `name: status (description)`.
+    /// Modules not running, each as `name: status (description)` (at most three, each cut to
+    /// 160 bytes, then `and N more`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing: Vec<String>,
     /// Modules not running yet for a reason that passes by itself: the edge agent has not
-    /// reported, has not created the module, or has not processed the current deployment.
+    /// reported, has not created the module, or has not processed the current deployment
+    /// (capped like `failing`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<String>,
+}
+
+/// How many items a status list (drift, failing or pending modules) stands for: its entries, a
+/// closing `and N more` counted as the N it replaced.
+pub fn listed_items(list: &[String]) -> usize {
+    match list.last().and_then(|last| more_count(last)) {
+        Some(hidden) => list.len() - 1 + hidden,
+        None => list.len(),
+    }
+}
+
+/// The N of a list's closing `and N more`.
+pub fn more_count(item: &str) -> Option<usize> {
+    item.strip_prefix("and ")?
+        .strip_suffix(" more")?
+        .parse()
+        .ok()
 }

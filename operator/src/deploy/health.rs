@@ -7,7 +7,8 @@ use super::image::same_image;
 use super::manifest::{DESIRED, EDGE_AGENT};
 use crate::api::ModulesStatus;
 
-/// Longest device-reported text kept in a failing entry (keeps status objects small).
+/// Longest device-reported text kept in a failing entry, in characters. The status cuts each
+/// entry again to `reconcile::status::MAX_TEXT` bytes where it enters it.
 const MAX_DESCRIPTION: usize = 200;
 
 /// A module the manifest asks for.
@@ -115,8 +116,7 @@ pub fn modules_status(
             running: 0,
             failing: Vec::new(),
             pending: vec![
-                "edgeAgent: not reported yet (the device's edge agent has not sent reported properties: \
-                 is the runtime installed from the bundle, and can it reach its parent or the hub?)"
+                "edgeAgent: not reported yet (is the runtime installed from the bundle, and can it reach its parent or the hub?)"
                     .into(),
             ],
         };

@@ -14,7 +14,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::api::{DeviceState, EdgeHierarchyStatus};
+use crate::api::{DeviceState, EdgeHierarchyStatus, listed_items};
 
 /// Every device state, with the name the status and the `state` label use.
 pub const DEVICE_STATES: [(DeviceState, &str); 6] = [
@@ -61,18 +61,17 @@ impl HierarchySnapshot {
             .filter_map(|c| c.not_after.as_ref().map(|t| t.0))
             .chain(root_expiry)
             .min();
-        snapshot.earliest_renewal = certificates
-            .filter_map(|c| c.renewal_time.as_ref().map(|t| t.0))
-            .min();
+        snapshot.earliest_renewal = status.next_renewal_time.as_ref().map(|t| t.0);
         for device in &status.devices {
             if let Some(i) = DEVICE_STATES.iter().position(|(s, _)| *s == device.state) {
                 snapshot.devices[i] += 1;
             }
-            snapshot.drift_items += device.drift.len() as u32;
+            // A written status may end a list with `and N more`; it counts as N.
+            snapshot.drift_items += listed_items(&device.drift) as u32;
             snapshot.modules_failing += device
                 .modules
                 .as_ref()
-                .map_or(0, |m| m.failing.len() as u32);
+                .map_or(0, |m| listed_items(&m.failing) as u32);
         }
         for (i, type_) in EXPORTED_CONDITIONS.iter().enumerate() {
             snapshot.conditions[i] = status

@@ -5,7 +5,10 @@ use std::fmt::Write;
 
 use jiff::Timestamp;
 
+use crate::api::duration::parse_duration;
 use crate::api::{DeviceStatus, EdgeHierarchy};
+use crate::names::{bundle_secret_name, certificate_secret_name};
+use crate::pki::renewal_time;
 
 /// One Event about the hierarchy, reduced to what the report prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,18 @@ pub fn render(
         .status
         .as_ref()
         .and_then(|s| s.devices.iter().find(|d| d.id == device));
+    let configurations: Vec<&str> = hierarchy
+        .status
+        .iter()
+        .flat_map(|s| s.configurations.iter())
+        .filter(|c| spec.deployment.as_deref() == Some(c.deployment.as_str()))
+        .map(|c| c.id.as_str())
+        .collect();
+    let details_omitted = hierarchy
+        .status
+        .as_ref()
+        .and_then(|s| s.details_omitted)
+        .unwrap_or(0);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -54,7 +69,7 @@ pub fn render(
         return Ok(out);
     };
     let _ = writeln!(out, "  State:        {:?}", s.state);
-    let parent = s.parent.as_deref().or(spec.parent.as_deref());
+    let parent = spec.parent.as_deref();
     let _ = writeln!(
         out,
         "  Layer:        {}{}",
@@ -69,13 +84,21 @@ pub fn render(
             let expiry = c.not_after.as_ref().map_or("-".to_string(), |t| {
                 format!("{} ({})", t.0, relative(now, t.0))
             });
-            let renewal = c.renewal_time.as_ref().map_or("-".to_string(), |t| {
-                format!("{} ({})", t.0, relative(now, t.0))
-            });
+            // The operator re-issues it renewBefore ahead of expiry.
+            let renew_before = parse_duration(&hierarchy.spec.certificates.renew_before).ok();
+            let renewal =
+                c.not_after
+                    .as_ref()
+                    .zip(renew_before)
+                    .map_or("-".to_string(), |(t, before)| {
+                        let at = renewal_time(t.0, before);
+                        format!("{at} ({})", relative(now, at))
+                    });
             let _ = writeln!(
                 out,
                 "  Certificate:  Secret {}, revision {}\n                expires {expiry}\n                renews  {renewal}",
-                c.secret_name, c.revision
+                certificate_secret_name(name, device),
+                c.revision
             );
         }
         None => {
@@ -86,7 +109,8 @@ pub fn render(
         let _ = writeln!(
             out,
             "  Bundle:       Secret {}, revision {}",
-            b.secret_name, b.revision
+            bundle_secret_name(name, device),
+            b.revision
         );
     }
     if let Some(d) = &s.deployment {
@@ -94,9 +118,11 @@ pub fn render(
             out,
             "  Deployment:   {}{}, {}",
             d.name,
-            d.configuration_id
-                .as_deref()
-                .map_or(String::new(), |c| format!(" (configuration {c})")),
+            if configurations.is_empty() {
+                String::new()
+            } else {
+                format!(" (configuration {})", configurations.join(" or "))
+            },
             if d.applied { "applied" } else { "not applied" }
         );
     }
@@ -128,6 +154,18 @@ pub fn render(
     }
     if let Some(message) = &s.message {
         let _ = writeln!(out, "  Message:      {message}");
+    }
+    let texts = !s.drift.is_empty()
+        || s.message.is_some()
+        || s.modules
+            .as_ref()
+            .is_some_and(|m| !m.failing.is_empty() || !m.pending.is_empty());
+    if details_omitted > 0 && !texts && s.state != crate::api::DeviceState::Ready {
+        let _ = writeln!(
+            out,
+            "  Details:      left out of the status to keep it within its size budget \
+             ({details_omitted} devices); see the Events below"
+        );
     }
     write_events(&mut out, device, events);
     Ok(out)

@@ -2,9 +2,8 @@
 //! Secrets, its hub client and the controller's shared state.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::controller::Context;
 use super::secrets::SecretStore;
@@ -49,8 +48,9 @@ pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Writes the whole status by server-side apply (the operator owns every status field), and
-/// hands what was written to the fleet gauges of /metrics.
+/// Writes the whole status by server-side apply (the operator owns every status field), cut
+/// to what the object's size budget leaves it (`status::for_apply`), and hands the full status
+/// to the fleet gauges of /metrics (their counts are exact).
 pub async fn patch_status(
     ctx: &Context,
     hierarchy: &EdgeHierarchy,
@@ -58,11 +58,8 @@ pub async fn patch_status(
 ) -> Result<(), kube::Error> {
     let namespace = hierarchy.namespace().unwrap_or_default();
     let api: Api<EdgeHierarchy> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "apiVersion": EdgeHierarchy::api_version(&()),
-        "kind": EdgeHierarchy::kind(&()),
-        "status": status,
-    });
+    let written = super::status::for_apply(status, super::status::status_room(hierarchy));
+    let patch = super::status::apply_patch(&written);
     api.patch_status(
         &hierarchy.name_any(),
         &PatchParams::apply(MANAGER).force(),

@@ -1,15 +1,49 @@
 //! Builds the status from what a reconcile found. Pure: the controller only patches the result.
+//!
+//! Size (docs/status.md): every text is cut where it enters the status ([`cap_text`]), and
+//! [`for_apply`] shortens lists and, when the object would outgrow its budget
+//! ([`OBJECT_BUDGET`]), leaves the texts of all but the first devices out.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource;
 
-use super::conditions::{ConditionUpdate, Status, merge_conditions};
+use super::conditions::{ConditionUpdate, Status, merge_conditions, truncate};
 use super::devices::{DeviceReport, Plan};
 use crate::api::{
-    DeviceState, DeviceStatus, EdgeHierarchyStatus, ReconcilePolicy, StatusSummary,
-    condition_type as ct,
+    ConfigurationStatus, DeviceState, DeviceStatus, EdgeHierarchy, EdgeHierarchyStatus,
+    ReconcilePolicy, StatusSummary, condition_type as ct,
 };
+
+pub mod budget;
+#[cfg(test)]
+mod size_tests;
+pub mod worst_case;
+
+pub use budget::{OBJECT_BUDGET, for_apply, status_room};
+
+/// Longest device-level text in the status (a drift item, a module entry), in bytes.
+pub const MAX_TEXT: usize = 160;
+/// Longest device message (the last error), in bytes.
+pub const MAX_MESSAGE: usize = 240;
+/// Longest condition message, in bytes (the apiserver allows 32 KiB; seven of those would
+/// take a fifth of the budget).
+pub const MAX_CONDITION_MESSAGE: usize = 2048;
+
+/// The server-side apply body of a status write (the field manager is `names::MANAGER`).
+pub fn apply_patch(status: &EdgeHierarchyStatus) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": EdgeHierarchy::api_version(&()),
+        "kind": EdgeHierarchy::kind(&()),
+        "status": status,
+    })
+}
+
+/// A text as it enters the status: trimmed, cut to `max` bytes on a character boundary.
+pub fn cap_text(text: &str, max: usize) -> String {
+    truncate(text.trim(), max)
+}
 
 /// Condition reasons (PascalCase, as kstatus tooling shows them).
 pub mod reason {
@@ -55,12 +89,32 @@ pub fn synced_status(
     let updates = sync_conditions(outcome, &devices, &summary);
     EdgeHierarchyStatus {
         observed_generation: generation,
-        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
+        conditions: merge(&previous.conditions, &updates, generation, now),
         summary: Some(summary),
         root_ca: previous.root_ca.clone(),
+        next_renewal_time: previous.next_renewal_time.clone(),
         last_sync_time: Some(now.clone()),
+        configurations: previous.configurations.clone(),
         devices,
+        details_omitted: None,
     }
+}
+
+/// [`merge_conditions`] with every message cut to [`MAX_CONDITION_MESSAGE`].
+fn merge(
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    updates: &[ConditionUpdate],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let capped: Vec<ConditionUpdate> = updates
+        .iter()
+        .map(|u| ConditionUpdate {
+            message: cap_text(&u.message, MAX_CONDITION_MESSAGE),
+            ..u.clone()
+        })
+        .collect();
+    merge_conditions(previous, &capped, generation, now)
 }
 
 /// One entry per device, spec order first, with the counts of the summary.
@@ -83,11 +137,11 @@ fn device_entries(
         };
         let mut status = device_status(id, report, previous);
         if let Some(drift) = outcome.drift.get(id) {
-            status.drift = drift.clone();
+            status.drift = drift.iter().map(|d| cap_text(d, MAX_TEXT)).collect();
         }
         if let Some(failure) = outcome.failures.get(id) {
             status.state = DeviceState::Error;
-            status.message = Some(failure.clone());
+            status.message = Some(cap_text(failure, MAX_MESSAGE));
         }
         if report.state != DeviceState::Deleting {
             summary.devices += 1;
@@ -118,18 +172,29 @@ fn sync_conditions(
 
     let mut updates = Vec::new();
     let conflicts = &outcome.last.conflicts;
-    if !conflicts.is_empty() {
+    let conflicted = !conflicts.is_empty();
+    if conflicted {
+        // One conflict is one sentence; a thousand are five sentences and a count.
+        let conflicts = if conflicts.len() <= 5 {
+            conflicts.join("; ")
+        } else {
+            format!(
+                "{} and {} more",
+                conflicts[..5].join("; "),
+                conflicts.len() - 5
+            )
+        };
         updates.push(ConditionUpdate::new(
             ct::READY,
             Status::False,
             reason::OWNERSHIP_CONFLICT,
-            conflicts.join("; "),
+            conflicts.clone(),
         ));
         updates.push(ConditionUpdate::new(
             ct::STALLED,
             Status::True,
             reason::OWNERSHIP_CONFLICT,
-            conflicts.join("; "),
+            conflicts,
         ));
     } else {
         updates.push(ConditionUpdate::new(
@@ -169,7 +234,7 @@ fn sync_conditions(
     }
     updates.push(ConditionUpdate::new(
         ct::RECONCILING,
-        Status::from_bool(!converged && conflicts.is_empty()),
+        Status::from_bool(!converged && !conflicted),
         if converged {
             reason::RECONCILED
         } else {
@@ -204,12 +269,7 @@ pub fn add_certificates(
     for device in &mut status.devices {
         if let Some(c) = certificates.devices.get(&device.id) {
             device.certificate = Some(crate::api::CertificateStatus {
-                secret_name: c.secret_name.clone(),
                 not_after: Some(time(c.not_after)),
-                renewal_time: Some(time(crate::pki::renewal_time(
-                    c.not_after,
-                    certificates.renew_before,
-                ))),
                 revision: c.revision,
             });
         }
@@ -217,13 +277,14 @@ pub fn add_certificates(
             device.bundle = Some(b.clone());
         }
         if let Some(failure) = bundles.failures.get(&device.id) {
-            device.message = Some(format!("bundle: {failure}"));
+            device.message = Some(cap_text(&format!("bundle: {failure}"), MAX_MESSAGE));
         }
     }
     status.root_ca = Some(crate::api::RootCaStatus {
         secret_name: certificates.root_secret.clone(),
         not_after: Some(time(certificates.root.info.not_after)),
     });
+    status.next_renewal_time = certificates.next_renewal().map(time);
     let update = if bundles.failures.is_empty() {
         let next = certificates
             .next_renewal()
@@ -252,7 +313,7 @@ pub fn add_certificates(
             summarize(&failed),
         )
     };
-    status.conditions = merge_conditions(&status.conditions, &[update], generation, now);
+    status.conditions = merge(&status.conditions, &[update], generation, now);
 }
 
 /// Puts module health and deployments into the status, with `DeploymentsReady`, `ModulesHealthy`
@@ -266,9 +327,19 @@ pub fn add_deployments(
 ) {
     let (mut failing, mut pending) = (Vec::new(), Vec::new());
     let (mut healthy, mut applied) = (0, 0);
+    let mut configurations = std::collections::BTreeSet::new();
     for device in &mut status.devices {
         if let Some(modules) = deployed.modules.get(&device.id) {
-            if crate::deploy::modules_healthy(modules) {
+            // Device-reported texts enter the status here, each cut to MAX_TEXT.
+            let cap = |items: &[String]| -> Vec<String> {
+                items.iter().map(|t| cap_text(t, MAX_TEXT)).collect()
+            };
+            let modules = crate::api::ModulesStatus {
+                failing: cap(&modules.failing),
+                pending: cap(&modules.pending),
+                ..modules.clone()
+            };
+            if crate::deploy::modules_healthy(&modules) {
                 healthy += 1;
             } else if !modules.failing.is_empty() {
                 failing.push(format!("{}: {}", device.id, modules.failing.join(", ")));
@@ -280,17 +351,23 @@ pub fn add_deployments(
                     device.id, modules.running, modules.desired
                 ));
             }
-            device.modules = Some(modules.clone());
+            device.modules = Some(modules);
         }
         if let Some((name, configuration_id, is_applied)) = deployed.deployments.get(&device.id) {
             applied += u32::from(*is_applied);
             device.deployment = Some(crate::api::DeviceDeploymentStatus {
                 name: name.clone(),
-                configuration_id: configuration_id.clone(),
                 applied: *is_applied,
             });
+            if let Some(id) = configuration_id {
+                configurations.insert(ConfigurationStatus {
+                    deployment: name.clone(),
+                    id: id.clone(),
+                });
+            }
         }
     }
+    status.configurations = configurations.into_iter().collect();
     if let Some(summary) = status.summary.as_mut() {
         summary.healthy = healthy;
         summary.deployed = applied;
@@ -359,7 +436,7 @@ pub fn add_deployments(
             message,
         ));
     }
-    status.conditions = merge_conditions(&status.conditions, &updates, generation, now);
+    status.conditions = merge(&status.conditions, &updates, generation, now);
 }
 
 /// Status when the reconcile could not get as far as the hub: an invalid spec, credentials, or
@@ -389,7 +466,7 @@ pub fn blocked_status(
     ];
     EdgeHierarchyStatus {
         observed_generation: generation,
-        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
+        conditions: merge(&previous.conditions, &updates, generation, now),
         ..previous.clone()
     }
 }
@@ -415,7 +492,7 @@ pub fn initial_status(
         ),
     ];
     EdgeHierarchyStatus {
-        conditions: merge_conditions(&previous.conditions, &updates, generation, now),
+        conditions: merge(&previous.conditions, &updates, generation, now),
         ..previous.clone()
     }
 }
@@ -425,7 +502,6 @@ fn device_status(id: &str, report: &DeviceReport, previous: &EdgeHierarchyStatus
     DeviceStatus {
         id: id.to_string(),
         layer: report.layer,
-        parent: report.parent.clone(),
         state: report.state,
         device_scope: report.device_scope.clone(),
         // Kept from before: certificates, bundles, deployments and modules have their own steps.
@@ -433,8 +509,8 @@ fn device_status(id: &str, report: &DeviceReport, previous: &EdgeHierarchyStatus
         bundle: before.and_then(|d| d.bundle.clone()),
         deployment: before.and_then(|d| d.deployment.clone()),
         modules: before.and_then(|d| d.modules.clone()),
-        drift: report.drift.clone(),
-        message: report.message.clone(),
+        drift: report.drift.iter().map(|d| cap_text(d, MAX_TEXT)).collect(),
+        message: report.message.as_deref().map(|m| cap_text(m, MAX_MESSAGE)),
     }
 }
 

@@ -74,7 +74,7 @@ fn an_agent_that_never_reported_is_pending_not_healthy() {
         assert_eq!(
             status.pending,
             [
-                "edgeAgent: not reported yet (the device's edge agent has not sent reported properties: is the runtime installed from the bundle, and can it reach its parent or the hub?)"
+                "edgeAgent: not reported yet (is the runtime installed from the bundle, and can it reach its parent or the hub?)"
             ]
         );
         assert!(!modules_healthy(&status));

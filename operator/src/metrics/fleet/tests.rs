@@ -29,11 +29,9 @@ fn device(id: &str, state: DeviceState) -> DeviceStatus {
     }
 }
 
-fn certificate(not_after: &str, renewal: &str) -> Option<CertificateStatus> {
+fn certificate(not_after: &str) -> Option<CertificateStatus> {
     Some(CertificateStatus {
-        secret_name: "s".into(),
         not_after: Some(Time(at(not_after))),
-        renewal_time: Some(Time(at(renewal))),
         revision: 1,
     })
 }
@@ -41,9 +39,9 @@ fn certificate(not_after: &str, renewal: &str) -> Option<CertificateStatus> {
 /// Two devices with certificates, one drifted with a failing module, a Conflict, a root CA.
 fn status() -> EdgeHierarchyStatus {
     let mut top = device("top", DeviceState::Ready);
-    top.certificate = certificate("2026-03-01T00:00:00Z", "2026-02-01T00:00:00Z");
+    top.certificate = certificate("2026-03-01T00:00:00Z");
     let mut mid = device("mid", DeviceState::Drifted);
-    mid.certificate = certificate("2026-02-15T00:00:00Z", "2026-01-20T00:00:00Z");
+    mid.certificate = certificate("2026-02-15T00:00:00Z");
     mid.drift = vec!["parent".into(), "status".into()];
     mid.modules = Some(ModulesStatus {
         desired: 3,
@@ -57,6 +55,8 @@ fn status() -> EdgeHierarchyStatus {
             secret_name: "root".into(),
             not_after: Some(Time(at("2027-01-01T00:00:00Z"))),
         }),
+        // The earliest of the devices' renewal times (mid's, 2026-02-15 less renewBefore).
+        next_renewal_time: Some(Time(at("2026-01-20T00:00:00Z"))),
         devices: vec![top, mid, device("leaf", DeviceState::Conflict)],
         ..Default::default()
     }
@@ -188,4 +188,15 @@ fn a_newer_status_replaces_the_snapshot() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn a_shortened_list_counts_the_items_its_last_entry_stands_for() {
+    let mut status = status();
+    status.devices[1].drift = vec!["parent".into(), "and 4 more".into()];
+    status.devices[1].modules.as_mut().unwrap().failing =
+        vec!["a".into(), "b".into(), "c".into(), "and 9 more".into()];
+    let s = HierarchySnapshot::of(&status);
+    assert_eq!(s.drift_items, 5);
+    assert_eq!(s.modules_failing, 12);
 }

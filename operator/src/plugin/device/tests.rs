@@ -2,8 +2,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
 use crate::api::{
-    BundleStatus, CertificateStatus, DeviceDeploymentStatus, DeviceState, EdgeHierarchyStatus,
-    ModulesStatus,
+    BundleStatus, CertificateStatus, ConfigurationStatus, DeviceDeploymentStatus, DeviceState,
+    EdgeHierarchyStatus, ModulesStatus,
 };
 
 fn at(text: &str) -> Timestamp {
@@ -23,22 +23,15 @@ fn tutorial() -> EdgeHierarchy {
         devices: vec![DeviceStatus {
             id: "lower-layer".into(),
             layer: Some(2),
-            parent: Some("top-layer".into()),
             state: DeviceState::Drifted,
             device_scope: Some("ms-azure-iot-edge://lower-layer-2".into()),
             certificate: Some(CertificateStatus {
-                secret_name: "tutorial-lower-layer-certs".into(),
                 not_after: Some(Time(at("2027-03-01T00:00:00Z"))),
-                renewal_time: Some(Time(at("2027-01-30T00:00:00Z"))),
                 revision: 3,
             }),
-            bundle: Some(BundleStatus {
-                secret_name: "tutorial-lower-layer-bundle".into(),
-                revision: 2,
-            }),
+            bundle: Some(BundleStatus { revision: 2 }),
             deployment: Some(DeviceDeploymentStatus {
-                name: "lower".into(),
-                configuration_id: Some("eho-tutorial-lower".into()),
+                name: "lower-layer".into(),
                 applied: true,
             }),
             modules: Some(ModulesStatus {
@@ -50,6 +43,16 @@ fn tutorial() -> EdgeHierarchy {
             drift: vec!["device is disabled in the hub; enabled again".into()],
             message: None,
         }],
+        configurations: vec![
+            ConfigurationStatus {
+                deployment: "lower-layer".into(),
+                id: "tutorial-lower-layer-0a1b2c3d".into(),
+            },
+            ConfigurationStatus {
+                deployment: "top-layer".into(),
+                id: "tutorial-top-layer-4e5f6a7b".into(),
+            },
+        ],
         ..Default::default()
     });
     h
@@ -90,14 +93,24 @@ fn the_report_shows_certificate_modules_drift_and_the_events_naming_the_device()
         at("2026-12-01T12:00:00Z"),
     )
     .unwrap();
+    // The Secret names follow the naming rule; the renewal is renewBefore (720h) before expiry.
+    let certs = format!(
+        "Secret {}, revision 3",
+        crate::names::certificate_secret_name("tutorial", "lower-layer")
+    );
+    let bundle = format!(
+        "Secret {}, revision 2",
+        crate::names::bundle_secret_name("tutorial", "lower-layer")
+    );
     for part in [
         "Device lower-layer (Edge) of iot/tutorial",
         "State:        Drifted",
         "Layer:        2 (parent top-layer)",
-        "Secret tutorial-lower-layer-certs, revision 3",
+        &certs,
+        &bundle,
         "expires 2027-03-01T00:00:00Z (in 89d 12h)",
         "renews  2027-01-30T00:00:00Z (in 59d 12h)",
-        "Deployment:   lower (configuration eho-tutorial-lower), applied",
+        "Deployment:   lower-layer (configuration tutorial-lower-layer-0a1b2c3d), applied",
         "Modules:      3 of 4 running",
         "! SimulatedTemperatureSensor: backoff",
         "! device is disabled in the hub; enabled again",
@@ -176,4 +189,22 @@ fn at_most_the_last_events_are_shown() {
         !text.contains("sync 4\n") && text.contains("sync 5\n") && text.contains("sync 14\n"),
         "{text}"
     );
+}
+
+#[test]
+fn a_device_whose_texts_were_left_out_says_where_to_look() {
+    let mut h = tutorial();
+    let status = h.status.as_mut().unwrap();
+    status.details_omitted = Some(950);
+    let device = &mut status.devices[0];
+    device.drift.clear();
+    device.modules.as_mut().unwrap().failing.clear();
+    let text = render(&h, "lower-layer", &[], at("2026-12-01T12:00:00Z")).unwrap();
+    assert!(
+        text.contains("left out of the status to keep it within its size budget (950 devices)"),
+        "{text}"
+    );
+    // A device that keeps its texts does not get the line.
+    let text = render(&tutorial(), "lower-layer", &[], at("2026-12-01T12:00:00Z")).unwrap();
+    assert!(!text.contains("left out"), "{text}");
 }

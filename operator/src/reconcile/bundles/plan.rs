@@ -183,13 +183,7 @@ pub fn plan_bundles(
                 },
             ));
         }
-        plan.status.insert(
-            id.clone(),
-            BundleStatus {
-                secret_name,
-                revision,
-            },
-        );
+        plan.status.insert(id.clone(), BundleStatus { revision });
     }
     plan.delete = input
         .existing

@@ -399,11 +399,7 @@ fn without_metadata(value: &Value) -> Value {
 
 /// Configuration ids recorded in the status (so a deleted one is recognised as drift).
 pub fn known_configurations(status: &crate::api::EdgeHierarchyStatus) -> BTreeSet<String> {
-    status
-        .devices
-        .iter()
-        .filter_map(|d| d.deployment.as_ref()?.configuration_id.clone())
-        .collect()
+    status.configurations.iter().map(|c| c.id.clone()).collect()
 }
 
 #[cfg(test)]
