@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 # Where cargo puts binaries (CI points CARGO_TARGET_DIR at a cache outside the clone).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo image image-check
+.PHONY: all build tools venv deps crd crd-check lint test unit e2e conformance demo bench clean-demo image image-check chaos
 
 all: build
 
@@ -44,6 +44,11 @@ lint:
 test: deps tools venv build
 	$(CARGO) test --workspace --no-fail-fast
 	IOTHUB_EMULATOR_BIN=$(TARGET_DIR)/debug/iothub-emulator $(PYTHON) -m pytest -q e2e/iothub-emulator/conformance
+
+## Only the chaos suite (docs/chaos.md); `make test` runs it too. CHAOS_SEED=N replays the
+## operator's SIGKILL points of an earlier run.
+chaos: tools build
+	$(CARGO) test -p e2e-tests --test chaos -- --nocapture
 
 ## Local demo: control plane, IoT Hub emulator, operator and simulated devices; Ctrl-C stops all.
 demo: tools build

@@ -54,6 +54,10 @@ pub struct ControlPlane {
     kube_config: kube::Config,
     /// In start order (etcd, kube-apiserver, kube-controller-manager); stopped in reverse.
     children: Mutex<Vec<ManagedChild>>,
+    /// How each component was started, so [`ControlPlane::restart`] can start it again the
+    /// same way (same binary, flags, ports, data folder and certificates).
+    commands: Vec<ComponentCommand>,
+    startup_timeout: Duration,
     startup_time: Duration,
     /// Declared last so the folder is removed only after the children have stopped.
     _temp_dir: Option<tempfile::TempDir>,
@@ -78,6 +82,21 @@ pub struct ComponentProcess {
     pub pid: u32,
     /// Its log file (stdout and stderr).
     pub log: PathBuf,
+}
+
+/// The command line a component was started with.
+#[derive(Debug, Clone)]
+struct ComponentCommand {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl ComponentCommand {
+    fn spawn(&self) -> anyhow::Result<ManagedChild> {
+        ManagedChild::spawn(&self.name, &self.program, &self.args, &self.log)
+    }
 }
 
 struct Tools {
@@ -138,7 +157,7 @@ impl ControlPlane {
         let pki = Pki::generate(&dir.join("pki"))?;
 
         let mut attempt = 1;
-        let (children, server, kube_config) = loop {
+        let (children, commands, server, kube_config) = loop {
             match start_components(&dir, &pki, &tools, &options).await {
                 Ok(started) => break started,
                 Err(failed) if failed.port_conflict && attempt < PORT_CONFLICT_ATTEMPTS => {
@@ -154,6 +173,8 @@ impl ControlPlane {
             server,
             kube_config,
             children: Mutex::new(children),
+            commands,
+            startup_timeout: options.startup_timeout,
             startup_time: started.elapsed(),
             _temp_dir: temp_dir,
         })
@@ -213,6 +234,118 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// Stops one component (`etcd`, `kube-apiserver` or `kube-controller-manager`) with SIGTERM
+    /// (SIGKILL after the grace period), keeps it down for `downtime`, and starts it again in
+    /// place: same binary and flags, so the same ports, etcd data folder and certificates, and
+    /// clients (the other components, the operator, kubeconfigs) reconnect to what they knew.
+    /// Returns once it serves again: etcd's client port, or the apiserver's `/readyz` (after an
+    /// etcd restart too, so the cluster answers when this returns), or kube-controller-manager's
+    /// "Started controller" log line (a new one).
+    ///
+    /// The new process is a [`ManagedChild`] held by the control plane like the first one, so
+    /// it is stopped with the rest and cannot outlive the caller either.
+    pub async fn restart(&self, component: &str, downtime: Duration) -> anyhow::Result<()> {
+        let command = self
+            .commands
+            .iter()
+            .find(|c| c.name == component)
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "no control plane component named {component:?}; the components are \
+                     etcd, kube-apiserver and kube-controller-manager"
+                )
+            })?;
+        let old = {
+            let mut children = self.lock_children();
+            let index = children
+                .iter()
+                .position(|c| c.name() == component)
+                .with_context(|| format!("{component} has been stopped already"))?;
+            children.remove(index)
+        };
+        // Stopping waits on the process: keep it off the async worker threads.
+        tokio::task::spawn_blocking(move || {
+            let mut old = old;
+            old.stop(STOP_GRACE_PERIOD);
+        })
+        .await
+        .context("the task stopping the component failed")?;
+        tokio::time::sleep(downtime).await;
+        // What the log held before, so a fresh "Started controller" line is waited for.
+        let log_len = std::fs::metadata(&command.log).map_or(0, |m| m.len());
+        let mut child = command.spawn()?;
+        let ready = self
+            .wait_restarted(&mut child, &command, log_len)
+            .await
+            .map_err(|e| e.error);
+        // Held again (in start order) whether or not it came up: stop() and Drop stop it.
+        {
+            let mut children = self.lock_children();
+            let order = |name: &str| self.commands.iter().position(|c| c.name == name);
+            let at = children
+                .iter()
+                .position(|c| order(c.name()) > order(component))
+                .unwrap_or(children.len());
+            children.insert(at, child);
+        }
+        ready.with_context(|| format!("restarting {component}"))
+    }
+
+    async fn wait_restarted(
+        &self,
+        child: &mut ManagedChild,
+        command: &ComponentCommand,
+        log_len: u64,
+    ) -> Result<(), AttemptError> {
+        let timeout = self.startup_timeout;
+        let one = std::slice::from_mut(child);
+        match command.name.as_str() {
+            "etcd" => {
+                let port = self
+                    .commands
+                    .iter()
+                    .find(|c| c.name == "etcd")
+                    .and_then(|c| {
+                        c.args
+                            .iter()
+                            .find_map(|a| a.strip_prefix("--listen-client-urls=http://127.0.0.1:"))
+                    })
+                    .and_then(|p| p.parse().ok())
+                    .context("etcd's client port is not in its flags")?;
+                wait_for_port(one, port, timeout).await?;
+                self.wait_apiserver_ready(timeout).await
+            }
+            "kube-apiserver" => wait_for_readyz(one, &self.kube_config, timeout).await,
+            _ => wait_for_new_log_line(one, KCM_STARTED_MARKER, log_len, timeout).await,
+        }
+    }
+
+    /// Waits for the running apiserver's `/readyz`, failing if it has exited.
+    async fn wait_apiserver_ready(&self, timeout: Duration) -> Result<(), AttemptError> {
+        let client = kube::Client::try_from(self.kube_config.clone())
+            .context("building a kube client from the admin kubeconfig")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("a static request is valid");
+            let answer =
+                tokio::time::timeout(Duration::from_secs(5), client.request_text(request)).await;
+            if matches!(&answer, Ok(Ok(body)) if body.trim() == "ok") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "kube-apiserver did not become ready within {timeout:?} after etcd restarted"
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Runs `kubectl` (from PATH) with `KUBECONFIG` set to the admin kubeconfig.
@@ -319,11 +452,35 @@ async fn start_components(
     pki: &Pki,
     tools: &Tools,
     options: &ControlPlaneOptions,
-) -> Result<(Vec<ManagedChild>, String, kube::Config), AttemptError> {
+) -> Result<
+    (
+        Vec<ManagedChild>,
+        Vec<ComponentCommand>,
+        String,
+        kube::Config,
+    ),
+    AttemptError,
+> {
     let [etcd_port, peer_port, apiserver_port] = free_ports()?;
     let logs = dir.join("logs");
     let mut started = StartedComponents::default();
     let children = &mut started.0;
+    let mut commands = Vec::new();
+    let mut spawn = |children: &mut Vec<ManagedChild>,
+                     name: &str,
+                     program: &Path,
+                     args: Vec<String>|
+     -> anyhow::Result<()> {
+        let command = ComponentCommand {
+            name: name.to_owned(),
+            program: program.to_owned(),
+            args,
+            log: logs.join(format!("{name}.log")),
+        };
+        children.push(command.spawn()?);
+        commands.push(command);
+        Ok(())
+    };
 
     // etcd
     let etcd_dir = dir.join("etcd");
@@ -345,12 +502,7 @@ async fn start_components(
         "--unsafe-no-fsync=true".to_owned(),
         "--log-level=warn".to_owned(),
     ];
-    children.push(ManagedChild::spawn(
-        "etcd",
-        &tools.etcd,
-        &etcd_args,
-        &logs.join("etcd.log"),
-    )?);
+    spawn(children, "etcd", &tools.etcd, etcd_args)?;
     wait_for_port(children, etcd_port, options.startup_timeout).await?;
 
     // kube-apiserver
@@ -381,12 +533,7 @@ async fn start_components(
         "--disable-admission-plugins=ServiceAccount".to_owned(),
         "--allow-privileged=true".to_owned(),
     ];
-    children.push(ManagedChild::spawn(
-        "kube-apiserver",
-        &tools.apiserver,
-        &apiserver_args,
-        &logs.join("kube-apiserver.log"),
-    )?);
+    spawn(children, "kube-apiserver", &tools.apiserver, apiserver_args)?;
 
     let admin_kubeconfig = kubeconfig::render(&server, &pki.ca_cert_pem, "admin", &pki.admin);
     kubeconfig::write(&dir.join("kubeconfig"), &admin_kubeconfig)?;
@@ -412,17 +559,17 @@ async fn start_components(
         "--secure-port=0".to_owned(),
         "--use-service-account-credentials=false".to_owned(),
     ];
-    children.push(ManagedChild::spawn(
+    spawn(
+        children,
         "kube-controller-manager",
         &tools.controller_manager,
-        &kcm_args,
-        &logs.join("kube-controller-manager.log"),
-    )?);
+        kcm_args,
+    )?;
     // With --secure-port=0 kube-controller-manager has no health endpoint; its log is the
     // only sign that the controllers run (so that tests relying on them need not guess).
     wait_for_log_line(children, KCM_STARTED_MARKER, options.startup_timeout).await?;
 
-    Ok((started.into_vec(), server, kube_config))
+    Ok((started.into_vec(), commands, server, kube_config))
 }
 
 async fn kube_config_from(kubeconfig_yaml: &str) -> anyhow::Result<kube::Config> {
@@ -471,6 +618,36 @@ async fn wait_for_log_line(
         if Instant::now() >= deadline {
             return Err(anyhow!(
                 "{} did not log {marker} within {timeout:?}; last lines of {}:\n{}",
+                last.name(),
+                last.log_path().display(),
+                last.log_tail(40)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the child's log has `marker` after its first `skip` bytes (what an earlier run
+/// of the same component wrote).
+async fn wait_for_new_log_line(
+    children: &mut [ManagedChild],
+    marker: &str,
+    skip: u64,
+    timeout: Duration,
+) -> Result<(), AttemptError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        fail_if_exited(children)?;
+        let last = children.last().expect("a child was started");
+        let log = std::fs::read(last.log_path()).unwrap_or_default();
+        let new = log.get(skip as usize..).unwrap_or_default();
+        if String::from_utf8_lossy(new).contains(marker) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "{} did not log {marker} within {timeout:?} after its restart; last lines of {}:\n{}",
                 last.name(),
                 last.log_path().display(),
                 last.log_tail(40)

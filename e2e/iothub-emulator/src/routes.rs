@@ -40,6 +40,7 @@ pub enum Route {
     EmulatorStatsReset,
     EmulatorGetFaults,
     EmulatorSetFaults,
+    EmulatorOutage,
 }
 
 /// Why no operation matched.
@@ -174,6 +175,7 @@ fn match_route(method: &str, segments: &[String]) -> Option<Route> {
         (["_emulator", "stats", "reset"], "POST") => Some(EmulatorStatsReset),
         (["_emulator", "faults"], "GET") => Some(EmulatorGetFaults),
         (["_emulator", "faults"], "PUT" | "POST") => Some(EmulatorSetFaults),
+        (["_emulator", "outage"], "PUT" | "POST") => Some(EmulatorOutage),
         _ => None,
     }
 }
@@ -214,9 +216,8 @@ impl Route {
             DeviceReadTwin(..) => "device.twin.get",
             DevicePatchReported(..) => "device.twin.patchReported",
             DeviceSendEvent(..) => "device.messages.send",
-            EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults => {
-                "emulator"
-            }
+            EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults
+            | EmulatorOutage => "emulator",
         }
     }
 
@@ -269,6 +270,7 @@ impl Route {
                 | Route::EmulatorStatsReset
                 | Route::EmulatorGetFaults
                 | Route::EmulatorSetFaults
+                | Route::EmulatorOutage
         )
     }
 
@@ -303,9 +305,8 @@ impl Route {
                     module_id: m.clone(),
                 }
             }
-            EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults => {
-                Access::Open
-            }
+            EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults
+            | EmulatorOutage => Access::Open,
         }
     }
 }

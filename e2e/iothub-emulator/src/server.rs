@@ -178,6 +178,51 @@ impl Drop for Emulator {
     }
 }
 
+/// Listens on 127.0.0.1:`port` again after an outage, retrying for up to a minute (the old
+/// socket may linger for a moment); `None` (logged) if the port stays taken.
+async fn rebind(port: u16) -> Option<TcpListener> {
+    for _ in 0..600 {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return Some(listener),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    tracing::error!(port, "after the outage the port could not be bound again");
+    None
+}
+
+/// Serves one connection: TLS (with an optional client certificate), then HTTP/1 or HTTP/2.
+async fn serve(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let thumbprints: Arc<Vec<String>> = Arc::new(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| pki::thumbprints(cert).to_vec())
+            .unwrap_or_default(),
+    );
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        let thumbprints = thumbprints.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, request, &thumbprints).await) }
+    });
+    if let Err(error) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
 /// Starts an emulator: generates its CA and policies, writes its files, listens on 127.0.0.1.
 pub async fn start(options: EmulatorOptions) -> anyhow::Result<Emulator> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -253,6 +298,8 @@ pub async fn start(options: EmulatorOptions) -> anyhow::Result<Emulator> {
         hosts,
         latency_ms: AtomicU64::new(options.latency_ms),
         fault_ppm: AtomicU64::new(0),
+        throttle_ppm: AtomicU64::new(0),
+        down: tokio::sync::watch::Sender::new(false),
         strict: options.strict,
         meter: Meter::new(realism.daily_message_quota),
         throttle_shaping_ms: realism.throttle_shaping_ms,
@@ -262,41 +309,39 @@ pub async fn start(options: EmulatorOptions) -> anyhow::Result<Emulator> {
 
     let loop_shared = shared.clone();
     let accept_loop = tokio::spawn(async move {
+        let mut down = loop_shared.down.subscribe();
+        let mut listener = Some(listener);
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            if *down.borrow_and_update() {
+                // An outage: refuse connections (no listener) until it is over, then listen on
+                // the same port again.
+                listener = None;
+                let _ = down.wait_for(|d| !*d).await;
+                continue;
+            }
+            let Some(bound) = &listener else {
+                match rebind(port).await {
+                    Some(bound) => listener = Some(bound),
+                    None => return,
+                }
+                continue;
+            };
+            let accepted = tokio::select! {
+                accepted = bound.accept() => accepted,
+                _ = down.changed() => continue,
+            };
+            let Ok((tcp, _)) = accepted else {
                 continue;
             };
             let acceptor = acceptor.clone();
             let shared = loop_shared.clone();
+            let mut cut = loop_shared.down.subscribe();
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-                let tls = match handshake.await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let thumbprints: Arc<Vec<String>> = Arc::new(
-                    tls.get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|cert| pki::thumbprints(cert).to_vec())
-                        .unwrap_or_default(),
-                );
-                let service = service_fn(move |request| {
-                    let shared = shared.clone();
-                    let thumbprints = thumbprints.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, request, &thumbprints).await) }
-                });
-                if let Err(error) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
-                    tracing::debug!(%error, "connection ended with an error");
+                let serve = serve(tcp, acceptor, shared);
+                // An outage drops open connections too, as a hub that goes away would.
+                tokio::select! {
+                    _ = serve => {}
+                    _ = cut.wait_for(|d| *d) => {}
                 }
             });
         }

@@ -38,6 +38,12 @@ pub struct Shared {
     pub(crate) latency_ms: AtomicU64,
     /// Fault rate in parts per million.
     pub(crate) fault_ppm: AtomicU64,
+    /// Share of requests answered with an injected 429 without `Retry-After`, in parts per
+    /// million (`throttleRate` of `PUT /_emulator/faults`).
+    pub(crate) throttle_ppm: AtomicU64,
+    /// `true` while an outage (`PUT /_emulator/outage`) is on: the listener is closed and every
+    /// open connection is dropped.
+    pub(crate) down: tokio::sync::watch::Sender<bool>,
     pub(crate) strict: bool,
     /// The daily message meter and quota.
     pub(crate) meter: Meter,
@@ -61,6 +67,32 @@ impl Shared {
     pub fn set_fault_rate(&self, rate: f64) {
         let ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
         self.fault_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    /// Current injected 429 rate (0..=1).
+    pub fn throttle_rate(&self) -> f64 {
+        self.throttle_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0
+    }
+
+    /// Sets the injected 429 rate (clamped to 0..=1).
+    pub fn set_throttle_rate(&self, rate: f64) {
+        let ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
+        self.throttle_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    /// Takes the hub down for `duration`: a moment from now (so the answer to the request that
+    /// asked gets out) the listener closes and open connections drop; after `duration` it
+    /// listens on the same port again, with everything it held.
+    pub fn start_outage(&self, duration: std::time::Duration) {
+        let down = self.down.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tracing::warn!(?duration, "outage: the hub is down");
+            down.send_replace(true);
+            tokio::time::sleep(duration).await;
+            down.send_replace(false);
+            tracing::warn!("outage over: the hub is back");
+        });
     }
 
     /// The JSON of `GET /_emulator/stats`: request counters plus the message meter.
@@ -328,6 +360,14 @@ async fn process(
     }
     authorize(shared, route, info, client_thumbprints)?;
     shared.meter.check(shared.clock.now_millis())?;
+    let storm = shared.throttle_rate();
+    if storm > 0.0 && rand::random::<f64>() < storm {
+        // Counted as throttled (a 429), not as a fault; no Retry-After, as Azure may answer.
+        return Err(HubError::new(
+            ErrorCode::ThrottlingException,
+            "Request was throttled (injected: throttleRate of /_emulator/faults); retry later",
+        ));
+    }
     let rate = shared.fault_rate();
     if rate > 0.0 && rand::random::<f64>() < rate {
         meta.fault = true;
@@ -474,7 +514,8 @@ fn dispatch(
         DeviceReadTwin(d, m) => hub.device_read_twin(d, m.as_deref()),
         DevicePatchReported(d, m) => hub.device_patch_reported(d, m.as_deref(), json_body, now),
         DeviceSendEvent(d, m) => hub.device_send_event(d, m.as_deref(), now),
-        EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults => {
+        EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults
+        | EmulatorOutage => {
             unreachable!("handled before")
         }
     }
@@ -570,7 +611,13 @@ fn emulator_control(
     route: &Route,
     body: Result<Bytes, HubError>,
 ) -> Result<Reply, HubError> {
-    let faults = |shared: &Shared| json!({"faultRate": shared.fault_rate(), "latencyMs": shared.latency_ms.load(Ordering::Relaxed)});
+    let faults = |shared: &Shared| {
+        json!({
+            "faultRate": shared.fault_rate(),
+            "throttleRate": shared.throttle_rate(),
+            "latencyMs": shared.latency_ms.load(Ordering::Relaxed),
+        })
+    };
     match route {
         Route::EmulatorStats => Ok(Reply::ok(shared.stats_snapshot())),
         Route::EmulatorStatsReset => {
@@ -584,7 +631,7 @@ fn emulator_control(
             let bytes = body?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 HubError::bad_request(format!(
-                    "send {{\"faultRate\": 0.1, \"latencyMs\": 0}}: {e}"
+                    "send {{\"faultRate\": 0.1, \"throttleRate\": 0, \"latencyMs\": 0}}: {e}"
                 ))
             })?;
             if let Some(rate) = value.get("faultRate").filter(|v| !v.is_null()) {
@@ -596,6 +643,15 @@ fn emulator_control(
                     })?;
                 shared.set_fault_rate(rate);
             }
+            if let Some(rate) = value.get("throttleRate").filter(|v| !v.is_null()) {
+                let rate = rate
+                    .as_f64()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| {
+                        HubError::bad_request("throttleRate must be a number from 0 to 1")
+                    })?;
+                shared.set_throttle_rate(rate);
+            }
             if let Some(latency) = value.get("latencyMs").filter(|v| !v.is_null()) {
                 let latency = latency.as_u64().ok_or_else(|| {
                     HubError::bad_request("latencyMs must be a non-negative integer")
@@ -603,6 +659,26 @@ fn emulator_control(
                 shared.latency_ms.store(latency, Ordering::Relaxed);
             }
             Ok(Reply::ok(faults(shared)))
+        }
+        Route::EmulatorOutage => {
+            let bytes = body?;
+            let seconds = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("seconds")?.as_u64())
+                .filter(|s| (1..=3600).contains(s))
+                .ok_or_else(|| {
+                    HubError::bad_request(
+                        "send {\"seconds\": N} with N from 1 to 3600: how long the hub stays down",
+                    )
+                })?;
+            if *shared.down.borrow() {
+                return Err(HubError::new(
+                    ErrorCode::InvalidOperation,
+                    "an outage is already on",
+                ));
+            }
+            shared.start_outage(std::time::Duration::from_secs(seconds));
+            Ok(Reply::ok(json!({"downForSecs": seconds})))
         }
         _ => Err(HubError::new(
             ErrorCode::GenericNotFound,

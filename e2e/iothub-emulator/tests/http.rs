@@ -1142,3 +1142,104 @@ async fn system_clock_is_the_default() {
     let skew = (options.clock.now_millis() - SystemClock.now_millis()).abs();
     assert!(skew < 60_000);
 }
+
+#[tokio::test]
+async fn injected_429s_carry_no_retry_after() {
+    let hub = TestHub::lenient().await;
+    hub.create_device("t1", json!({})).await;
+    let set = hub
+        .call_with(
+            Method::PUT,
+            "/_emulator/faults",
+            Some(json!({"throttleRate": 1.0})),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(set.body["throttleRate"], 1.0);
+    assert_eq!(set.body["faultRate"], 0.0);
+    for _ in 0..3 {
+        let answer = hub.call(Method::GET, "/devices/t1", None).await;
+        answer.assert_error(429, "ThrottlingException");
+        assert_eq!(answer.header("retry-after"), None);
+    }
+    assert_eq!(hub.emulator.stats()["throttled"], 3);
+    let bad = hub
+        .call_with(
+            Method::PUT,
+            "/_emulator/faults",
+            Some(json!({"throttleRate": 2})),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    hub.call_with(
+        Method::PUT,
+        "/_emulator/faults",
+        Some(json!({"throttleRate": 0})),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(hub.call(Method::GET, "/devices/t1", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_outage_refuses_connections_and_keeps_the_state() {
+    let hub = TestHub::lenient().await;
+    assert_eq!(hub.create_device("o1", json!({})).await.status, 200);
+    let before = hub.call(Method::GET, "/devices/o1", None).await.body;
+    let refused = hub
+        .call_with(
+            Method::PUT,
+            "/_emulator/outage",
+            Some(json!({"seconds": 0})),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let set = hub
+        .call_with(
+            Method::PUT,
+            "/_emulator/outage",
+            Some(json!({"seconds": 2})),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.body["downForSecs"], 2);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let url = format!(
+        "{}/devices/o1?api-version=2021-04-12",
+        hub.emulator.base_url()
+    );
+    // A new client: no pooled connection to reuse.
+    let fresh = common::client_for(&hub.emulator, None);
+    let down = fresh
+        .get(&url)
+        .header("Authorization", hub.token("iothubowner"))
+        .send()
+        .await;
+    let error = down.expect_err("the hub is down");
+    assert!(error.is_connect() || error.is_request(), "{error:?}");
+    // Back after the outage on the same port, with the device as it was.
+    let mut back = None;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Ok(answer) = fresh
+            .get(&url)
+            .header("Authorization", hub.token("iothubowner"))
+            .send()
+            .await
+        {
+            back = Some(answer.json::<Value>().await.unwrap());
+            break;
+        }
+    }
+    let back = back.expect("the hub came back within 10 s");
+    assert_eq!(back["generationId"], before["generationId"]);
+    assert_eq!(back["etag"], before["etag"]);
+}

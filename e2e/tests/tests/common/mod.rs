@@ -3,6 +3,7 @@
 //! client for out-of-band edits.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod hub;
 pub mod leaks;
 pub mod sim;
