@@ -607,29 +607,11 @@ async fn wait_for_log_line(
     marker: &str,
     timeout: Duration,
 ) -> Result<(), AttemptError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        fail_if_exited(children)?;
-        let last = children.last().expect("a child was started");
-        let log = std::fs::read_to_string(last.log_path()).unwrap_or_default();
-        if log.contains(marker) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(anyhow!(
-                "{} did not log {marker} within {timeout:?}; last lines of {}:\n{}",
-                last.name(),
-                last.log_path().display(),
-                last.log_tail(40)
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_new_log_line(children, marker, 0, timeout).await
 }
 
-/// Waits until the child's log has `marker` after its first `skip` bytes (what an earlier run
-/// of the same component wrote).
+/// Waits until the last started child's log has `marker` after its first `skip` bytes (what an
+/// earlier run of the same component wrote).
 async fn wait_for_new_log_line(
     children: &mut [ManagedChild],
     marker: &str,
@@ -646,8 +628,9 @@ async fn wait_for_new_log_line(
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let after = if skip > 0 { " after its restart" } else { "" };
             return Err(anyhow!(
-                "{} did not log {marker} within {timeout:?} after its restart; last lines of {}:\n{}",
+                "{} did not log {marker} within {timeout:?}{after}; last lines of {}:\n{}",
                 last.name(),
                 last.log_path().display(),
                 last.log_tail(40)

@@ -13,6 +13,8 @@ use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, C
 use kube::runtime::events::Reporter;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
@@ -82,6 +84,20 @@ impl Context {
     }
 }
 
+/// The backoff of the watches after an error. kube-runtime's default grows to 30 s and is reset
+/// only after two minutes without an error, so the few errors an API server restart causes
+/// (connections refused, then each watch's 410 Expired once) kept the operator from seeing new
+/// hierarchies for up to two minutes (the chaos suite's apiserver-restart case). Retrying a
+/// watch is cheap: at most every 5 s, reset after 10 s without an error.
+fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(ExponentialBackoff::from(builder), Duration::from_secs(10))
+}
+
 /// Runs the controller until SIGTERM or Ctrl-C, reconciling up to `concurrency` hierarchies at
 /// once (at least one).
 pub async fn run(
@@ -103,7 +119,7 @@ pub async fn run(
     // query quota.
     let (reader, writer) = reflector::store();
     let trigger = watcher(hierarchies, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(watch_backoff())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
@@ -112,7 +128,7 @@ pub async fn run(
                 .combine(predicates::finalizers),
             Default::default(),
         );
-    let controller = Controller::for_stream(trigger, reader);
+    let controller = Controller::for_stream(trigger, reader).trigger_backoff(watch_backoff());
     let store = controller.store();
     let config_map_store = store.clone();
     // Hub credentials, the root CA and registry logins live in Secrets the user owns: a change
