@@ -304,7 +304,10 @@ async fn apply_configurations(
         let mut have = hub.get_configuration(id).await?;
         have.priority = Some(want.priority);
         have.target_condition = Some(want.target_condition.clone());
-        have.labels = Some(want.labels.clone());
+        // Ours set back (the proof among them); labels someone else added stay.
+        have.labels
+            .get_or_insert_with(Default::default)
+            .extend(want.labels.clone());
         let etag = have.etag.clone().unwrap_or_else(|| "*".into());
         written.push(
             hub.create_or_update_configuration(&have, Some(&etag))

@@ -57,7 +57,7 @@ pub fn plan_configurations(
                     != Some(strip_empty(&want.content));
                 let settings_differ = have.priority != Some(want.priority)
                     || have.target_condition.as_deref() != Some(want.target_condition.as_str())
-                    || have.labels.as_ref() != Some(&want.labels);
+                    || !has_labels(have, &want.labels);
                 if content_differs {
                     plan.drift.push(format!(
                         "configuration {} has other content in the hub; replaced{suffix}",
@@ -86,6 +86,14 @@ pub fn plan_configurations(
         };
     }
     plan
+}
+
+/// Whether the configuration carries every one of `labels` (labels others added are theirs).
+fn has_labels(have: &Configuration, labels: &BTreeMap<String, String>) -> bool {
+    let held = have.labels.as_ref();
+    labels
+        .iter()
+        .all(|(k, v)| held.and_then(|h| h.get(k)) == Some(v))
 }
 
 /// Drops null-valued and empty-object members, so a hub echo with extra empty sections compares
@@ -500,6 +508,22 @@ mod tests {
         let plan = plan_configurations(&[want], &owned, &BTreeSet::new(), true);
         assert_eq!(plan.restore, ["h-base-1"]);
         assert!(plan.create.is_empty() && plan.delete.is_empty());
+    }
+
+    #[test]
+    fn labels_someone_else_added_are_no_drift() {
+        let mut want = desired("h-base-1");
+        want.labels = BTreeMap::from([("edgeHierarchyUid".to_string(), "u".to_string())]);
+        let mut have = in_hub(&want);
+        have.labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "line-3".into());
+        let owned = BTreeMap::from([(want.id.clone(), have)]);
+        assert_eq!(
+            plan_configurations(&[want], &owned, &BTreeSet::new(), true),
+            ConfigurationPlan::default()
+        );
     }
 
     #[test]
