@@ -387,19 +387,7 @@ fn texts_are_cut_where_they_enter_the_status() {
     let failures = BTreeMap::from([("top".to_string(), "e".repeat(5000))]);
     let drift = BTreeMap::from([("top".to_string(), vec!["d".repeat(5000)])]);
     let order = vec!["top".to_string()];
-    let outcome = SyncOutcome {
-        policy: ReconcilePolicy::Manage,
-        last: &plan,
-        drift: &drift,
-        failures: &failures,
-        order: &order,
-    };
-    let s = synced_status(
-        &EdgeHierarchyStatus::default(),
-        &outcome,
-        Some(1),
-        &Time(now()),
-    );
+    let s = managed_first_status(&plan, &drift, &failures, &order);
     let device = &s.devices[0];
     assert_eq!(device.message.as_ref().unwrap().len(), MAX_MESSAGE);
     assert_eq!(device.drift[0].len(), MAX_TEXT);
@@ -408,6 +396,28 @@ fn texts_are_cut_where_they_enter_the_status() {
             .iter()
             .all(|c| c.message.len() <= MAX_CONDITION_MESSAGE)
     );
+}
+
+/// The first status of a Manage hierarchy after one sync with `plan`.
+fn managed_first_status(
+    plan: &Plan,
+    drift: &BTreeMap<String, Vec<String>>,
+    failures: &BTreeMap<String, String>,
+    order: &[String],
+) -> EdgeHierarchyStatus {
+    let outcome = SyncOutcome {
+        policy: ReconcilePolicy::Manage,
+        last: plan,
+        drift,
+        failures,
+        order,
+    };
+    synced_status(
+        &EdgeHierarchyStatus::default(),
+        &outcome,
+        Some(1),
+        &Time(now()),
+    )
 }
 
 #[test]
@@ -427,19 +437,7 @@ fn a_thousand_conflicts_are_five_and_a_count_in_the_conditions() {
     }
     let order: Vec<String> = plan.devices.keys().cloned().collect();
     let (drift, failures) = (BTreeMap::new(), BTreeMap::new());
-    let outcome = SyncOutcome {
-        policy: ReconcilePolicy::Manage,
-        last: &plan,
-        drift: &drift,
-        failures: &failures,
-        order: &order,
-    };
-    let s = synced_status(
-        &EdgeHierarchyStatus::default(),
-        &outcome,
-        Some(1),
-        &Time(now()),
-    );
+    let s = managed_first_status(&plan, &drift, &failures, &order);
     let stalled = s.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
     assert_eq!(stalled.status, "True");
     assert!(
