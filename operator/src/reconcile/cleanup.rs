@@ -16,12 +16,12 @@ use super::events::{Note, announce};
 use super::secrets::SecretStore;
 use super::sync::previously_registered;
 use super::{deployments, devices};
-use crate::api::{DeletionPolicy, EdgeHierarchy, ReconcilePolicy};
+use crate::api::EdgeHierarchy;
 use crate::ownership::HierarchyIdentity;
 
 pub async fn cleanup(hierarchy: &EdgeHierarchy, ctx: &Context) -> Result<Requeue, Error> {
     let policy = &hierarchy.spec.policy;
-    if policy.deletion == DeletionPolicy::Detach || policy.reconcile == ReconcilePolicy::Observe {
+    if policy.leaves_removed_devices() {
         // The devices stay, so their certificates and bundles must too: release the Secrets
         // from the hierarchy before garbage collection would take them.
         let released = SecretStore::new(ctx.client.clone(), hierarchy, ctx.secrets.clone())
