@@ -84,37 +84,77 @@ pub fn start_operator(kubeconfig: &Path, log: &Path) -> anyhow::Result<Operator>
     )
 }
 
-/// Control plane + emulator + operator, with the CRD installed.
-pub struct Env {
+/// Control plane + emulator + a client: what every operator e2e test stands on, whether the
+/// operator runs as a process of the test ([`Env`]) or in Pods on the test node.
+pub struct World {
     pub cluster: ControlPlane,
     pub hub: Hub,
-    pub operator: Operator,
     pub client: kube::Client,
     pub dir: tempfile::TempDir,
+    /// Reads the operator's log, wherever it runs (shown when a wait fails).
+    operator_log: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+/// A [`World`] with the CRD installed and the operator running as a process of the test.
+pub struct Env {
+    pub world: World,
+    pub operator: Operator,
+}
+
+impl std::ops::Deref for Env {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
 }
 
 impl Env {
     pub async fn start(emulator_args: &[&str]) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let dir = tempfile::tempdir()?;
         let cluster = ControlPlane::start(ControlPlaneOptions::default()).await?;
-        let client = cluster.client();
         install_crd(&cluster)?;
-        let hub = Hub::start(&dir.path().join("hub"), emulator_args).await?;
-        let operator = start_operator(cluster.kubeconfig_path(), &dir.path().join("operator.log"))?;
-        Ok(Self {
-            cluster,
-            hub,
-            operator,
-            client,
-            dir,
-        })
+        let mut world = World::start(cluster, emulator_args).await?;
+        let log = world.dir.path().join("operator.log");
+        let operator = start_operator(world.cluster.kubeconfig_path(), &log)?;
+        world.read_operator_log_with(move || std::fs::read_to_string(&log).unwrap_or_default());
+        Ok(Self { world, operator })
     }
 
     pub fn restart_operator(&mut self) -> anyhow::Result<()> {
         let log = self.dir.path().join("operator.log");
         self.operator = start_operator(self.cluster.kubeconfig_path(), &log)?;
         Ok(())
+    }
+}
+
+impl World {
+    /// The emulator beside `cluster` (with `emulator_args`, see [`Hub::start`]).
+    pub async fn start(cluster: ControlPlane, emulator_args: &[&str]) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir()?;
+        let client = cluster.client();
+        let hub = Hub::start(&dir.path().join("hub"), emulator_args).await?;
+        Ok(Self {
+            cluster,
+            hub,
+            client,
+            dir,
+            operator_log: Box::new(String::new),
+        })
+    }
+
+    /// Where failure messages read the operator's log from.
+    pub fn read_operator_log_with(&mut self, read: impl Fn() -> String + Send + Sync + 'static) {
+        self.operator_log = Box::new(read);
+    }
+
+    pub fn operator_output(&self) -> String {
+        (self.operator_log)()
     }
 
     /// A namespace with the hub Secrets `iothub-service` and `iothub-ca`.
@@ -309,7 +349,7 @@ impl Env {
         let yaml = out
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let log = self.operator.output();
+        let log = self.operator_output();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         format!(
             "hierarchy:\n{yaml}\noperator log (last lines, newest first):\n{}",
