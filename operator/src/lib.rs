@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod deploy;
 pub mod import;
 pub mod iothub;
+pub mod leadership;
 pub mod metrics;
 pub mod names;
 pub mod ownership;

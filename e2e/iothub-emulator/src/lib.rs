@@ -21,6 +21,7 @@ pub mod stats;
 pub mod strict;
 pub mod throttle;
 pub mod twin;
+pub mod writes;
 
 pub use realism::{Realism, RegisteredWithoutTwin};
 pub use server::{Emulator, EmulatorOptions, start};

@@ -41,6 +41,7 @@ pub enum Route {
     EmulatorGetFaults,
     EmulatorSetFaults,
     EmulatorOutage,
+    EmulatorWrites,
 }
 
 /// Why no operation matched.
@@ -176,6 +177,7 @@ fn match_route(method: &str, segments: &[String]) -> Option<Route> {
         (["_emulator", "faults"], "GET") => Some(EmulatorGetFaults),
         (["_emulator", "faults"], "PUT" | "POST") => Some(EmulatorSetFaults),
         (["_emulator", "outage"], "PUT" | "POST") => Some(EmulatorOutage),
+        (["_emulator", "writes"], "GET") => Some(EmulatorWrites),
         _ => None,
     }
 }
@@ -217,7 +219,7 @@ impl Route {
             DevicePatchReported(..) => "device.twin.patchReported",
             DeviceSendEvent(..) => "device.messages.send",
             EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults
-            | EmulatorOutage => "emulator",
+            | EmulatorOutage | EmulatorWrites => "emulator",
         }
     }
 
@@ -271,6 +273,7 @@ impl Route {
                 | Route::EmulatorGetFaults
                 | Route::EmulatorSetFaults
                 | Route::EmulatorOutage
+                | Route::EmulatorWrites
         )
     }
 
@@ -306,7 +309,7 @@ impl Route {
                 }
             }
             EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults
-            | EmulatorOutage => Access::Open,
+            | EmulatorOutage | EmulatorWrites => Access::Open,
         }
     }
 }

@@ -304,6 +304,7 @@ pub async fn start(options: EmulatorOptions) -> anyhow::Result<Emulator> {
         meter: Meter::new(realism.daily_message_quota),
         throttle_shaping_ms: realism.throttle_shaping_ms,
         retry_after: realism.retry_after,
+        writes: Default::default(),
     });
     shared.set_fault_rate(options.fault_rate);
 

@@ -51,6 +51,8 @@ pub struct Shared {
     pub(crate) throttle_shaping_ms: u64,
     /// Whether 429 answers carry `Retry-After` (not with `--no-retry-after`).
     pub(crate) retry_after: bool,
+    /// Every mutating request, for `GET /_emulator/writes`.
+    pub(crate) writes: crate::writes::WriteLog,
 }
 
 impl Shared {
@@ -263,6 +265,17 @@ pub async fn handle(
             Err(error) => error_response(shared, &error),
         };
     }
+    let arrived = shared.clock.now_millis();
+    let write_of = route.is_write().then(|| crate::writes::Write {
+        at_millis: arrived,
+        method: info.method.clone(),
+        path: format!("/{}", info.segments.join("/")),
+        user_agent: info
+            .header(hyper::header::USER_AGENT.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        status: 0,
+    });
     let latency = shared.latency_ms.load(Ordering::Relaxed);
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
@@ -285,6 +298,12 @@ pub async fn handle(
         }
         Err(error) => error_response(shared, &error),
     };
+    if let Some(write) = write_of {
+        shared.writes.record(crate::writes::Write {
+            status: response.status().as_u16(),
+            ..write
+        });
+    }
     shared.stats.record(Record {
         operation,
         class: stats_class(&route),
@@ -515,7 +534,7 @@ fn dispatch(
         DevicePatchReported(d, m) => hub.device_patch_reported(d, m.as_deref(), json_body, now),
         DeviceSendEvent(d, m) => hub.device_send_event(d, m.as_deref(), now),
         EmulatorStats | EmulatorStatsReset | EmulatorGetFaults | EmulatorSetFaults
-        | EmulatorOutage => {
+        | EmulatorOutage | EmulatorWrites => {
             unreachable!("handled before")
         }
     }
@@ -627,6 +646,7 @@ fn emulator_control(
             Ok(Reply::no_content())
         }
         Route::EmulatorGetFaults => Ok(Reply::ok(faults(shared))),
+        Route::EmulatorWrites => Ok(Reply::ok(shared.writes.snapshot())),
         Route::EmulatorSetFaults => {
             let bytes = body?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {

@@ -1,13 +1,15 @@
 //! Prometheus metrics and health endpoints of the operator: `/metrics` (OpenMetrics text),
-//! `/healthz` (the process serves) and `/readyz` (the controller runs).
+//! `/healthz` (the process serves) and `/readyz` (the controller runs, or under leader election
+//! this replica stands by).
 //!
 //! docs/monitoring.md lists every metric; [`fleet`] holds the per-hierarchy gauges.
 
 pub mod fleet;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
@@ -18,16 +20,23 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::api::EdgeHierarchyStatus;
 use crate::iothub::HubCallCounters;
+use crate::leadership::Role;
 use fleet::Fleet;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    lease: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +55,10 @@ pub struct Metrics {
     steps: Family<StepLabels, Histogram, fn() -> Histogram>,
     fleet: Arc<Fleet>,
     ready: AtomicBool,
+    leader: Family<LeaseLabels, Gauge>,
+    terms: Family<LeaseLabels, Counter>,
+    /// This replica's part under leader election; `None` without it.
+    role: Mutex<Option<Role>>,
 }
 
 impl Metrics {
@@ -73,6 +86,18 @@ impl Metrics {
         hub_calls.register(&mut registry);
         let fleet = Arc::new(Fleet::default());
         registry.register_collector(Box::new(fleet.clone()));
+        let leader = Family::<LeaseLabels, Gauge>::default();
+        registry.register(
+            "operator_leader",
+            "1 while this replica holds the lease and runs the controller, 0 while it stands by (only with --leader-election)",
+            leader.clone(),
+        );
+        let terms = Family::<LeaseLabels, Counter>::default();
+        registry.register(
+            "operator_leader_terms",
+            "Times this replica took the lease and started the controller (only with --leader-election)",
+            terms.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -80,6 +105,9 @@ impl Metrics {
             steps,
             fleet,
             ready: AtomicBool::new(false),
+            leader,
+            terms,
+            role: Mutex::new(None),
         }
     }
 
@@ -116,6 +144,27 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Records this replica's part under leader election of `lease`.
+    pub fn set_role(&self, lease: &str, role: Role) {
+        let labels = LeaseLabels {
+            lease: lease.to_string(),
+        };
+        let mut current = self.role.lock().expect("role");
+        if role == Role::Leader && current.as_ref() != Some(&Role::Leader) {
+            self.terms.get_or_create(&labels).inc();
+        }
+        self.leader
+            .get_or_create(&labels)
+            .set(i64::from(role == Role::Leader));
+        *current = Some(role);
+    }
+
+    /// What `/readyz` answers now.
+    pub fn readiness(&self) -> (StatusCode, String) {
+        let role = self.role.lock().expect("role").clone();
+        readiness(role.as_ref(), self.ready.load(Ordering::Relaxed))
+    }
+
     /// The metrics in OpenMetrics text form.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -135,32 +184,139 @@ async fn metrics_text(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
-async fn readiness(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+/// `/readyz`: ready once the controller runs; under leader election a standby is ready too (it
+/// is what takes over), and the body says which part this replica plays.
+fn readiness(role: Option<&Role>, controller_running: bool) -> (StatusCode, String) {
+    match (role, controller_running) {
+        (None, true) => (StatusCode::OK, "ready\n".into()),
+        (None, false) | (Some(Role::Starting), _) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+        }
+        (Some(Role::Leader), true) => (StatusCode::OK, "leader\n".into()),
+        (Some(Role::Leader), false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader, starting the controller\n".into(),
+        ),
+        (Some(Role::Standby { holder }), _) => (
+            StatusCode::OK,
+            format!(
+                "standby (holder: {})\n",
+                holder.as_deref().unwrap_or("none")
+            ),
+        ),
     }
 }
 
-/// Serves the endpoints on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+async fn readiness_endpoint(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    m.readiness()
+}
+
+/// Serves the endpoints on `addr` until the process ends. With `addr_file`, writes the address
+/// it bound there (port 0 picks a free port: replicas sharing a host network do not collide).
+pub async fn serve(
+    addr: SocketAddr,
+    addr_file: Option<PathBuf>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readiness))
+        .route("/readyz", get(readiness_endpoint))
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} for metrics: {e}; choose another --metrics-addr")
     })?;
-    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let bound = listener.local_addr()?;
+    if let Some(path) = addr_file {
+        write_address(&path, bound)?;
+    }
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// Writes `addr` to `path` whole (a temporary file renamed over it), so a probe never reads
+/// half an address.
+fn write_address(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write the metrics address to {}: {e}; choose a writable --metrics-addr-file",
+                path.display()
+            )
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_says_leader_or_standby_and_who_holds_the_lease() {
+        let standby = Role::Standby {
+            holder: Some("op-1".into()),
+        };
+        assert_eq!(
+            readiness(Some(&standby), false),
+            (StatusCode::OK, "standby (holder: op-1)\n".into())
+        );
+        assert_eq!(
+            readiness(Some(&Role::Standby { holder: None }), false),
+            (StatusCode::OK, "standby (holder: none)\n".into())
+        );
+        assert_eq!(
+            readiness(Some(&Role::Leader), true),
+            (StatusCode::OK, "leader\n".into())
+        );
+        assert_eq!(
+            readiness(Some(&Role::Leader), false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            readiness(Some(&Role::Starting), false).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(readiness(None, true), (StatusCode::OK, "ready\n".into()));
+        assert_eq!(readiness(None, false).0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_leader_gauge_follows_the_role_and_terms_are_counted() {
+        let m = Metrics::new(&HubCallCounters::new());
+        m.set_role("shard-a", Role::Standby { holder: None });
+        assert!(
+            m.encode()
+                .contains("edge_hierarchy_operator_leader{lease=\"shard-a\"} 0")
+        );
+        m.set_role("shard-a", Role::Leader);
+        m.set_role("shard-a", Role::Leader);
+        let text = m.encode();
+        assert!(
+            text.contains("edge_hierarchy_operator_leader{lease=\"shard-a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edge_hierarchy_operator_leader_terms_total{lease=\"shard-a\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_bound_address_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addr");
+        write_address(&path, "127.0.0.1:41234".parse().unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.1:41234\n");
+        assert!(
+            write_address(
+                &dir.path().join("missing/addr"),
+                "127.0.0.1:1".parse().unwrap()
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn reconciles_and_hub_calls_are_exported() {

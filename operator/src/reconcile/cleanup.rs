@@ -143,6 +143,12 @@ async fn namespace_terminating(ctx: &Context, namespace: &str) -> bool {
                 || ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating")
         }
         Ok(None) => true,
+        // In namespaced mode the operator may lack this read; the request is authorised in
+        // the namespace itself, so a Role there granting `get` on namespaces is enough.
+        Err(kube::Error::Api(e)) if e.is_forbidden() => {
+            tracing::warn!(%namespace, "may not read the namespace (grant get on namespaces in it); treating it as not being deleted, so the hierarchy waits");
+            false
+        }
         Err(e) => {
             tracing::warn!(%namespace, "could not read the namespace: {e}");
             false

@@ -100,14 +100,17 @@ pub fn refers_to_secret(hierarchy: &EdgeHierarchy, secret: &str) -> bool {
 pub struct HubClients {
     kube: Client,
     counters: Arc<HubCallCounters>,
+    /// `User-Agent` of every hub call, so the hub's logs tell which replica wrote.
+    user_agent: String,
     cache: Mutex<HashMap<String, HubClient>>,
 }
 
 impl HubClients {
-    pub fn new(kube: Client, counters: Arc<HubCallCounters>) -> Self {
+    pub fn new(kube: Client, counters: Arc<HubCallCounters>, user_agent: String) -> Self {
         Self {
             kube,
             counters,
+            user_agent,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -167,6 +170,7 @@ impl HubClients {
         let limiter = share.hub().shared().clone();
         let options = ClientOptions {
             counters: Some(self.counters.clone()),
+            user_agent: self.user_agent.clone(),
             ..ClientOptions::default()
         };
         let client =

@@ -88,20 +88,20 @@ impl Selection<'_> {
     }
 }
 
-/// The watched Secrets and the operator's own writes the watch may not have shown yet.
+/// One watch of the operator's Secrets: in one namespace, or in all (`namespace: None`).
 #[derive(Clone)]
-pub struct SecretCache {
-    client: Client,
+struct Watch {
+    namespace: Option<String>,
     store: Store<Secret>,
     ready: Arc<AtomicBool>,
-    notes: Arc<Mutex<HashMap<Key, Note>>>,
 }
 
-impl SecretCache {
-    /// Starts the watch (in the background, for the life of the process). Reads before it has
-    /// listed once go to the API server.
-    pub fn watch(client: Client) -> Self {
-        let api: Api<Secret> = Api::all(client.clone());
+impl Watch {
+    fn start(client: &Client, namespace: Option<&str>) -> Self {
+        let api: Api<Secret> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
         let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
         let (store, writer) = reflector::store();
         let stream = watcher(api, config)
@@ -122,9 +122,40 @@ impl SecretCache {
             }
         });
         Self {
-            client,
+            namespace: namespace.map(str::to_string),
             store,
             ready,
+        }
+    }
+
+    fn covers(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+}
+
+/// The watched Secrets and the operator's own writes the watch may not have shown yet.
+#[derive(Clone)]
+pub struct SecretCache {
+    client: Client,
+    watches: Vec<Watch>,
+    notes: Arc<Mutex<HashMap<Key, Note>>>,
+}
+
+impl SecretCache {
+    /// Starts the watches (in the background, for the life of the process): one over every
+    /// namespace, or one per namespace of `namespaces`. Reads before a watch has listed once go
+    /// to the API server.
+    pub fn watch(client: Client, namespaces: Option<&[String]>) -> Self {
+        let watches = match namespaces {
+            None => vec![Watch::start(&client, None)],
+            Some(namespaces) => namespaces
+                .iter()
+                .map(|ns| Watch::start(&client, Some(ns)))
+                .collect(),
+        };
+        Self {
+            client,
+            watches,
             notes: Default::default(),
         }
     }
@@ -158,8 +189,9 @@ impl SecretCache {
         &self,
         selection: Selection<'_>,
     ) -> Result<BTreeMap<String, Secret>, kube::Error> {
-        if self.ready.load(Ordering::Acquire) {
-            let store = &self.store;
+        let watch = self.watches.iter().find(|w| w.covers(selection.namespace));
+        if let Some(watch) = watch.filter(|w| w.ready.load(Ordering::Acquire)) {
+            let store = &watch.store;
             let deadline = tokio::time::Instant::now() + CATCH_UP;
             loop {
                 if self.caught_up(store, selection) {

@@ -307,6 +307,17 @@ impl HubAdmin {
         Ok(())
     }
 
+    /// `GET /_emulator/ROUTE` (stats, faults, writes) as JSON.
+    pub async fn get_emulator(&self, route: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("https://{}/_emulator/{route}", self.host))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(response.json().await?)
+    }
+
     pub async fn stats(&self) -> anyhow::Result<Value> {
         let response = self
             .http
