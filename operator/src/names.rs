@@ -43,6 +43,31 @@ pub const PREVIOUS_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/previous-ident
 pub const FINGERPRINT_ANNOTATION: &str = "edgehierarchy.dev/fingerprint";
 /// Annotation on a bundle Secret: the device scope the bundle was written for.
 pub const SCOPE_ANNOTATION: &str = "edgehierarchy.dev/device-scope";
+/// Annotation on a bundle Secret: SHA-256 thumbprints of the roots its trust bundle holds,
+/// comma-separated (what a device trusts once it installed this bundle).
+pub const TRUSTED_ROOTS_ANNOTATION: &str = "edgehierarchy.dev/trusted-roots";
+/// Annotation on a bundle Secret: SHA-256 thumbprint of the edge CA it carries.
+pub const EDGE_CA_ANNOTATION: &str = "edgehierarchy.dev/edge-ca-thumbprint";
+/// Annotations on a bundle Secret: the fingerprint, trusted roots and edge CA of the revision
+/// before the current one, so a device that acknowledged that revision is still known to run it
+/// after the operator wrote the next.
+pub const PREVIOUS_FINGERPRINT_ANNOTATION: &str = "edgehierarchy.dev/previous-fingerprint";
+pub const PREVIOUS_TRUSTED_ROOTS_ANNOTATION: &str = "edgehierarchy.dev/previous-trusted-roots";
+pub const PREVIOUS_EDGE_CA_ANNOTATION: &str = "edgehierarchy.dev/previous-edge-ca-thumbprint";
+pub const PREVIOUS_IDENTITY_ANNOTATION_OF_BUNDLE: &str =
+    "edgehierarchy.dev/previous-bundle-identity-thumbprint";
+/// Annotation on a bundle Secret: SHA-256 thumbprint of the identity certificate it carries.
+pub const IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/identity-thumbprint";
+/// Annotation on a certificate Secret: the identity thumbprint before
+/// [`PREVIOUS_IDENTITY_ANNOTATION`], kept so a device that missed one renewal keeps access.
+pub const OLDER_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/older-identity-thumbprint";
+/// Annotation the installer (a person, fleet tooling, edge-sim) puts on a bundle Secret once the
+/// device runs it: the bundle's [`FINGERPRINT_ANNOTATION`]. A root rotation advances on it.
+pub const INSTALLED_ANNOTATION: &str = "edgehierarchy.dev/installed-fingerprint";
+/// [`COMPONENT_LABEL`] of the Secret keeping the roots a rotation still trusts.
+pub const RETIRED_ROOT_COMPONENT: &str = "retired-root";
+/// Annotation on the retired-root Secret: when the rotation began (RFC 3339).
+pub const ROTATION_STARTED_ANNOTATION: &str = "edgehierarchy.dev/rotation-started";
 
 /// Most characters of a Kubernetes object name (DNS-1123 subdomain).
 const MAX_NAME: usize = 253;
@@ -114,6 +139,11 @@ pub fn bundle_secret_name(hierarchy: &str, device_id: &str) -> String {
 /// Secret holding the generated root CA.
 pub fn root_ca_secret_name(hierarchy: &str) -> String {
     format!("{hierarchy}-root-ca")
+}
+
+/// Name of the Secret holding the old roots while a root rotation runs.
+pub fn retired_root_secret_name(hierarchy: &str) -> String {
+    format!("{hierarchy}-retired-root-ca")
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod source;
 
 pub use checks::{Check, CheckStatus};
 pub use sim::{
-    DeviceSnapshot, EdgeSim, LinkSnapshot, ModuleSnapshot, SimOptions, Snapshot, TelemetryCounts,
+    DeviceSnapshot, EdgeSim, HandshakeCounts, LinkSnapshot, ModuleSnapshot, SimOptions, Snapshot,
+    TelemetryCounts,
 };
 pub use source::{Bundle, BundleSource, DirSource, KubeSecretSource, MemorySource};

@@ -186,9 +186,13 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> anyhow
 /// Why an exchange failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
-    /// TCP or TLS failed: the link is down.
+    /// TCP failed (or nothing answered): the link is down.
     #[error("{0}")]
     Connect(String),
+    /// TCP connected and the TLS handshake failed (the parent's chain or name did not verify
+    /// against the trust bundle, or the parent refused).
+    #[error("{0}")]
+    Handshake(String),
     /// The link works but the exchange broke off.
     #[error("{0}")]
     Exchange(String),
@@ -225,7 +229,7 @@ pub async fn exchange(
             .connect(name, tcp)
             .await
             .map_err(|e| {
-                LinkError::Connect(format!("TLS handshake with {hostname} failed: {e}"))
+                LinkError::Handshake(format!("TLS handshake with {hostname} failed: {e}"))
             })?;
         let mut reader = BufReader::new(tls);
         let mut line =

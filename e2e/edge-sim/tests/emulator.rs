@@ -418,6 +418,22 @@ async fn tutorial_chain_proxy_removal_and_trust_failures() {
         detail.contains("TLS handshake with top-layer.edge.sim failed"),
         "{detail}"
     );
+    // Each failed handshake is counted (tests of root rotation rely on the count).
+    let counts = &stranger_state.link.as_ref().unwrap().counts;
+    assert!(
+        counts.handshake_failures >= 1 && counts.handshake_failures == counts.handshakes,
+        "{counts:?}"
+    );
+    assert!(counts.last_handshake_error.is_some(), "{counts:?}");
+    let lower_counts = &sim.snapshot().devices["lower-layer"]
+        .link
+        .clone()
+        .unwrap()
+        .counts;
+    assert!(
+        lower_counts.handshakes >= 1 && lower_counts.handshake_failures == 0,
+        "{lower_counts:?}"
+    );
     assert!(
         detail.to_lowercase().contains("unknownissuer") || detail.contains("issuer"),
         "{detail}"

@@ -620,8 +620,9 @@ async fn bad_root_cas_stall_and_nothing_is_issued(env: &Env) -> anyhow::Result<(
     Ok(())
 }
 
-/// A user-supplied root CA is used as given, and replacing it re-issues every edge CA under the
-/// new root; bundles then trust the new root.
+/// A user-supplied root CA is used as given. Replacing it with `rootRotation.overlap: 0s` (how a
+/// person forces a rotation to complete; the staged rollout is e2e/tests/tests/root_rotation.rs)
+/// re-issues every edge CA under the new root at once, and the bundles trust only the new root.
 async fn user_root_is_used_and_rotated(env: &Env) -> anyhow::Result<()> {
     env.namespace("userroot").await?;
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), "userroot");
@@ -656,7 +657,7 @@ async fn user_root_is_used_and_rotated(env: &Env) -> anyhow::Result<()> {
     put_root(first_cert.clone(), first_key).await?;
     let yaml = with_certificates(
         &hierarchy_yaml("plant", "", &two("u")),
-        "rootCA: {secretRef: {name: factory-root}}",
+        "rootCA: {secretRef: {name: factory-root}}, rootRotation: {overlap: 0s}",
     );
     env.apply("userroot", &yaml).await?;
     env.wait_condition("userroot", "plant", "Ready", "True")
@@ -698,7 +699,8 @@ async fn user_root_is_used_and_rotated(env: &Env) -> anyhow::Result<()> {
         "a root was generated beside the user's"
     );
 
-    // A new root: the Secret watch reconciles at once, every edge CA is re-issued under it.
+    // A new root: the Secret watch reconciles at once; with no overlap every edge CA is
+    // re-issued under it in one reconcile.
     let (second_cert, second_key) = rcgen_ca("plant root 2", true, false)?;
     put_root(second_cert.clone(), second_key).await?;
     env.wait_status(
@@ -729,8 +731,23 @@ async fn user_root_is_used_and_rotated(env: &Env) -> anyhow::Result<()> {
         trust.contains(second_cert.trim()),
         "the bundle does not trust the new root"
     );
+    ensure!(
+        !trust.contains(first_cert.trim()),
+        "the old root is still trusted after a forced rotation"
+    );
     env.wait_event("userroot", "plant", "CertificateRenewed", "u-top")
         .await?;
+    env.wait_event("userroot", "plant", "RootRotationForced", "overlap")
+        .await?;
+    let status = env.status("userroot", "plant").await?;
+    ensure!(
+        status
+            .root_ca
+            .as_ref()
+            .is_some_and(|r| r.rotation.is_none()),
+        "a forced rotation is still shown: {:?}",
+        status.root_ca
+    );
     Ok(())
 }
 

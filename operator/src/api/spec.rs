@@ -297,6 +297,9 @@ pub struct CertificatesSpec {
     #[serde(default = "default_renew_before")]
     #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
     pub renew_before: String,
+    /// How a change of root CA is rolled out (docs/certificates.md, "Root rotation").
+    #[serde(default)]
+    pub root_rotation: RootRotationSpec,
 }
 
 impl Default for CertificatesSpec {
@@ -306,8 +309,34 @@ impl Default for CertificatesSpec {
             algorithm: KeyAlgorithm::default(),
             duration: default_cert_duration(),
             renew_before: default_renew_before(),
+            root_rotation: RootRotationSpec::default(),
         }
     }
+}
+
+/// A root rotation keeps both roots in every trust bundle and re-issues edge CAs top-down while
+/// devices install their new bundles; `overlap` bounds how long it waits for them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RootRotationSpec {
+    /// Longest time the old root stays trusted after a root change (Go duration). When it
+    /// passes, every remaining certificate is re-issued and the old root is dropped, whether
+    /// or not each device installed its new bundle; `0s` completes a rotation at once.
+    #[serde(default = "default_rotation_overlap")]
+    #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    pub overlap: String,
+}
+
+impl Default for RootRotationSpec {
+    fn default() -> Self {
+        Self {
+            overlap: default_rotation_overlap(),
+        }
+    }
+}
+
+fn default_rotation_overlap() -> String {
+    "720h".into()
 }
 
 fn default_cert_duration() -> String {

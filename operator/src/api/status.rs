@@ -109,6 +109,42 @@ pub struct RootCaStatus {
     /// Expiry of the root CA certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<Time>,
+    /// A change of root being rolled out; absent when none is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RootRotationStatus>,
+}
+
+/// Progress of a root rotation (docs/certificates.md, "Root rotation"). Counts are over the
+/// Edge devices, whose bundles the parent-child links depend on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RootRotationStatus {
+    pub phase: RootRotationPhase,
+    /// The layer being re-issued, or waited for (`Reissuing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u32>,
+    /// When the operator noticed the new root.
+    pub started_at: Time,
+    /// When the old root is dropped at the latest (`startedAt` + `rootRotation.overlap`).
+    pub old_root_trusted_until: Time,
+    pub devices: u32,
+    /// Devices that acknowledged a bundle trusting the new root.
+    pub trusting_new_root: u32,
+    /// Devices whose edge CA is issued under the new root.
+    pub reissued: u32,
+    /// Devices that acknowledged their edge CA under the new root.
+    pub installed: u32,
+}
+
+/// Where a root rotation is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootRotationPhase {
+    /// Bundles trust both roots; waiting for every device to install one.
+    Trusting,
+    /// Edge CAs are re-issued under the new root, one layer at a time.
+    Reissuing,
+    /// Everything is issued under the new root; waiting for every device to install it.
+    Retiring,
 }
 
 /// Per-device state.

@@ -29,7 +29,8 @@ use super::{cleanup, sync};
 use crate::api::EdgeHierarchy;
 use crate::iothub::HubCallCounters;
 use crate::names::{
-    CERTS_COMPONENT, COMPONENT_LABEL, FINALIZER, HIERARCHY_LABEL, MANAGER, RENEW_ANNOTATION,
+    BUNDLE_COMPONENT, CERTS_COMPONENT, COMPONENT_LABEL, FINALIZER, FINGERPRINT_ANNOTATION,
+    HIERARCHY_LABEL, INSTALLED_ANNOTATION, MANAGER, RENEW_ANNOTATION,
 };
 
 /// Hierarchies reconciled at once unless `--reconcile-concurrency` says otherwise. A reconcile
@@ -373,14 +374,14 @@ fn controller(
         .watches(secrets, watcher::Config::default(), move |secret| {
             let namespace = secret.namespace();
             let name = secret.name_any();
-            let renewal_of = renewal_request_hierarchy(&secret);
+            let woken = own_secret_wakes_hierarchy(&secret);
             store
                 .state()
                 .into_iter()
                 .filter(|h| {
                     h.namespace() == namespace
                         && (credentials::refers_to_secret(h, &name)
-                            || renewal_of.as_deref() == Some(h.name_any().as_str()))
+                            || woken.as_deref() == Some(h.name_any().as_str()))
                 })
                 .map(|h| ObjectRef::from_obj(h.as_ref()))
                 .collect::<Vec<_>>()
@@ -439,11 +440,19 @@ fn refers_to_config_map(hierarchy: &EdgeHierarchy, name: &str) -> bool {
         .any(|r| r.name == name)
 }
 
-/// The hierarchy whose certificate Secret this is, when it carries a renewal request.
-fn renewal_request_hierarchy(secret: &PartialObjectMeta<Secret>) -> Option<String> {
+/// The hierarchy whose certificate Secret this is, when it carries a renewal request, or whose
+/// bundle Secret this is, when the installer acknowledged its current content (a root rotation
+/// advances on it).
+fn own_secret_wakes_hierarchy(secret: &PartialObjectMeta<Secret>) -> Option<String> {
     let labels = secret.labels();
-    let certs = labels.get(COMPONENT_LABEL).map(String::as_str) == Some(CERTS_COMPONENT);
-    (certs && secret.annotations().contains_key(RENEW_ANNOTATION))
+    let annotations = secret.annotations();
+    let component = labels.get(COMPONENT_LABEL).map(String::as_str);
+    let renewal = component == Some(CERTS_COMPONENT) && annotations.contains_key(RENEW_ANNOTATION);
+    let installed = component == Some(BUNDLE_COMPONENT)
+        && annotations
+            .get(INSTALLED_ANNOTATION)
+            .is_some_and(|ack| annotations.get(FINGERPRINT_ANNOTATION) == Some(ack));
+    (renewal || installed)
         .then(|| labels.get(HIERARCHY_LABEL).cloned())
         .flatten()
 }

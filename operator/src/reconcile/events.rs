@@ -215,6 +215,61 @@ fn failure_notes<'a>(
     })
 }
 
+/// A root rotation's step in this reconcile: begun, a layer re-issued, completed or forced.
+fn rotation_note(rotation: &super::certs::RootRotation) -> Option<Note> {
+    use super::certs::rotation::RotationPhase;
+    let plan = &rotation.plan;
+    let c = plan.counts;
+    if plan.phase == RotationPhase::Complete {
+        return Some(if plan.forced {
+            Note::warning(
+                "RootRotationForced",
+                "RotateRoot",
+                format!(
+                    "root rotation ended by its overlap (until {}): the old root leaves the trust \
+                     bundles although {} of {} devices had not acknowledged their edge CA under \
+                     the new root; their links fail until they install their new bundles",
+                    plan.deadline,
+                    c.devices - c.installed.min(c.devices),
+                    c.devices
+                ),
+            )
+        } else {
+            Note::normal(
+                "RootRotationCompleted",
+                "RotateRoot",
+                format!(
+                    "root rotation complete: all {} devices run edge CAs under the new root; the \
+                     old root leaves the trust bundles",
+                    c.devices
+                ),
+            )
+        });
+    }
+    if rotation.began_now {
+        return Some(Note::normal(
+            "RootRotationStarted",
+            "RotateRoot",
+            format!(
+                "new root CA: bundles trust both roots; edge CAs move to the new root layer by \
+                 layer as devices acknowledge their bundles; the old root stays trusted until {}",
+                plan.deadline
+            ),
+        ));
+    }
+    (!plan.reissue.is_empty()).then(|| {
+        Note::normal(
+            "RootRotationLayerReissued",
+            "RotateRoot",
+            format!(
+                "root rotation: layer {} re-issued under the new root ({} certificates)",
+                plan.layer.unwrap_or_default(),
+                plan.reissue.len()
+            ),
+        )
+    })
+}
+
 /// Certificates issued and renewed, bundles written and failed.
 pub fn certificate_notes(certificates: &Certificates, bundles: &Bundles) -> Vec<Note> {
     let mut notes: Vec<Note> = announce(
@@ -234,6 +289,7 @@ pub fn certificate_notes(certificates: &Certificates, bundles: &Bundles) -> Vec<
             format!("device {id:?}: certificates re-issued (revision {revision})"),
         ));
     }
+    notes.extend(certificates.rotation.as_ref().and_then(rotation_note));
     notes.extend(announce(
         "BundlesUpdated",
         "WriteBundles",

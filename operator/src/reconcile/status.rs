@@ -60,6 +60,7 @@ pub mod reason {
     pub const DELETING: &str = "Deleting";
     pub const INVALID_ROOT_CA: &str = "InvalidRootCA";
     pub const CERTIFICATES_ISSUED: &str = "CertificatesIssued";
+    pub const ROOT_ROTATING: &str = "RootRotating";
     pub const BUNDLES_INCOMPLETE: &str = "BundlesIncomplete";
     pub const HUB_REJECTED: &str = "HubRejected";
     pub const OWNERSHIP_KEY_INVALID: &str = "OwnershipKeyInvalid";
@@ -280,12 +281,24 @@ pub fn add_certificates(
             device.message = Some(cap_text(&format!("bundle: {failure}"), MAX_MESSAGE));
         }
     }
+    let rotation = certificates
+        .rotation
+        .as_ref()
+        .and_then(|r| rotation_status(&r.plan));
     status.root_ca = Some(crate::api::RootCaStatus {
         secret_name: certificates.root_secret.clone(),
         not_after: Some(time(certificates.root.info.not_after)),
+        rotation: rotation.clone(),
     });
     status.next_renewal_time = certificates.next_renewal().map(time);
-    let update = if bundles.failures.is_empty() {
+    let update = if let (Some(r), true) = (&rotation, bundles.failures.is_empty()) {
+        ConditionUpdate::new(
+            ct::CERTIFICATES_READY,
+            Status::True,
+            reason::ROOT_ROTATING,
+            rotation_message(r),
+        )
+    } else if bundles.failures.is_empty() {
         let next = certificates
             .next_renewal()
             .map_or("no device certificates yet".to_string(), |t| {
@@ -314,6 +327,61 @@ pub fn add_certificates(
         )
     };
     status.conditions = merge(&status.conditions, &[update], generation, now);
+}
+
+/// The status of a rotation still under way; `None` once it completed.
+fn rotation_status(
+    plan: &super::certs::rotation::RotationPlan,
+) -> Option<crate::api::RootRotationStatus> {
+    use super::certs::rotation::RotationPhase as Plan;
+    use crate::api::RootRotationPhase as Phase;
+    let phase = match plan.phase {
+        Plan::Trusting => Phase::Trusting,
+        Plan::Reissuing => Phase::Reissuing,
+        Plan::Retiring => Phase::Retiring,
+        Plan::Complete => return None,
+    };
+    let c = plan.counts;
+    Some(crate::api::RootRotationStatus {
+        phase,
+        layer: plan.layer,
+        started_at: Time(plan.started),
+        old_root_trusted_until: Time(plan.deadline),
+        devices: c.devices,
+        trusting_new_root: c.trusting_new_root,
+        reissued: c.reissued,
+        installed: c.installed,
+    })
+}
+
+/// What a person reads in `CertificatesReady` while a rotation runs: where it is, what it
+/// waits for, and how to end it early.
+fn rotation_message(r: &crate::api::RootRotationStatus) -> String {
+    use crate::api::RootRotationPhase as Phase;
+    let waiting = match r.phase {
+        Phase::Trusting => format!(
+            "{} of {} devices installed a bundle trusting the new root",
+            r.trusting_new_root, r.devices
+        ),
+        Phase::Reissuing => format!(
+            "re-issuing layer {} ({} of {} edge CAs under the new root, {} installed)",
+            r.layer.unwrap_or_default(),
+            r.reissued,
+            r.devices,
+            r.installed
+        ),
+        Phase::Retiring => format!(
+            "{} of {} devices installed their edge CA under the new root",
+            r.installed, r.devices
+        ),
+    };
+    format!(
+        "root rotation {:?}: {waiting}; devices acknowledge a bundle with the {} annotation; the \
+         old root stays trusted until {} (spec.certificates.rootRotation.overlap; 0s ends it now)",
+        r.phase,
+        crate::names::INSTALLED_ANNOTATION,
+        r.old_root_trusted_until.0
+    )
 }
 
 /// Puts module health and deployments into the status, with `DeploymentsReady`, `ModulesHealthy`

@@ -87,6 +87,10 @@ impl Inner {
             .copied();
         let (link, detail) = match addr {
             None => {
+                device
+                    .counters
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 let why = format!(
                     "hostname {parent_hostname} does not resolve (no running device in the simulation has it)"
                 );
@@ -96,7 +100,9 @@ impl Inner {
                 let request = Request::Connect {
                     device_id: device.id.clone(),
                 };
-                match exchange(&material.trust_roots, parent_hostname, addr, &request).await {
+                let result = exchange(&material.trust_roots, parent_hostname, addr, &request).await;
+                device.counters.count_exchange(&result);
+                match result {
                     Ok(reply) => (
                         LinkState::Up,
                         match reply.error {

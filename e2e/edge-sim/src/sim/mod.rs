@@ -33,7 +33,9 @@ use crate::reported::{AgentDeployment, ClientRecord, DesiredStatus, ModuleRecord
 use crate::source::BundleSource;
 
 use bundles::TreeCache;
-pub use snapshot::{DeviceSnapshot, LinkSnapshot, ModuleSnapshot, Snapshot, TelemetryCounts};
+pub use snapshot::{
+    DeviceSnapshot, HandshakeCounts, LinkSnapshot, ModuleSnapshot, Snapshot, TelemetryCounts,
+};
 
 /// Marker of the SimulatedTemperatureSensor image.
 pub const SENSOR_IMAGE_MARKER: &str = "simulated-temperature-sensor";
@@ -76,6 +78,12 @@ struct Counters {
     forward_failed: AtomicU64,
     posted_to_hub: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// TLS handshakes this device (as a child) began with its parent, and how many failed.
+    handshakes: AtomicU64,
+    handshake_failures: AtomicU64,
+    /// Exchanges that never reached the handshake (TCP refused, no answer).
+    connect_failures: AtomicU64,
+    last_handshake_error: Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -87,6 +95,31 @@ impl Counters {
             forward_failed: self.forward_failed.load(Ordering::Relaxed),
             posted_to_hub: self.posted_to_hub.load(Ordering::Relaxed),
             last_error: lock(&self.last_error).clone(),
+        }
+    }
+    fn links(&self) -> HandshakeCounts {
+        HandshakeCounts {
+            handshakes: self.handshakes.load(Ordering::Relaxed),
+            handshake_failures: self.handshake_failures.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            last_handshake_error: lock(&self.last_handshake_error).clone(),
+        }
+    }
+    /// Counts one exchange with the parent by how far it got.
+    fn count_exchange<T>(&self, result: &Result<T, crate::link::LinkError>) {
+        use crate::link::LinkError;
+        match result {
+            Err(LinkError::Connect(_)) => {
+                self.connect_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(LinkError::Handshake(e)) => {
+                self.handshakes.fetch_add(1, Ordering::Relaxed);
+                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.last_handshake_error) = Some(e.clone());
+            }
+            Ok(_) | Err(LinkError::Exchange(_)) => {
+                self.handshakes.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     fn fail(&self, counter: &AtomicU64, error: &str) {

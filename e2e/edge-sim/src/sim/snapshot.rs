@@ -32,6 +32,23 @@ pub struct LinkSnapshot {
     pub ok: bool,
     /// What happened.
     pub detail: String,
+    /// Every TLS handshake with the parent since the device started (link checks and
+    /// telemetry), across bundle re-installations.
+    pub counts: HandshakeCounts,
+}
+
+/// TLS handshakes of a child with its parent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandshakeCounts {
+    /// Handshakes begun (TCP connected).
+    pub handshakes: u64,
+    /// Of those, the ones that failed.
+    pub handshake_failures: u64,
+    /// Exchanges that never reached a handshake (TCP refused, nothing answered).
+    pub connect_failures: u64,
+    /// The last handshake failure.
+    pub last_handshake_error: Option<String>,
 }
 
 /// Telemetry counts of one device.
@@ -163,6 +180,7 @@ impl Inner {
                             parent_hostname: p.clone(),
                             ok: state.link == LinkState::Up,
                             detail: state.link_detail.clone(),
+                            counts: d.counters.links(),
                         }),
                     desired_version: state.desired_version,
                     last_desired_status: state.desired_status.clone(),

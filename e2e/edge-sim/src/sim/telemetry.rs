@@ -102,7 +102,12 @@ impl Inner {
             let addr = read(&self.names)
                 .get(&parent.to_ascii_lowercase())
                 .copied()
-                .ok_or_else(|| format!("{}: parent hostname {parent} does not resolve", via.id))?;
+                .ok_or_else(|| {
+                    via.counters
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    format!("{}: parent hostname {parent} does not resolve", via.id)
+                })?;
             let request = Request::Telemetry {
                 device_id: message.device_id.clone(),
                 module_id: message.module_id.clone(),
@@ -110,9 +115,9 @@ impl Inner {
                 body: message.body.clone(),
                 hops: message.hops.clone(),
             };
-            let reply = exchange(&material.trust_roots, &parent, addr, &request)
-                .await
-                .map_err(|e| format!("{} → {parent}: {e}", via.id))?;
+            let reply = exchange(&material.trust_roots, &parent, addr, &request).await;
+            via.counters.count_exchange(&reply);
+            let reply = reply.map_err(|e| format!("{} → {parent}: {e}", via.id))?;
             match reply.error {
                 None if reply.ok => Ok(()),
                 error => Err(format!("{parent} refused: {}", error.unwrap_or_default())),

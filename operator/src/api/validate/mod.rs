@@ -154,9 +154,15 @@ fn check_settings(spec: &EdgeHierarchySpec, out: &mut Vec<Violation>) {
     let certs = &spec.certificates;
     let duration = parse_duration(&certs.duration);
     let renew = parse_duration(&certs.renew_before);
+    let overlap = parse_duration(&certs.root_rotation.overlap);
     for (field, parsed, value) in [
         ("duration", &duration, &certs.duration),
         ("renewBefore", &renew, &certs.renew_before),
+        (
+            "rootRotation.overlap",
+            &overlap,
+            &certs.root_rotation.overlap,
+        ),
     ] {
         if let Err(e) = parsed {
             out.push(Violation {

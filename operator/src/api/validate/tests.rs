@@ -407,6 +407,12 @@ fn durations_are_checked() {
     s.certificates.duration = "2m".into();
     s.certificates.renew_before = "1m".into();
     assert!(validate(&s).is_ok());
+
+    let mut s = spec(vec![]);
+    s.certificates.root_rotation.overlap = "30 days".into();
+    assert_single(&s, "spec.certificates.rootRotation.overlap", "30 days");
+    s.certificates.root_rotation.overlap = "0s".into();
+    assert!(validate(&s).is_ok(), "0s completes a rotation at once");
 }
 
 #[test]

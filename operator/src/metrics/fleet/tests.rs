@@ -54,6 +54,7 @@ fn status() -> EdgeHierarchyStatus {
         root_ca: Some(RootCaStatus {
             secret_name: "root".into(),
             not_after: Some(Time(at("2027-01-01T00:00:00Z"))),
+            rotation: None,
         }),
         // The earliest of the devices' renewal times (mid's, 2026-02-15 less renewBefore).
         next_renewal_time: Some(Time(at("2026-01-20T00:00:00Z"))),

@@ -15,8 +15,11 @@ use crate::api::{AuthenticationType, BundleStatus, DeviceSpec, DeviceType, EdgeH
 use crate::bundle::{BundleInput, DeviceAuth, bundle_files, bundle_fingerprint};
 use crate::deploy::{RegistryLogin, agent_server_address};
 use crate::names::{
-    BUNDLE_COMPONENT, DEVICE_ID_ANNOTATION, FINGERPRINT_ANNOTATION, REVISION_ANNOTATION,
-    SCOPE_ANNOTATION, bundle_secret_name,
+    BUNDLE_COMPONENT, DEVICE_ID_ANNOTATION, EDGE_CA_ANNOTATION, FINGERPRINT_ANNOTATION,
+    IDENTITY_ANNOTATION, INSTALLED_ANNOTATION, PREVIOUS_EDGE_CA_ANNOTATION,
+    PREVIOUS_FINGERPRINT_ANNOTATION, PREVIOUS_IDENTITY_ANNOTATION_OF_BUNDLE,
+    PREVIOUS_TRUSTED_ROOTS_ANNOTATION, REVISION_ANNOTATION, SCOPE_ANNOTATION,
+    TRUSTED_ROOTS_ANNOTATION, bundle_secret_name,
 };
 use crate::pki::IssuedCertificate;
 use crate::reconcile::certs::{Certificates, DeviceCertificates};
@@ -167,18 +170,37 @@ pub fn plan_bundles(
         });
         let revision = previous_revision + u32::from(!unchanged);
         if !unchanged {
+            let mut annotations = previous.map(remembered).unwrap_or_default();
             plan.writes.push((
                 id.clone(),
                 SecretWrite {
                     name: secret_name.clone(),
                     type_: "Opaque",
                     labels: device_secret_labels(input.hierarchy, BUNDLE_COMPONENT, id),
-                    annotations: BTreeMap::from([
-                        (DEVICE_ID_ANNOTATION.to_string(), id.clone()),
-                        (REVISION_ANNOTATION.to_string(), revision.to_string()),
-                        (FINGERPRINT_ANNOTATION.to_string(), fingerprint),
-                        (SCOPE_ANNOTATION.to_string(), c.scope.clone()),
-                    ]),
+                    annotations: {
+                        annotations.extend([
+                            (DEVICE_ID_ANNOTATION.to_string(), id.clone()),
+                            (REVISION_ANNOTATION.to_string(), revision.to_string()),
+                            (FINGERPRINT_ANNOTATION.to_string(), fingerprint),
+                            (SCOPE_ANNOTATION.to_string(), c.scope.clone()),
+                            // What a device runs once it acknowledges this bundle (root rotation).
+                            (
+                                TRUSTED_ROOTS_ANNOTATION.to_string(),
+                                input.certs.trust_thumbprints.join(","),
+                            ),
+                            (
+                                EDGE_CA_ANNOTATION.to_string(),
+                                c.edge_ca.sha256_thumbprint.clone(),
+                            ),
+                        ]);
+                        if let Some(identity) = &c.certs.identity {
+                            annotations.insert(
+                                IDENTITY_ANNOTATION.to_string(),
+                                identity.sha256_thumbprint.clone(),
+                            );
+                        }
+                        annotations
+                    },
                     data: files.into_iter().map(|f| (f.path, f.contents)).collect(),
                 },
             ));
@@ -193,6 +215,33 @@ pub fn plan_bundles(
         .map(|(_, s)| s.name_any())
         .collect();
     plan
+}
+
+/// The revision a device is known to run, as `previous-*` annotations for the revision that
+/// replaces `previous`: the one the installer acknowledged when that is the remembered older
+/// one (the device skipped a revision), else the one being replaced.
+fn remembered(previous: &Secret) -> BTreeMap<String, String> {
+    let annotations = previous.annotations();
+    let ack = annotations.get(INSTALLED_ANNOTATION);
+    let skipped = ack.is_some()
+        && ack == annotations.get(PREVIOUS_FINGERPRINT_ANNOTATION)
+        && ack != annotations.get(FINGERPRINT_ANNOTATION);
+    if skipped {
+        return annotations
+            .iter()
+            .filter(|(k, _)| k.starts_with("edgehierarchy.dev/previous-"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    [
+        (FINGERPRINT_ANNOTATION, PREVIOUS_FINGERPRINT_ANNOTATION),
+        (TRUSTED_ROOTS_ANNOTATION, PREVIOUS_TRUSTED_ROOTS_ANNOTATION),
+        (EDGE_CA_ANNOTATION, PREVIOUS_EDGE_CA_ANNOTATION),
+        (IDENTITY_ANNOTATION, PREVIOUS_IDENTITY_ANNOTATION_OF_BUNDLE),
+    ]
+    .into_iter()
+    .filter_map(|(now, before)| Some((before.to_string(), annotations.get(now)?.clone())))
+    .collect()
 }
 
 fn bundle_input(

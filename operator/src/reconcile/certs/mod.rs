@@ -7,7 +7,9 @@
 //! Observe (the root and certificate Secrets), plan ([`plan`], pure), apply (generate, issue;
 //! then write and delete beside the device step, [`CertificateWrites`]).
 
+pub mod installed;
 pub mod plan;
+pub mod rotation;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,14 +24,16 @@ use crate::api::{
     AuthenticationType, DeviceType, KeyAlgorithm, Topology, duration::parse_duration,
 };
 use crate::names::{
-    CERTS_COMPONENT, DEVICE_ID_ANNOTATION, PREVIOUS_IDENTITY_ANNOTATION, REVISION_ANNOTATION,
-    ROOT_ANNOTATION, ROOT_CA_COMPONENT, root_ca_secret_name,
+    BUNDLE_COMPONENT, CERTS_COMPONENT, DEVICE_ID_ANNOTATION, OLDER_IDENTITY_ANNOTATION,
+    PREVIOUS_IDENTITY_ANNOTATION, RETIRED_ROOT_COMPONENT, REVISION_ANNOTATION, ROOT_ANNOTATION,
+    ROOT_CA_COMPONENT, ROTATION_STARTED_ANNOTATION, retired_root_secret_name, root_ca_secret_name,
 };
 use crate::pki::{
     CryptoPool, DEFAULT_ROOT_VALIDITY, IdentitySigner, IssuedCertificate, PkiError, RootCa,
     RootCaError, generate_root_ca, issue_edge_ca, issue_identity_certificate, renewal_time,
 };
 use plan::{CertPlanInput, IssueJob, RootPlan, SasKeyPlan, WantedDevice};
+use rotation::{RotationDevice, RotationInput, RotationPhase, RotationPlan};
 
 const SAS_PRIMARY: &str = "sas-primary-key";
 const SAS_SECONDARY: &str = "sas-secondary-key";
@@ -96,9 +100,10 @@ pub struct DeviceCertificates {
     pub secret_name: String,
     pub edge_ca: Option<IssuedCertificate>,
     pub identity: Option<IssuedCertificate>,
-    /// The identity thumbprint the device held before the last renewal, kept registered so a
-    /// device still using it does not lose access.
-    pub previous_identity_thumbprint: Option<String>,
+    /// The identity thumbprints the device held before the last two renewals, newest first:
+    /// one of them stays registered so a device still using it does not lose access
+    /// ([`secondary_thumbprint`]).
+    pub previous_identity_thumbprints: Vec<String>,
     pub revision: u32,
     /// SAS keys the device is registered with (Edge devices under SymmetricKey), chosen here so
     /// the bundle knows them without reading them back from the hub.
@@ -111,9 +116,15 @@ pub struct DeviceCertificates {
 pub struct Certificates {
     pub root: RootCa,
     pub root_secret: String,
-    /// Every root a device must trust now: the current one, plus older ones while some device
-    /// certificate is still signed by them.
+    /// Every root a device must trust now: the current one, plus the old ones while a root
+    /// rotation keeps them.
     pub trust_bundle: Vec<String>,
+    /// SHA-256 thumbprints of `trust_bundle`, in its order.
+    pub trust_thumbprints: Vec<String>,
+    /// The root rotation under way (or completed in this reconcile).
+    pub rotation: Option<RootRotation>,
+    /// Per device, the identity thumbprint its installer acknowledged running (X509).
+    pub running_identities: BTreeMap<String, String>,
     pub devices: BTreeMap<String, DeviceCertificates>,
     /// Devices whose certificates were issued for the first time / re-issued in this step.
     pub issued: Vec<String>,
@@ -138,21 +149,46 @@ impl Certificates {
             .collect()
     }
 
-    /// Thumbprints to register per X509 device: the current identity first, the previous one
-    /// second while it may still be in use.
+    /// Thumbprints to register per X509 device: the current identity first, and second the
+    /// previous one a device may still run ([`secondary_thumbprint`]).
     pub fn thumbprints(&self) -> BTreeMap<String, (String, Option<String>)> {
         self.devices
             .iter()
             .filter_map(|(id, d)| {
                 let current = d.identity.as_ref()?.sha256_thumbprint.clone();
-                let previous = d
-                    .previous_identity_thumbprint
-                    .clone()
-                    .filter(|p| *p != current);
-                Some((id.clone(), (current, previous)))
+                let secondary = secondary_thumbprint(
+                    &current,
+                    &d.previous_identity_thumbprints,
+                    self.running_identities.get(id).map(String::as_str),
+                );
+                Some((id.clone(), (current, secondary)))
             })
             .collect()
     }
+}
+
+/// The hub has two thumbprint slots: the primary holds the current identity, the secondary
+/// the previous identity the device may still run. That is the one its installer acknowledged
+/// running (a device that missed a renewal runs the one before the previous), and otherwise
+/// the newest previous one.
+pub fn secondary_thumbprint(
+    current: &str,
+    previous: &[String],
+    running: Option<&str>,
+) -> Option<String> {
+    let candidates: Vec<&String> = previous.iter().filter(|p| *p != current).collect();
+    running
+        .and_then(|r| candidates.iter().find(|p| p.as_str() == r))
+        .or(candidates.first())
+        .map(|p| (*p).clone())
+}
+
+/// A root rotation as this reconcile left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRotation {
+    pub plan: RotationPlan,
+    /// The rotation was noticed in this reconcile.
+    pub began_now: bool,
 }
 
 /// Settings of the step, read from the spec.
@@ -160,6 +196,7 @@ struct Settings {
     algorithm: KeyAlgorithm,
     validity: Duration,
     renew_before: Duration,
+    overlap: Duration,
     x509: bool,
 }
 
@@ -171,6 +208,8 @@ impl Settings {
             algorithm: spec.algorithm,
             validity: parse_duration(&spec.duration).unwrap_or(Duration::from_secs(2160 * 3600)),
             renew_before: parse_duration(&spec.renew_before)
+                .unwrap_or(Duration::from_secs(720 * 3600)),
+            overlap: parse_duration(&spec.root_rotation.overlap)
                 .unwrap_or(Duration::from_secs(720 * 3600)),
             x509: scope.hierarchy.spec.authentication == AuthenticationType::X509,
         }
@@ -186,6 +225,8 @@ impl Settings {
 pub struct CertificateWrites {
     writes: Vec<SecretWrite>,
     delete: Vec<String>,
+    /// The retired-root Secret, once a rotation completed.
+    delete_retired: Vec<String>,
 }
 
 impl CertificateWrites {
@@ -194,6 +235,10 @@ impl CertificateWrites {
         scope
             .secrets
             .delete_all(CERTS_COMPONENT, &self.delete)
+            .await?;
+        scope
+            .secrets
+            .delete_all(RETIRED_ROOT_COMPONENT, &self.delete_retired)
             .await?;
         Ok(())
     }
@@ -241,6 +286,43 @@ pub async fn reconcile(
             device_type: d.device_type,
         })
         .collect();
+    // A root rotation, when an old root is still around.
+    let retired_name = retired_root_secret_name(&scope.identity.name);
+    let retired = scope.secrets.get(&retired_name).await?;
+    let old_roots = plan::old_roots(&root, &existing, retired.as_ref());
+    // Bundle Secrets say what each device acknowledged running; read from the watch's cache.
+    let bundles = if old_roots.is_empty() && !settings.x509 {
+        BTreeMap::new()
+    } else {
+        scope.secrets.list_component(BUNDLE_COMPONENT).await?
+    };
+    let running_identities = bundles
+        .iter()
+        .filter_map(|(id, b)| Some((id.clone(), installed::running(b)?.identity?.to_string())))
+        .collect();
+    let rotation = if old_roots.is_empty() {
+        None
+    } else {
+        let devices = rotation_devices(&wanted, topology, &root, &existing, &bundles);
+        Some(rotation::plan_rotation(&RotationInput {
+            devices: &devices,
+            started: retired.as_ref().and_then(rotation_started),
+            overlap: settings.overlap,
+            now,
+        }))
+    };
+    let keep_old = rotation
+        .as_ref()
+        .is_some_and(|r| r.phase != RotationPhase::Complete);
+    let hold = rotation
+        .as_ref()
+        .map(|r| r.hold.clone())
+        .unwrap_or_default();
+    let (old_thumbprints, old_pems): (Vec<String>, Vec<String>) = if keep_old {
+        old_roots.into_iter().unzip()
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let plan = plan::plan_certificates(&CertPlanInput {
         hierarchy: &scope.identity.name,
         wanted: &wanted,
@@ -249,6 +331,8 @@ pub async fn reconcile(
         existing: &existing,
         renew_before: settings.renew_before,
         keep_removed: scope.hierarchy.spec.policy.leaves_removed_devices(),
+        hold_old_root: &hold,
+        old_roots: &old_pems,
         now,
     });
     // Apply: issue now, write beside the device step.
@@ -271,7 +355,32 @@ pub async fn reconcile(
         .push(job.id.clone());
         devices.insert(job.id, certs);
     }
+    let mut delete_retired = Vec::new();
+    if let Some(rotation) = &rotation {
+        if rotation.phase == RotationPhase::Complete {
+            if retired.is_some() {
+                delete_retired.push(retired_name);
+            }
+        } else if let Some(write) = retired_root_secret(
+            &scope.identity.name,
+            &retired_name,
+            retired.as_ref(),
+            &old_pems,
+            rotation.started,
+        ) {
+            writes.push(write);
+        }
+    }
+    let trust_thumbprints = std::iter::once(root.info.sha256_thumbprint.clone())
+        .chain(old_thumbprints)
+        .collect();
     let certificates = Certificates {
+        running_identities,
+        trust_thumbprints,
+        rotation: rotation.map(|plan| RootRotation {
+            plan,
+            began_now: retired.is_none(),
+        }),
         root,
         root_secret,
         trust_bundle: plan.trust_bundle,
@@ -283,8 +392,69 @@ pub async fn reconcile(
     let writes = CertificateWrites {
         writes,
         delete: plan.delete,
+        delete_retired,
     };
     Ok((certificates, writes))
+}
+
+/// Where each wanted device stands in a root rotation, from its certificate and bundle Secrets.
+fn rotation_devices(
+    wanted: &[WantedDevice],
+    topology: &Topology,
+    root: &RootCa,
+    existing: &BTreeMap<String, k8s_openapi::api::core::v1::Secret>,
+    bundles: &BTreeMap<String, k8s_openapi::api::core::v1::Secret>,
+) -> Vec<RotationDevice> {
+    let current = &root.info.sha256_thumbprint;
+    wanted
+        .iter()
+        .map(|d| {
+            let secret = existing.get(&d.id);
+            let edge_ca = secret.and_then(|s| plan::edge_ca_under(s, current));
+            RotationDevice {
+                id: d.id.clone(),
+                layer: topology.layer.get(&d.id).copied().unwrap_or(u32::MAX),
+                edge: d.device_type == DeviceType::Edge,
+                on_old_root: secret.is_some_and(|s| plan::under_other_root(s, current)),
+                installed: rotation::installed(bundles.get(&d.id), current, edge_ca.as_deref()),
+            }
+        })
+        .collect()
+}
+
+fn rotation_started(secret: &k8s_openapi::api::core::v1::Secret) -> Option<Timestamp> {
+    use kube::ResourceExt;
+    secret
+        .annotations()
+        .get(ROTATION_STARTED_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// The Secret keeping the old roots and the rotation's start, when it must be written: missing,
+/// or holding other roots. Never any key: old certificates are only trusted, not issued.
+fn retired_root_secret(
+    hierarchy: &str,
+    name: &str,
+    current: Option<&k8s_openapi::api::core::v1::Secret>,
+    old_roots: &[String],
+    started: Timestamp,
+) -> Option<SecretWrite> {
+    let pem = old_roots.concat();
+    let unchanged = current.is_some_and(|s| {
+        super::secrets::text(s, "ca.crt").as_deref() == Some(pem.as_str())
+            && rotation_started(s).is_some()
+    });
+    (!unchanged).then(|| SecretWrite {
+        name: name.to_string(),
+        type_: "Opaque",
+        labels: secret_labels(hierarchy, RETIRED_ROOT_COMPONENT),
+        annotations: BTreeMap::from([(
+            ROTATION_STARTED_ANNOTATION.to_string(),
+            started.to_string(),
+        )]),
+        data: BTreeMap::from([("ca.crt".to_string(), pem.into_bytes())]),
+    })
 }
 
 /// Generates the root into its Secret. Created, not applied: if another reconcile made it
@@ -377,7 +547,7 @@ async fn issue(
         not_after: earliest(&edge_ca, &identity).unwrap_or(now),
         edge_ca,
         identity,
-        previous_identity_thumbprint: job.previous_identity.clone(),
+        previous_identity_thumbprints: job.previous_identities.clone(),
         revision: job.revision,
         sas_keys,
     })
@@ -425,8 +595,11 @@ fn certificate_secret(
             root.info.sha256_thumbprint.clone(),
         ),
     ]);
-    if let Some(previous) = &certs.previous_identity_thumbprint {
-        annotations.insert(PREVIOUS_IDENTITY_ANNOTATION.to_string(), previous.clone());
+    for (key, thumbprint) in [PREVIOUS_IDENTITY_ANNOTATION, OLDER_IDENTITY_ANNOTATION]
+        .into_iter()
+        .zip(&certs.previous_identity_thumbprints)
+    {
+        annotations.insert(key.to_string(), thumbprint.clone());
     }
     SecretWrite {
         name: certs.secret_name.clone(),

@@ -12,8 +12,8 @@ use kube::ResourceExt;
 use super::{CertError, DeviceCertificates, SAS_PRIMARY, SAS_SECONDARY};
 use crate::api::{DeviceType, RootCaSpec};
 use crate::names::{
-    PREVIOUS_IDENTITY_ANNOTATION, RENEW_ANNOTATION, REVISION_ANNOTATION, ROOT_ANNOTATION,
-    certificate_secret_name,
+    OLDER_IDENTITY_ANNOTATION, PREVIOUS_IDENTITY_ANNOTATION, RENEW_ANNOTATION, REVISION_ANNOTATION,
+    ROOT_ANNOTATION, certificate_secret_name,
 };
 use crate::pki::{
     IssuedCertificate, PrivateKey, RootCa, RootCaError, import_root_ca, inspect_certificate_pem,
@@ -132,6 +132,11 @@ pub struct CertPlanInput<'a> {
     /// Devices removed from the spec stay in the hub (`PolicySpec::leaves_removed_devices`), so
     /// their Secrets are kept rather than deleted.
     pub keep_removed: bool,
+    /// Devices whose certificates under an old root a root rotation keeps for now
+    /// ([`super::rotation`]); any other certificate under another root is re-issued.
+    pub hold_old_root: &'a BTreeSet<String>,
+    /// Old roots (PEM) devices must still trust beside the current one.
+    pub old_roots: &'a [String],
     pub now: Timestamp,
 }
 
@@ -153,8 +158,8 @@ pub struct IssueJob {
     pub device_type: DeviceType,
     pub secret_name: String,
     pub revision: u32,
-    /// The identity thumbprint the device held until now, kept registered as secondary.
-    pub previous_identity: Option<String>,
+    /// The identity thumbprints the device held until now, newest first (at most two).
+    pub previous_identities: Vec<String>,
     pub sas_keys: SasKeyPlan,
     /// It had certificates before (a renewal or re-issue, not a first issue).
     pub renewal: bool,
@@ -167,8 +172,8 @@ pub struct CertPlan {
     pub issue: Vec<IssueJob>,
     /// Certificate Secrets of devices that left the spec.
     pub delete: Vec<String>,
-    /// Every root a device must trust now: the current one first, then each other root a kept
-    /// device certificate still names.
+    /// Every root a device must trust now: the current one first, then the old roots a root
+    /// rotation still keeps.
     pub trust_bundle: Vec<String>,
 }
 
@@ -193,7 +198,9 @@ pub fn plan_certificates(input: &CertPlanInput<'_>) -> CertPlan {
         .filter(|(id, _)| !wanted.contains(id.as_str()))
         .map(|(_, s)| s.name_any())
         .collect();
-    plan.trust_bundle = trust_bundle(input.root, plan.reuse.keys(), input.existing);
+    plan.trust_bundle = std::iter::once(input.root.cert_pem.clone())
+        .chain(input.old_roots.iter().cloned())
+        .collect();
     plan
 }
 
@@ -215,33 +222,86 @@ fn issue_job(
         device_type: device.device_type,
         secret_name,
         revision: previous.and_then(revision).unwrap_or(0) + 1,
-        previous_identity: previous
-            .and_then(|s| text(s, "identity.crt"))
-            .and_then(|pem| inspect_certificate_pem(&pem).ok())
-            .map(|i| i.sha256_thumbprint),
+        previous_identities: previous.map(previous_identities).unwrap_or_default(),
         sas_keys,
         renewal: previous.is_some(),
     }
 }
 
-/// The current root, plus every other root a kept device certificate's Secret carries, so
-/// children trust parents not yet re-issued after a root change.
-fn trust_bundle<'a>(
+/// The roots other than `root` that devices may still run under: those the retired-root Secret
+/// keeps (a rotation under way) and those device certificate Secrets were issued under (a
+/// rotation beginning), each once, as `(thumbprint, PEM)`.
+pub fn old_roots(
     root: &RootCa,
-    kept: impl Iterator<Item = &'a String>,
     existing: &BTreeMap<String, Secret>,
-) -> Vec<String> {
-    let mut bundle = vec![root.cert_pem.clone()];
+    retired: Option<&Secret>,
+) -> Vec<(String, String)> {
     let mut seen = BTreeSet::from([root.info.sha256_thumbprint.clone()]);
-    for id in kept {
-        if let Some(ca) = existing.get(id).and_then(|s| text(s, "ca.crt"))
-            && let Ok(info) = inspect_certificate_pem(&ca)
-            && seen.insert(info.sha256_thumbprint)
+    let retired = retired
+        .and_then(|s| text(s, "ca.crt"))
+        .map(|pem| split_pem_blocks(&pem))
+        .unwrap_or_default();
+    let issued_under = existing
+        .values()
+        .filter(|s| s.annotations().get(ROOT_ANNOTATION) != Some(&root.info.sha256_thumbprint))
+        .filter_map(|s| text(s, "ca.crt"));
+    let mut roots = Vec::new();
+    for pem in retired.into_iter().chain(issued_under) {
+        if let Ok(info) = inspect_certificate_pem(&pem)
+            && seen.insert(info.sha256_thumbprint.clone())
         {
-            bundle.push(ca);
+            roots.push((info.sha256_thumbprint, pem));
         }
     }
-    bundle
+    roots
+}
+
+/// Each certificate of a PEM text on its own.
+fn split_pem_blocks(pem: &str) -> Vec<String> {
+    let end = "-----END CERTIFICATE-----";
+    pem.split_inclusive(end)
+        .filter(|block| block.contains("-----BEGIN CERTIFICATE-----"))
+        .map(|block| format!("{}\n", block.trim()))
+        .collect()
+}
+
+/// The thumbprint of a device certificate Secret's edge CA when it is issued under `root`.
+pub fn edge_ca_under(secret: &Secret, root: &str) -> Option<String> {
+    if secret
+        .annotations()
+        .get(ROOT_ANNOTATION)
+        .map(String::as_str)
+        != Some(root)
+    {
+        return None;
+    }
+    inspect_certificate_pem(&text(secret, "tls.crt")?)
+        .ok()
+        .map(|i| i.sha256_thumbprint)
+}
+
+/// Whether a device certificate Secret was issued under a root other than `root`.
+pub fn under_other_root(secret: &Secret, root: &str) -> bool {
+    secret
+        .annotations()
+        .get(ROOT_ANNOTATION)
+        .map(String::as_str)
+        != Some(root)
+}
+
+/// What a re-issued device's previous identities become: the one it held until now, then the
+/// one before it (the previous annotation), each once.
+fn previous_identities(secret: &Secret) -> Vec<String> {
+    let held = text(secret, "identity.crt")
+        .and_then(|pem| inspect_certificate_pem(&pem).ok())
+        .map(|i| i.sha256_thumbprint);
+    let before = secret
+        .annotations()
+        .get(PREVIOUS_IDENTITY_ANNOTATION)
+        .cloned();
+    let mut out: Vec<String> = held.into_iter().collect();
+    out.extend(before.filter(|b| !out.contains(b)));
+    out
 }
 
 fn revision(secret: &Secret) -> Option<u32> {
@@ -268,7 +328,8 @@ fn reusable(
     device: &WantedDevice,
     input: &CertPlanInput<'_>,
 ) -> Option<DeviceCertificates> {
-    if secret.annotations().get(ROOT_ANNOTATION) != Some(&input.root.info.sha256_thumbprint)
+    let held = input.hold_old_root.contains(&device.id);
+    if (under_other_root(secret, &input.root.info.sha256_thumbprint) && !held)
         || renewal_requested(secret)
     {
         return None;
@@ -312,10 +373,10 @@ fn reusable(
         not_after: super::earliest(&edge_ca, &identity)?,
         edge_ca,
         identity,
-        previous_identity_thumbprint: secret
-            .annotations()
-            .get(PREVIOUS_IDENTITY_ANNOTATION)
-            .cloned(),
+        previous_identity_thumbprints: [PREVIOUS_IDENTITY_ANNOTATION, OLDER_IDENTITY_ANNOTATION]
+            .iter()
+            .filter_map(|key| secret.annotations().get(*key).cloned())
+            .collect(),
         revision,
     })
 }

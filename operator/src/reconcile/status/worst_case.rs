@@ -282,6 +282,22 @@ fn certificates(name: &str, edge: &[&str], now: Timestamp) -> Certificates {
     Certificates {
         root_secret: crate::names::root_ca_secret_name(name),
         trust_bundle: vec![root.cert_pem.clone()],
+        trust_thumbprints: vec![root.info.sha256_thumbprint.clone()],
+        // A root rotation under way: its status entry is a fixed handful of fields.
+        rotation: Some(crate::reconcile::certs::RootRotation {
+            plan: crate::reconcile::certs::rotation::RotationPlan {
+                phase: crate::reconcile::certs::rotation::RotationPhase::Reissuing,
+                layer: Some(5),
+                hold: Default::default(),
+                reissue: Vec::new(),
+                forced: false,
+                started: now,
+                deadline: now,
+                counts: Default::default(),
+            },
+            began_now: false,
+        }),
+        running_identities: BTreeMap::new(),
         root,
         devices: edge
             .iter()
@@ -292,7 +308,7 @@ fn certificates(name: &str, edge: &[&str], now: Timestamp) -> Certificates {
                         secret_name: crate::names::certificate_secret_name(name, id),
                         edge_ca: None,
                         identity: None,
-                        previous_identity_thumbprint: None,
+                        previous_identity_thumbprints: Vec::new(),
                         revision: 9_999,
                         sas_keys: None,
                         not_after,

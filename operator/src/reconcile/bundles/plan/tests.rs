@@ -39,7 +39,7 @@ fn world() -> World {
                 not_after: ca.not_after,
                 edge_ca: Some(ca),
                 identity: None,
-                previous_identity_thumbprint: None,
+                previous_identity_thumbprints: Vec::new(),
                 revision: 1,
                 sas_keys: Some(keys(id)),
             };
@@ -54,6 +54,9 @@ fn world() -> World {
             .collect(),
         certs: Certificates {
             trust_bundle: vec![root.cert_pem.clone()],
+            trust_thumbprints: vec![root.info.sha256_thumbprint.clone()],
+            rotation: None,
+            running_identities: BTreeMap::new(),
             root_secret: "tutorial-root-ca".into(),
             root,
             devices,
@@ -292,4 +295,71 @@ fn without_agent_auth_config_toml_has_no_auth_table() {
         let config = config_of(&plan, id);
         assert!(config["agent"]["config"].get("auth").is_none(), "{id}");
     }
+}
+
+#[test]
+fn a_bundle_says_what_it_trusts_and_remembers_the_revision_it_replaces() {
+    use crate::names::{
+        EDGE_CA_ANNOTATION, FINGERPRINT_ANNOTATION, PREVIOUS_EDGE_CA_ANNOTATION,
+        PREVIOUS_FINGERPRINT_ANNOTATION, PREVIOUS_TRUSTED_ROOTS_ANNOTATION,
+        TRUSTED_ROOTS_ANNOTATION,
+    };
+    let mut w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let first = plan_bundles(&input(&w, &created, &none), &BTreeMap::new());
+    let annotations = &first.writes[0].1.annotations;
+    let first_root = w.certs.root.info.sha256_thumbprint.clone();
+    let edge_ca = w.certs.devices[&first.writes[0].0]
+        .edge_ca
+        .as_ref()
+        .unwrap()
+        .sha256_thumbprint
+        .clone();
+    assert_eq!(annotations[TRUSTED_ROOTS_ANNOTATION], first_root);
+    assert_eq!(annotations[EDGE_CA_ANNOTATION], edge_ca);
+    assert!(!annotations.contains_key(PREVIOUS_FINGERPRINT_ANNOTATION));
+    let existing = written(&first);
+
+    // A second root joins the trust bundle (a rotation): the rewritten bundle names both and
+    // keeps the first revision's marks.
+    let other = root("other");
+    w.certs.trust_bundle.push(other.cert_pem.clone());
+    w.certs
+        .trust_thumbprints
+        .push(other.info.sha256_thumbprint.clone());
+    let nothing_new = BTreeSet::new();
+    let second = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
+    assert_eq!(second.writes.len(), 2);
+    let (id, write) = &second.writes[0];
+    let before = existing[id].metadata.annotations.as_ref().unwrap();
+    let a = &write.annotations;
+    assert_eq!(
+        a[TRUSTED_ROOTS_ANNOTATION],
+        format!("{first_root},{}", other.info.sha256_thumbprint)
+    );
+    assert_eq!(
+        a[PREVIOUS_FINGERPRINT_ANNOTATION],
+        before[FINGERPRINT_ANNOTATION]
+    );
+    assert_eq!(a[PREVIOUS_TRUSTED_ROOTS_ANNOTATION], first_root);
+    assert_eq!(a[PREVIOUS_EDGE_CA_ANNOTATION], before[EDGE_CA_ANNOTATION]);
+    assert_ne!(a[FINGERPRINT_ANNOTATION], before[FINGERPRINT_ANNOTATION]);
+
+    // The device acknowledged the first revision and not the second; a third revision keeps
+    // remembering the first, the one it runs.
+    let mut existing = written(&second);
+    let first_fingerprint = before[FINGERPRINT_ANNOTATION].clone();
+    for secret in existing.values_mut() {
+        secret.metadata.annotations.as_mut().unwrap().insert(
+            crate::names::INSTALLED_ANNOTATION.to_string(),
+            first_fingerprint.clone(),
+        );
+    }
+    w.certs.trust_bundle.pop();
+    w.certs.trust_thumbprints.pop();
+    let third = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
+    let a = &third.writes[0].1.annotations;
+    assert_eq!(a[PREVIOUS_FINGERPRINT_ANNOTATION], first_fingerprint);
+    assert_eq!(a[PREVIOUS_TRUSTED_ROOTS_ANNOTATION], first_root);
 }

@@ -1,7 +1,7 @@
 //! Fixtures: Secrets as the certificate step writes them, a root and a clock, fed through
 //! `plan_certificates` and `plan_root`. Each test names the rule it covers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::api::{LocalObjectRef, RootCaSpec};
@@ -40,7 +40,7 @@ fn edge_secret(root: &RootCa, id: &str, age_days: u64, revision: u32) -> Secret 
         not_after: ca.not_after,
         edge_ca: Some(ca),
         identity: None,
-        previous_identity_thumbprint: None,
+        previous_identity_thumbprints: Vec::new(),
         revision,
         sas_keys: Some(keys()),
     };
@@ -57,7 +57,7 @@ fn identity_secret(root: &RootCa, id: &str, age_days: u64) -> (Secret, String) {
         not_after: cert.not_after,
         edge_ca: None,
         identity: Some(cert),
-        previous_identity_thumbprint: None,
+        previous_identity_thumbprints: Vec::new(),
         revision: 1,
         sas_keys: None,
     };
@@ -73,6 +73,17 @@ fn plan_with(
     existing: &BTreeMap<String, Secret>,
     x509: bool,
 ) -> CertPlan {
+    plan_rotating(root, wanted, existing, x509, &BTreeSet::new(), &[])
+}
+
+fn plan_rotating(
+    root: &RootCa,
+    wanted: &[WantedDevice],
+    existing: &BTreeMap<String, Secret>,
+    x509: bool,
+    hold_old_root: &BTreeSet<String>,
+    old_roots: &[String],
+) -> CertPlan {
     plan_certificates(&CertPlanInput {
         hierarchy: "h",
         wanted,
@@ -81,6 +92,8 @@ fn plan_with(
         existing,
         renew_before: RENEW_BEFORE,
         keep_removed: false,
+        hold_old_root,
+        old_roots,
         now: now(),
     })
 }
@@ -97,7 +110,7 @@ fn new_devices_are_issued_for_the_first_time_with_new_sas_keys() {
             device_type: DeviceType::Edge,
             secret_name: certificate_secret_name("h", "top"),
             revision: 1,
-            previous_identity: None,
+            previous_identities: Vec::new(),
             sas_keys: SasKeyPlan::Generate,
             renewal: false,
         }]
@@ -130,13 +143,76 @@ fn certificates_due_for_renewal_are_reissued_with_the_same_sas_keys() {
 }
 
 #[test]
-fn a_new_root_reissues_every_device_and_trusts_only_itself() {
+fn a_certificate_under_another_root_is_reissued_unless_the_rotation_holds_it() {
     let (old, new) = (root("old"), root("new"));
-    let existing = BTreeMap::from([("top".to_string(), edge_secret(&old, "top", 1, 1))]);
-    let plan = plan_with(&new, &[edge("top")], &existing, false);
-    assert_eq!(plan.issue.len(), 1);
-    assert!(plan.issue[0].renewal);
+    let existing = BTreeMap::from([
+        ("top".to_string(), edge_secret(&old, "top", 1, 1)),
+        ("low".to_string(), edge_secret(&old, "low", 1, 1)),
+    ]);
+    let wanted = [edge("top"), edge("low")];
+    let plan = plan_with(&new, &wanted, &existing, false);
+    assert_eq!(plan.issue.len(), 2);
+    assert!(plan.issue.iter().all(|j| j.renewal));
     assert_eq!(plan.trust_bundle, std::slice::from_ref(&new.cert_pem));
+
+    let hold = BTreeSet::from(["low".to_string()]);
+    let plan = plan_rotating(
+        &new,
+        &wanted,
+        &existing,
+        false,
+        &hold,
+        std::slice::from_ref(&old.cert_pem),
+    );
+    assert_eq!(
+        plan.issue.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["top"]
+    );
+    assert_eq!(plan.reuse["low"].revision, 1, "kept under the old root");
+    assert_eq!(
+        plan.trust_bundle,
+        [new.cert_pem.clone(), old.cert_pem.clone()]
+    );
+}
+
+#[test]
+fn old_roots_come_from_the_retired_secret_and_from_certificates_under_them() {
+    let (old, older, new) = (root("old"), root("older"), root("new"));
+    let existing = BTreeMap::from([
+        ("top".to_string(), edge_secret(&new, "top", 1, 2)),
+        ("low".to_string(), edge_secret(&old, "low", 1, 1)),
+    ]);
+    // A rotation beginning: the root a certificate Secret names.
+    let found = old_roots(&new, &existing, None);
+    assert_eq!(
+        found,
+        [(old.info.sha256_thumbprint.clone(), old.cert_pem.clone())]
+    );
+    // Under way: the retired Secret's roots first, each once; the current root never.
+    let retired = secret_with(
+        "h-retired-root-ca",
+        &[(
+            "ca.crt",
+            &format!("{}{}{}", older.cert_pem, old.cert_pem, new.cert_pem),
+        )],
+    );
+    let found: Vec<String> = old_roots(&new, &existing, Some(&retired))
+        .into_iter()
+        .map(|(thumbprint, _)| thumbprint)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            older.info.sha256_thumbprint.clone(),
+            old.info.sha256_thumbprint.clone()
+        ]
+    );
+    // No rotation: nothing.
+    let existing = BTreeMap::from([("top".to_string(), edge_secret(&new, "top", 1, 2))]);
+    assert!(old_roots(&new, &existing, None).is_empty());
+    // The edge CA of a certificate under a root, by thumbprint.
+    assert!(edge_ca_under(&existing["top"], &new.info.sha256_thumbprint).is_some());
+    assert!(edge_ca_under(&existing["top"], &old.info.sha256_thumbprint).is_none());
 }
 
 #[test]
@@ -171,6 +247,8 @@ fn devices_that_left_the_spec_lose_their_certificate_secrets() {
         existing: &existing,
         renew_before: RENEW_BEFORE,
         keep_removed: true,
+        hold_old_root: &BTreeSet::new(),
+        old_roots: &[],
         now: now(),
     });
     assert!(kept.delete.is_empty(), "{:?}", kept.delete);
@@ -184,11 +262,47 @@ fn a_renewed_x509_identity_keeps_the_old_thumbprint_as_previous() {
     let existing = BTreeMap::from([("sensor".to_string(), secret)]);
     let plan = plan_with(&root, &[leaf("sensor")], &existing, true);
     let job = &plan.issue[0];
-    assert_eq!(job.previous_identity.as_deref(), Some(thumbprint.as_str()));
+    assert_eq!(job.previous_identities, std::slice::from_ref(&thumbprint));
     assert_eq!(
         job.sas_keys,
         SasKeyPlan::None,
         "X509 devices have no SAS keys"
+    );
+    // Renewed again: the two identities before the new one are kept, newest first.
+    let mut renewed = certificate_secret(
+        "h",
+        "sensor",
+        &DeviceCertificates {
+            secret_name: certificate_secret_name("h", "sensor"),
+            not_after: now(),
+            edge_ca: None,
+            identity: Some(identity(
+                &root,
+                "sensor",
+                90,
+                now().checked_sub(DAY * 80).unwrap(),
+            )),
+            previous_identity_thumbprints: vec![thumbprint.clone(), "older".into()],
+            revision: 2,
+            sas_keys: None,
+        },
+        &root,
+    );
+    assert_eq!(
+        renewed.annotations["edgehierarchy.dev/older-identity-thumbprint"],
+        "older"
+    );
+    renewed
+        .annotations
+        .remove("edgehierarchy.dev/older-identity-thumbprint");
+    let existing = BTreeMap::from([("sensor".to_string(), stored(&renewed))]);
+    let plan = plan_with(&root, &[leaf("sensor")], &existing, true);
+    let held = inspect_certificate_pem(&String::from_utf8_lossy(&renewed.data["identity.crt"]))
+        .unwrap()
+        .sha256_thumbprint;
+    assert_eq!(
+        plan.issue[0].previous_identities,
+        [held, thumbprint.clone()]
     );
     // A current identity is kept.
     let (secret, _) = identity_secret(&root, "sensor", 1);
@@ -197,22 +311,6 @@ fn a_renewed_x509_identity_keeps_the_old_thumbprint_as_previous() {
         plan_with(&root, &[leaf("sensor")], &existing, true)
             .reuse
             .contains_key("sensor")
-    );
-}
-
-#[test]
-fn the_trust_bundle_keeps_another_root_that_a_kept_secret_carries() {
-    let (current, other) = (root("current"), root("other"));
-    let mut secret = edge_secret(&current, "top", 1, 1);
-    secret.data.as_mut().unwrap().insert(
-        "ca.crt".into(),
-        k8s_openapi::ByteString(other.cert_pem.clone().into_bytes()),
-    );
-    let existing = BTreeMap::from([("top".to_string(), secret)]);
-    let plan = plan_with(&current, &[edge("top")], &existing, false);
-    assert_eq!(
-        plan.trust_bundle,
-        [current.cert_pem.clone(), other.cert_pem.clone()]
     );
 }
 
@@ -394,4 +492,35 @@ fn a_renewal_request_that_is_not_a_revision_changes_nothing() {
         let plan = plan_with(&root, &[edge("top")], &existing, false);
         assert!(plan.issue.is_empty(), "{value:?}");
     }
+}
+
+#[test]
+fn the_secondary_slot_holds_the_previous_identity_the_device_runs() {
+    use crate::reconcile::certs::secondary_thumbprint;
+    let previous = vec!["r2".to_string(), "r1".to_string()];
+    // Nothing acknowledged: the newest previous identity.
+    assert_eq!(
+        secondary_thumbprint("r3", &previous, None).as_deref(),
+        Some("r2")
+    );
+    // The device missed the renewal to r2 and still runs r1: r1 stays registered.
+    assert_eq!(
+        secondary_thumbprint("r3", &previous, Some("r1")).as_deref(),
+        Some("r1")
+    );
+    // It runs the current one, or one the operator no longer knows: the newest previous.
+    assert_eq!(
+        secondary_thumbprint("r3", &previous, Some("r3")).as_deref(),
+        Some("r2")
+    );
+    assert_eq!(
+        secondary_thumbprint("r3", &previous, Some("r0")).as_deref(),
+        Some("r2")
+    );
+    // Never the current one twice; none before the first renewal.
+    assert_eq!(
+        secondary_thumbprint("r2", &previous, None).as_deref(),
+        Some("r1")
+    );
+    assert_eq!(secondary_thumbprint("r1", &[], Some("r1")), None);
 }
