@@ -4,6 +4,8 @@
 //! `kubectl auth can-i`). The control plane has no node, so Pods stay Pending: what is checked
 //! is what the apiserver holds. The chart's README must list every value with its default.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -1285,6 +1287,127 @@ async fn helm_test_hook(cluster: &ControlPlane) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operator binary run with the chart's ServiceAccount token instead of an admin identity:
+/// it brings a hierarchy to Ready against the emulator and deletes it (finalizer, hub cleanup,
+/// Secrets), so the trimmed RBAC is enough for a whole life cycle, not only on paper.
+async fn operator_runs_under_its_service_account(cluster: &ControlPlane) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir()?;
+    let token = kubectl_ok(
+        cluster,
+        &[
+            "-n",
+            "eho-system",
+            "create",
+            "token",
+            "eho-edge-hierarchy-operator",
+            "--duration=1h",
+        ],
+    )?;
+    let mut config: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(cluster.kubeconfig_path())?)?;
+    config["users"][0]["user"] = serde_yaml::from_str(&format!("{{token: {}}}", token.trim()))?;
+    let kubeconfig = dir.path().join("operator.kubeconfig");
+    e2e_harness::kubeconfig::write(&kubeconfig, &serde_yaml::to_string(&config)?)?;
+    let hub = common::Hub::start(&dir.path().join("hub"), &[]).await?;
+    let ns = "sa-run";
+    kubectl_ok(cluster, &["create", "namespace", ns])?;
+    let connection = format!(
+        "--from-literal=connectionString={}",
+        hub.emulator.connection_string
+    );
+    kubectl_ok(
+        cluster,
+        &[
+            "-n",
+            ns,
+            "create",
+            "secret",
+            "generic",
+            "iothub-service",
+            &connection,
+        ],
+    )?;
+    let ca = format!(
+        "--from-file=ca.crt={}",
+        hub.emulator.dir.join("ca.crt").display()
+    );
+    kubectl_ok(
+        cluster,
+        &["-n", ns, "create", "secret", "generic", "iothub-ca", &ca],
+    )?;
+    let log = dir.path().join("operator.log");
+    let operator = e2e_harness::Operator::start(
+        &e2e_harness::workspace_bin("edge-hierarchy-operator")?,
+        &kubeconfig,
+        &log,
+        common::OPERATOR_FLAGS,
+    )?;
+    let devices = "    - {id: sa-top}\n    - {id: sa-lower, parent: sa-top}\n";
+    let out = cluster.kubectl_apply_stdin(&format!(
+        "{}\n",
+        common::hierarchy_yaml("sa-run", "", devices)
+            .replace("metadata:\n", "metadata:\n  namespace: sa-run\n")
+    ))?;
+    ensure!(
+        out.status.success(),
+        "applying the hierarchy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = std::time::Instant::now();
+    let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    loop {
+        let status = kubectl_ok(
+            cluster,
+            &["-n", ns, "get", "edgehierarchy", "sa-run", "-o", ready],
+        )?;
+        if status == "True" {
+            break;
+        }
+        ensure!(
+            started.elapsed() < common::CONVERGE,
+            "not Ready under the ServiceAccount (Ready={status:?}); operator log:\n{}",
+            e2e_harness::process::log_tail(&log, 30)
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
+    println!(
+        "Ready under the chart's ServiceAccount after {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        hub.admin.device("sa-lower").await?.is_some(),
+        "sa-lower is not in the hub"
+    );
+    kubectl_ok(
+        cluster,
+        &[
+            "-n",
+            ns,
+            "delete",
+            "edgehierarchy",
+            "sa-run",
+            "--wait=true",
+            "--timeout=180s",
+        ],
+    )?;
+    common::wait_until_absent(&hub.admin, &["sa-top", "sa-lower"]).await?;
+    let text = operator.output();
+    ensure!(
+        !text.contains("forbidden") && !text.contains("Forbidden"),
+        "the operator was refused something under its ServiceAccount:\n{}",
+        text.lines()
+            .filter(|l| l.to_lowercase().contains("forbidden"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    println!(
+        "deleted under the ServiceAccount: finalizer removed, devices gone from the hub, nothing forbidden"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_chart() -> anyhow::Result<()> {
     let mut checks = Checks::new();
@@ -1336,6 +1459,12 @@ async fn helm_chart() -> anyhow::Result<()> {
             .run(
                 "helm test runs probe lease with a Lease reader",
                 helm_test_hook(&cluster),
+            )
+            .await;
+        checks
+            .run(
+                "the operator reconciles and deletes under the chart's ServiceAccount",
+                operator_runs_under_its_service_account(&cluster),
             )
             .await;
     }
