@@ -22,3 +22,58 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "eho.serviceAccountName" -}}
 {{- default (include "eho.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{- define "eho.leaseName" -}}
+{{- default (include "eho.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{- /* The folder (an emptyDir) where the metrics server writes the address it listens on when
+it picks its own port (hostNetwork); the exec probes read it. */ -}}
+{{- define "eho.runDir" -}}
+/var/run/edge-hierarchy-operator
+{{- end -}}
+
+{{- /* Env for Pods that talk to the apiserver: its address when the cluster has no kube-proxy. */ -}}
+{{- define "eho.apiServerEnv" -}}
+{{- if .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.apiServer.host | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.apiServer.port | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{- /* Pod-level settings shared by the operator's Pods and the test Pod. */ -}}
+{{- define "eho.podNetwork" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+# Names of Services still resolve through the cluster's DNS.
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
+{{- end -}}
+
+{{- /* Combinations of values the schema cannot express; each failure says what to change. */ -}}
+{{- define "eho.validate" -}}
+{{- $v := .Values -}}
+{{- if and $v.apiServer.host (not $v.apiServer.port) -}}
+{{- fail "apiServer.host is set but apiServer.port is not: set both (they become KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT) or neither" -}}
+{{- end -}}
+{{- if and $v.apiServer.port (not $v.apiServer.host) -}}
+{{- fail "apiServer.port is set but apiServer.host is not: set both (they become KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT) or neither" -}}
+{{- end -}}
+{{- if and (gt (int $v.replicaCount) 1) (not $v.leaderElection.enabled) -}}
+{{- fail (printf "replicaCount is %d but leaderElection.enabled is false: without leader election every replica would reconcile the same hierarchies; set replicaCount to 1 or enable leader election" (int $v.replicaCount)) -}}
+{{- end -}}
+{{- if and $v.hostNetwork $v.serviceMonitor.enabled -}}
+{{- fail "serviceMonitor.enabled needs the metrics port, which hostNetwork: true does not publish (the metrics server listens on 127.0.0.1 there); turn one of them off" -}}
+{{- end -}}
+{{- if and $v.hostNetwork $v.podMonitor.enabled -}}
+{{- fail "podMonitor.enabled needs the metrics port, which hostNetwork: true does not publish (the metrics server listens on 127.0.0.1 there); turn one of them off" -}}
+{{- end -}}
+{{- if and $v.serviceMonitor.enabled (not $v.metricsService.enabled) -}}
+{{- fail "serviceMonitor.enabled scrapes the metrics Service: set metricsService.enabled too" -}}
+{{- end -}}
+{{- if and $v.serviceMonitor.enabled $v.podMonitor.enabled -}}
+{{- fail "serviceMonitor.enabled and podMonitor.enabled would scrape every replica twice: enable one" -}}
+{{- end -}}
+{{- end -}}
