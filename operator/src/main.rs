@@ -31,6 +31,25 @@ enum Command {
         #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = edge_hierarchy_operator::reconcile::controller::DEFAULT_CONCURRENCY,
               value_parser = clap::value_parser!(u16).range(1..=1000))]
         reconcile_concurrency: u16,
+        /// Serve EST (RFC 7030) for `spec.certificates.issuance: Est` on this address, under
+        /// https://HOST:PORT/.well-known/est (docs/est.md). Off when unset.
+        #[arg(long, env = "EST_ADDR")]
+        est_addr: Option<std::net::SocketAddr>,
+        /// The EST URL devices use, when it differs from https://<est-addr>/.well-known/est
+        /// (a Service, a load balancer, a parent's API proxy). Its host is the server
+        /// certificate's name.
+        #[arg(long, env = "EST_URL")]
+        est_url: Option<url::Url>,
+        /// The Secret holding the operator's EST CA (generated once when missing).
+        #[arg(
+            long,
+            env = "EST_CA_SECRET",
+            default_value = "edge-hierarchy-operator-est-ca"
+        )]
+        est_ca_secret: String,
+        /// Namespace of the EST CA Secret (the operator's own namespace in a cluster).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        est_namespace: String,
     },
     /// Print the EdgeHierarchy CustomResourceDefinition as YAML.
     Crd,
@@ -74,6 +93,10 @@ async fn main() -> anyhow::Result<()> {
             log_json,
             metrics_addr,
             reconcile_concurrency,
+            est_addr,
+            est_url,
+            est_ca_secret,
+            est_namespace,
         } => {
             init_tracing(log_json);
             // kube, reqwest and rcgen all use aws-lc-rs; installing it process-wide up front
@@ -86,8 +109,41 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let counters =
                 std::sync::Arc::new(edge_hierarchy_operator::iothub::HubCallCounters::new());
-            let metrics =
-                std::sync::Arc::new(edge_hierarchy_operator::metrics::Metrics::new(&counters));
+            let est_metrics =
+                std::sync::Arc::new(edge_hierarchy_operator::est::EstMetrics::default());
+            let metrics = std::sync::Arc::new(
+                edge_hierarchy_operator::metrics::Metrics::new(&counters).with_est(&est_metrics),
+            );
+            let est = match est_addr {
+                Some(addr) => {
+                    let options = edge_hierarchy_operator::est::EstOptions {
+                        addr,
+                        url: est_url,
+                        ca_secret: est_ca_secret,
+                        ca_namespace: est_namespace,
+                    };
+                    let state = edge_hierarchy_operator::est::prepare(
+                        client.clone(),
+                        counters.clone(),
+                        est_metrics,
+                        &options,
+                    )
+                    .await?;
+                    let endpoint = state.endpoint.clone();
+                    // Started with the controller; a deployment that elects a leader starts
+                    // and stops `est::serve` with the lease instead.
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            edge_hierarchy_operator::est::serve(addr, state, std::future::pending())
+                                .await
+                        {
+                            tracing::error!(error = %e, "EST server unavailable");
+                        }
+                    });
+                    Some(endpoint)
+                }
+                None => None,
+            };
             // Metrics are secondary: if their port is taken, say so and keep reconciling.
             let served = metrics.clone();
             tokio::spawn(async move {
@@ -101,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
                 counters,
                 metrics,
                 reconcile_concurrency,
+                est,
             )
             .await?;
         }

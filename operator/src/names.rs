@@ -43,6 +43,13 @@ pub const PREVIOUS_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/previous-ident
 pub const FINGERPRINT_ANNOTATION: &str = "edgehierarchy.dev/fingerprint";
 /// Annotation on a bundle Secret: the device scope the bundle was written for.
 pub const SCOPE_ANNOTATION: &str = "edgehierarchy.dev/device-scope";
+/// Annotations on a certificate Secret: the latest certificate the device enrolled over EST,
+/// per profile (`serial=..,notAfter=..,enrolled=..`, and for the identity `thumbprint=..` and
+/// the `presented=..` thumbprint it authenticated with). Written by the EST server.
+pub const EST_EDGE_CA_ANNOTATION: &str = "edgehierarchy.dev/est-edge-ca";
+pub const EST_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/est-identity";
+/// Field manager of the EST server's writes, so the certificate step's applies keep them.
+pub const EST_FIELD_MANAGER: &str = "edge-hierarchy-operator-est";
 
 /// Most characters of a Kubernetes object name (DNS-1123 subdomain).
 const MAX_NAME: usize = 253;

@@ -297,6 +297,20 @@ pub struct CertificatesSpec {
     #[serde(default = "default_renew_before")]
     #[schemars(pattern(r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
     pub renew_before: String,
+    /// How devices get their certificates. Bundle: the bundle carries the edge CA (and identity);
+    /// a renewal needs a new bundle installed. Est: the bundle carries a bootstrap identity and
+    /// the device enrolls and renews its edge CA (and X509 identity) itself over EST from the
+    /// operator's `--est-addr` (docs/est.md).
+    #[serde(default)]
+    pub issuance: CertificateIssuance,
+}
+
+/// How devices get their certificates (`spec.certificates.issuance`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CertificateIssuance {
+    #[default]
+    Bundle,
+    Est,
 }
 
 impl Default for CertificatesSpec {
@@ -306,6 +320,7 @@ impl Default for CertificatesSpec {
             algorithm: KeyAlgorithm::default(),
             duration: default_cert_duration(),
             renew_before: default_renew_before(),
+            issuance: CertificateIssuance::default(),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct Context {
     pub configuration_views: ConfigurationViews,
     /// Each namespace's ownership proof key (see `proof_keys`).
     pub proof_keys: super::proof_keys::ProofKeys,
+    /// Where devices reach the EST server, when it runs (`issuance: Est` bundles need it).
+    pub est: Option<crate::est::EstEndpoint>,
 }
 
 impl Context {
@@ -80,6 +82,7 @@ impl Context {
             proof_keys: super::proof_keys::ProofKeys::new(client.clone()),
             metrics,
             client,
+            est: None,
         }
     }
 }
@@ -105,6 +108,7 @@ pub async fn run(
     counters: Arc<HubCallCounters>,
     metrics: Arc<crate::metrics::Metrics>,
     concurrency: u16,
+    est: Option<crate::est::EstEndpoint>,
 ) -> anyhow::Result<()> {
     let hierarchies = Api::<EdgeHierarchy>::all(client.clone());
     if let Err(e) = hierarchies.list(&ListParams::default().limit(1)).await {
@@ -112,7 +116,10 @@ pub async fn run(
             "cannot list EdgeHierarchy resources ({e}); install the CRD with `edge-hierarchy-operator crd | kubectl apply -f -` and check the operator's RBAC"
         );
     }
-    let context = Arc::new(Context::new(client.clone(), counters, metrics.clone()));
+    let context = Arc::new(Context {
+        est,
+        ..Context::new(client.clone(), counters, metrics.clone())
+    });
     // Reconcile on spec changes (generation), finalizer changes (the finalizer helper waits for
     // its own patch), and annotations (`kubectl annotate` forces a sync). Not on status writes:
     // every sync writes lastSyncTime, and reacting to that would loop and spend the hub's

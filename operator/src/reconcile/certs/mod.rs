@@ -119,6 +119,9 @@ pub struct Certificates {
     pub issued: Vec<String>,
     pub renewed: Vec<String>,
     pub renew_before: Duration,
+    /// Under `issuance: Est`: per device, the hub identity it enrolled over EST and the one it
+    /// presented then (see `est::record`).
+    pub est_identities: BTreeMap<String, (String, Option<String>)>,
 }
 
 impl Certificates {
@@ -136,6 +139,12 @@ impl Certificates {
             .iter()
             .filter_map(|(id, d)| Some((id.clone(), d.sas_keys.clone()?)))
             .collect()
+    }
+
+    /// What the hub must hold per X509 device: [`Certificates::thumbprints`], with identities
+    /// enrolled over EST taking the place of the bundle's.
+    pub fn hub_thumbprints(&self) -> BTreeMap<String, (String, Option<String>)> {
+        crate::est::record::with_enrolled_identities(self.thumbprints(), &self.est_identities)
     }
 
     /// Thumbprints to register per X509 device: the current identity first, the previous one
@@ -161,6 +170,8 @@ struct Settings {
     validity: Duration,
     renew_before: Duration,
     x509: bool,
+    /// Issue identity certificates: X509, or the bootstrap identity of `issuance: Est`.
+    identity: bool,
 }
 
 impl Settings {
@@ -173,6 +184,8 @@ impl Settings {
             renew_before: parse_duration(&spec.renew_before)
                 .unwrap_or(Duration::from_secs(720 * 3600)),
             x509: scope.hierarchy.spec.authentication == AuthenticationType::X509,
+            identity: scope.hierarchy.spec.authentication == AuthenticationType::X509
+                || spec.issuance == crate::api::CertificateIssuance::Est,
         }
     }
 }
@@ -245,6 +258,7 @@ pub async fn reconcile(
         hierarchy: &scope.identity.name,
         wanted: &wanted,
         x509: settings.x509,
+        identity: settings.identity,
         root: &root,
         existing: &existing,
         renew_before: settings.renew_before,
@@ -279,6 +293,11 @@ pub async fn reconcile(
         issued: first,
         renewed,
         renew_before: settings.renew_before,
+        est_identities: if spec.certificates.issuance == crate::api::CertificateIssuance::Est {
+            crate::est::record::enrolled_identities(&existing, now)
+        } else {
+            BTreeMap::new()
+        },
     };
     let writes = CertificateWrites {
         writes,
@@ -355,7 +374,7 @@ async fn issue(
     } else {
         None
     };
-    let identity = if settings.x509 {
+    let identity = if settings.identity {
         let key = pool.generate_key(settings.algorithm).await?;
         let (id, root) = (job.id.clone(), root.clone());
         Some(

@@ -60,6 +60,7 @@ fn world() -> World {
             issued: Vec::new(),
             renewed: Vec::new(),
             renew_before: Duration::from_secs(30 * 24 * 3600),
+            est_identities: Default::default(),
         },
         spec: resource.spec,
     }
@@ -82,6 +83,7 @@ fn input<'a>(
         existing,
         agent_auth: None,
         keep_removed: false,
+        est: None,
     }
 }
 
