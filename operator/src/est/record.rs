@@ -77,6 +77,34 @@ pub fn enrolled_identities(
         .collect()
 }
 
+/// Per device, its most recent EST enrollment (edge CA or identity), for the status.
+pub fn latest_enrollments(
+    secrets: &std::collections::BTreeMap<String, Secret>,
+) -> std::collections::BTreeMap<String, crate::api::EstCertificateStatus> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    secrets
+        .iter()
+        .filter_map(|(id, secret)| {
+            let (profile, record) = [Profile::EdgeCa, Profile::Identity]
+                .into_iter()
+                .filter_map(|p| {
+                    let text = secret.annotations().get(annotation(p))?;
+                    Some((p, EstRecord::from_annotation(text)?))
+                })
+                .max_by_key(|(_, r)| r.enrolled)?;
+            Some((
+                id.clone(),
+                crate::api::EstCertificateStatus {
+                    profile: profile.label().to_string(),
+                    serial: record.serial,
+                    not_after: Time(record.not_after),
+                    enrolled: Time(record.enrolled),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// The thumbprints the hub must hold: an identity enrolled over EST (and the one the device
 /// presented for it, which it may still connect with) replaces what the bundle's Secret says,
 /// for the devices that have thumbprints at all (X509).
@@ -185,6 +213,52 @@ mod tests {
         );
         assert_eq!(EstRecord::from_annotation(&text), Some(record));
         assert_eq!(EstRecord::from_annotation("serial=1"), None);
+    }
+
+    #[test]
+    fn the_status_shows_the_latest_enrollment_of_either_profile() {
+        let secret = |annotations: &[(&str, &str)]| Secret {
+            metadata: kube::api::ObjectMeta {
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let secrets = std::collections::BTreeMap::from([
+            (
+                "gw".to_string(),
+                secret(&[
+                    (
+                        EST_EDGE_CA_ANNOTATION,
+                        "serial=AA,notAfter=2026-07-01T00:00:00Z,enrolled=2026-06-02T00:00:00Z",
+                    ),
+                    (
+                        EST_IDENTITY_ANNOTATION,
+                        "serial=BB,notAfter=2026-07-01T00:00:00Z,enrolled=2026-06-01T00:00:00Z,thumbprint=T,presented=P",
+                    ),
+                ]),
+            ),
+            ("plain".to_string(), secret(&[])),
+        ]);
+        let latest = latest_enrollments(&secrets);
+        assert_eq!(latest.len(), 1);
+        assert_eq!(
+            (latest["gw"].profile.as_str(), latest["gw"].serial.as_str()),
+            ("edge-ca", "AA")
+        );
+        let now = "2026-06-15T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            enrolled_identities(&secrets, now)["gw"],
+            ("T".to_string(), Some("P".to_string()))
+        );
+        // An enrolled identity that expired no longer decides the hub's thumbprints.
+        let later = "2026-08-01T00:00:00Z".parse().unwrap();
+        assert!(enrolled_identities(&secrets, later).is_empty());
     }
 
     #[test]

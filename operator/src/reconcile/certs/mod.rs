@@ -122,6 +122,8 @@ pub struct Certificates {
     /// Under `issuance: Est`: per device, the hub identity it enrolled over EST and the one it
     /// presented then (see `est::record`).
     pub est_identities: BTreeMap<String, (String, Option<String>)>,
+    /// Under `issuance: Est`: per device, the certificate it enrolled over EST last.
+    pub est_latest: BTreeMap<String, crate::api::EstCertificateStatus>,
 }
 
 impl Certificates {
@@ -285,6 +287,7 @@ pub async fn reconcile(
         .push(job.id.clone());
         devices.insert(job.id, certs);
     }
+    let est = spec.certificates.issuance == crate::api::CertificateIssuance::Est;
     let certificates = Certificates {
         root,
         root_secret,
@@ -293,8 +296,13 @@ pub async fn reconcile(
         issued: first,
         renewed,
         renew_before: settings.renew_before,
-        est_identities: if spec.certificates.issuance == crate::api::CertificateIssuance::Est {
+        est_identities: if est {
             crate::est::record::enrolled_identities(&existing, now)
+        } else {
+            BTreeMap::new()
+        },
+        est_latest: if est {
+            crate::est::record::latest_enrollments(&existing)
         } else {
             BTreeMap::new()
         },

@@ -304,6 +304,7 @@ fn certificates(name: &str, edge: &[&str], now: Timestamp) -> Certificates {
         renewed: edge.iter().map(|id| id.to_string()).collect(),
         renew_before: Duration::from_secs(720 * 3600),
         est_identities: Default::default(),
+        est_latest: Default::default(),
     }
 }
 

@@ -61,6 +61,7 @@ fn world() -> World {
             renewed: Vec::new(),
             renew_before: Duration::from_secs(30 * 24 * 3600),
             est_identities: Default::default(),
+            est_latest: Default::default(),
         },
         spec: resource.spec,
     }
