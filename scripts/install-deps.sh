@@ -8,6 +8,10 @@ command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 # The public roots `make image` puts into the operator's image; `ip` for `make image-check`.
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The EST conformance harness (e2e/est-conformance): Bouncy Castle's client on a JDK, built by
+# Maven, which downloads Bouncy Castle 1.87 into ~/.m2 the first time.
+command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: please install: ${missing[*]} (needs root)" >&2

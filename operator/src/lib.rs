@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bundle;
 pub mod deploy;
+pub mod est;
 pub mod import;
 pub mod iothub;
 pub mod leadership;

@@ -47,6 +47,25 @@ enum Command {
         /// or watch, so Roles in them suffice. Unset: every namespace.
         #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
         watch_namespaces: Vec<String>,
+        /// Serve EST (RFC 7030) for `spec.certificates.issuance: Est` on this address, under
+        /// https://HOST:PORT/.well-known/est (docs/est.md). Off when unset.
+        #[arg(long, env = "EST_ADDR")]
+        est_addr: Option<std::net::SocketAddr>,
+        /// The EST URL devices use, when it differs from https://<est-addr>/.well-known/est
+        /// (a Service, a load balancer, a parent's API proxy). Its host is the server
+        /// certificate's name.
+        #[arg(long, env = "EST_URL")]
+        est_url: Option<url::Url>,
+        /// The Secret holding the operator's EST CA (generated once when missing).
+        #[arg(
+            long,
+            env = "EST_CA_SECRET",
+            default_value = "edge-hierarchy-operator-est-ca"
+        )]
+        est_ca_secret: String,
+        /// Namespace of the EST CA Secret (the operator's own namespace in a cluster).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        est_namespace: String,
     },
     /// Exit 0 if the operator answers, for exec probes (the image has no shell or curl).
     Probe {
@@ -280,6 +299,10 @@ async fn main() -> anyhow::Result<()> {
             election,
             shard_selector,
             watch_namespaces: namespaces,
+            est_addr,
+            est_url,
+            est_ca_secret,
+            est_namespace,
         } => {
             if let Some(selector) = &shard_selector {
                 edge_hierarchy_operator::reconcile::controller::check_label_selector(selector)
@@ -297,8 +320,31 @@ async fn main() -> anyhow::Result<()> {
             })?;
             let counters =
                 std::sync::Arc::new(edge_hierarchy_operator::iothub::HubCallCounters::new());
-            let metrics =
-                std::sync::Arc::new(edge_hierarchy_operator::metrics::Metrics::new(&counters));
+            let est_metrics =
+                std::sync::Arc::new(edge_hierarchy_operator::est::EstMetrics::default());
+            let metrics = std::sync::Arc::new(
+                edge_hierarchy_operator::metrics::Metrics::new(&counters).with_est(&est_metrics),
+            );
+            let est_server = match est_addr {
+                Some(addr) => {
+                    let options = edge_hierarchy_operator::est::EstOptions {
+                        addr,
+                        url: est_url,
+                        ca_secret: est_ca_secret,
+                        ca_namespace: est_namespace,
+                        user_agent: user_agent(&edge_hierarchy_operator::leadership::identity()),
+                    };
+                    let state = edge_hierarchy_operator::est::prepare(
+                        client.clone(),
+                        counters.clone(),
+                        est_metrics,
+                        &options,
+                    )
+                    .await?;
+                    Some((addr, state))
+                }
+                None => None,
+            };
             // Metrics are secondary: if their port is taken, say so and keep reconciling.
             let served = metrics.clone();
             tokio::spawn(async move {
@@ -317,11 +363,11 @@ async fn main() -> anyhow::Result<()> {
                     shard_selector,
                 },
                 user_agent: user_agent(&identity),
+                est: est_server.as_ref().map(|(_, state)| state.endpoint.clone()),
             };
             if !election.leader_election {
                 let stop = Box::pin(edge_hierarchy_operator::leadership::shutdown_signal());
-                edge_hierarchy_operator::reconcile::run(client, counters, metrics, options, stop)
-                    .await?;
+                serve_term(client, counters, metrics, options, est_server, stop).await?;
                 return Ok(());
             }
             let lease = edge_hierarchy_operator::leadership::LeaseConfig {
@@ -332,11 +378,12 @@ async fn main() -> anyhow::Result<()> {
             };
             let for_terms = client.clone();
             edge_hierarchy_operator::leadership::run(client, lease, metrics.clone(), move |stop| {
-                edge_hierarchy_operator::reconcile::run(
+                serve_term(
                     for_terms.clone(),
                     counters.clone(),
                     metrics.clone(),
                     options.clone(),
+                    est_server.clone(),
                     stop,
                 )
             })
@@ -413,4 +460,43 @@ mod tests {
             Cli::try_parse_from(["op", "probe", "http", "/readyz", "--addr-file", "f"]).is_ok()
         );
     }
+}
+
+/// One term of work until `stop`: the controller, and the EST server when `--est-addr` is set.
+/// Both write (the EST server registers thumbprints on the hub), so under leader election both
+/// run only while this replica leads, and both end before its lease could pass to another.
+async fn serve_term(
+    client: kube::Client,
+    counters: std::sync::Arc<edge_hierarchy_operator::iothub::HubCallCounters>,
+    metrics: std::sync::Arc<edge_hierarchy_operator::metrics::Metrics>,
+    options: edge_hierarchy_operator::reconcile::controller::Options,
+    est_server: Option<(
+        std::net::SocketAddr,
+        std::sync::Arc<edge_hierarchy_operator::est::EstState>,
+    )>,
+    stop: edge_hierarchy_operator::leadership::StopSignal,
+) -> anyhow::Result<()> {
+    use futures::FutureExt as _;
+    let stop = stop.shared();
+    let est = async {
+        match est_server {
+            Some((addr, state)) => {
+                edge_hierarchy_operator::est::serve(addr, state, stop.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let controller = edge_hierarchy_operator::reconcile::run(
+        client,
+        counters,
+        metrics,
+        options,
+        stop.clone().boxed(),
+    );
+    // A failed EST listener (its port taken) is reported and the controller keeps running.
+    let (est, controller) = tokio::join!(est, controller);
+    if let Err(e) = est {
+        tracing::error!(error = %e, "EST server unavailable");
+    }
+    controller
 }

@@ -68,6 +68,13 @@ pub const INSTALLED_ANNOTATION: &str = "edgehierarchy.dev/installed-fingerprint"
 pub const RETIRED_ROOT_COMPONENT: &str = "retired-root";
 /// Annotation on the retired-root Secret: when the rotation began (RFC 3339).
 pub const ROTATION_STARTED_ANNOTATION: &str = "edgehierarchy.dev/rotation-started";
+/// Annotations on a certificate Secret: the latest certificate the device enrolled over EST,
+/// per profile (`serial=..,notAfter=..,enrolled=..`, and for the identity `thumbprint=..` and
+/// the `presented=..` thumbprint it authenticated with). Written by the EST server.
+pub const EST_EDGE_CA_ANNOTATION: &str = "edgehierarchy.dev/est-edge-ca";
+pub const EST_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/est-identity";
+/// Field manager of the EST server's writes, so the certificate step's applies keep them.
+pub const EST_FIELD_MANAGER: &str = "edge-hierarchy-operator-est";
 
 /// Most characters of a Kubernetes object name (DNS-1123 subdomain).
 const MAX_NAME: usize = 253;

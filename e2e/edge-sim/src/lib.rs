@@ -14,6 +14,7 @@
 pub mod chain;
 pub mod checks;
 pub mod config;
+pub mod est;
 pub mod fixtures;
 pub mod hub;
 pub mod install;

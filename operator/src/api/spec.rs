@@ -300,6 +300,20 @@ pub struct CertificatesSpec {
     /// How a change of root CA is rolled out (docs/certificates.md, "Root rotation").
     #[serde(default)]
     pub root_rotation: RootRotationSpec,
+    /// How devices get their certificates. Bundle: the bundle carries the edge CA (and identity);
+    /// a renewal needs a new bundle installed. Est: the bundle carries a bootstrap identity and
+    /// the device enrolls and renews its edge CA (and X509 identity) itself over EST from the
+    /// operator's `--est-addr` (docs/est.md).
+    #[serde(default)]
+    pub issuance: CertificateIssuance,
+}
+
+/// How devices get their certificates (`spec.certificates.issuance`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CertificateIssuance {
+    #[default]
+    Bundle,
+    Est,
 }
 
 impl Default for CertificatesSpec {
@@ -310,6 +324,7 @@ impl Default for CertificatesSpec {
             duration: default_cert_duration(),
             renew_before: default_renew_before(),
             root_rotation: RootRotationSpec::default(),
+            issuance: CertificateIssuance::default(),
         }
     }
 }

@@ -212,6 +212,22 @@ pub struct CertificateStatus {
     pub not_after: Option<Time>,
     /// Incremented on every issuance.
     pub revision: u32,
+    /// Under `issuance: Est`: the certificate the device enrolled over EST most recently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub est: Option<EstCertificateStatus>,
+}
+
+/// A certificate a device enrolled over EST (docs/est.md).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EstCertificateStatus {
+    /// `edge-ca` or `identity`.
+    pub profile: String,
+    /// Serial number, hex.
+    pub serial: String,
+    pub not_after: Time,
+    /// When the device enrolled it.
+    pub enrolled: Time,
 }
 
 /// A device's config bundle (its Secret is `<hierarchy>-<device slug>-<hash8>-bundle`).

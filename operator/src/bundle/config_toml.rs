@@ -1,5 +1,6 @@
 //! `config.toml` in the aziot-edge 1.4/1.5 format (`/etc/aziot/config.toml`).
 
+use super::est::{EST_AUTO_RENEW, EST_TRUSTED_CA_FILE, EstBundle, est_file_names};
 use super::text::{comment_text, toml_string};
 use super::{
     BundleInput, CERT_DIR, DeviceAuth, HOSTNAME_PLACEHOLDER, PARENT_HOSTNAME_PLACEHOLDER,
@@ -10,6 +11,10 @@ use super::{
 /// [`HOSTNAME_PLACEHOLDER`] / [`PARENT_HOSTNAME_PLACEHOLDER`], which `install.sh` replaces;
 /// the file is valid TOML either way.
 pub fn render_config_toml(input: &BundleInput) -> String {
+    render(input, None)
+}
+
+pub(super) fn render(input: &BundleInput, est: Option<&EstBundle>) -> String {
     let names = input.files();
     let cert_uri = |file: &str| toml_string(&format!("file://{CERT_DIR}/{file}"));
     let secret_uri = |file: &str| toml_string(&format!("file://{SECRET_DIR}/{file}"));
@@ -63,19 +68,32 @@ pub fn render_config_toml(input: &BundleInput) -> String {
                 toml_string(&input.hub_hostname),
                 toml_string(&input.device_id)
             ));
-            out.push_str(&format!(
-                "[provisioning.authentication]\nmethod = \"x509\"\nidentity_cert = {}\nidentity_pk = {}\n\n",
-                cert_uri(&names.identity_cert),
-                secret_uri(&names.identity_key)
-            ));
+            if est.is_some() {
+                // The hub identity is enrolled (and renewed) over EST; the operator registers
+                // each new thumbprint before it answers.
+                out.push_str(&format!(
+                    "[provisioning.authentication]\nmethod = \"x509\"\n\n\
+                     [provisioning.authentication.identity_cert]\nmethod = \"est\"\ncommon_name = {}\n\n",
+                    toml_string(&input.device_id)
+                ));
+            } else {
+                out.push_str(&format!(
+                    "[provisioning.authentication]\nmethod = \"x509\"\nidentity_cert = {}\nidentity_pk = {}\n\n",
+                    cert_uri(&names.identity_cert),
+                    secret_uri(&names.identity_key)
+                ));
+            }
         }
     }
 
-    out.push_str(&format!(
-        "[edge_ca]\ncert = {}\npk = {}\n\n",
-        cert_uri(&names.edge_ca_full_chain),
-        secret_uri(&names.edge_ca_key)
-    ));
+    match est {
+        None => out.push_str(&format!(
+            "[edge_ca]\ncert = {}\npk = {}\n\n",
+            cert_uri(&names.edge_ca_full_chain),
+            secret_uri(&names.edge_ca_key)
+        )),
+        Some(est) => out.push_str(&est_sections(input, est)),
+    }
 
     out.push_str("[agent]\nname = \"edgeAgent\"\ntype = \"docker\"\n\n");
     out.push_str(&format!(
@@ -104,4 +122,29 @@ pub fn render_config_toml(input: &BundleInput) -> String {
          network = \"azure-iot-edge\"\n",
     );
     out
+}
+
+/// `[cert_issuance.est]` and an `[edge_ca]` that enrolls over EST (docs/est.md): the device
+/// trusts the EST server through the EST CA only, authenticates the first time with its
+/// bootstrap identity, and renews its edge CA (CN `<id>.deviceca`, which differs from its
+/// hostname and id as IoT Edge requires) itself.
+fn est_sections(input: &BundleInput, est: &EstBundle) -> String {
+    let (cert, key) = est_file_names(input);
+    let cert_uri = |file: &str| toml_string(&format!("file://{CERT_DIR}/{file}"));
+    let secret_uri = |file: &str| toml_string(&format!("file://{SECRET_DIR}/{file}"));
+    let (threshold, retry) = EST_AUTO_RENEW;
+    format!(
+        "[cert_issuance.est]\ntrusted_certs = [{}]\n\n\
+         [cert_issuance.est.auth]\nbootstrap_identity_cert = {}\nbootstrap_identity_pk = {}\n\n\
+         [cert_issuance.est.urls]\ndefault = {}\n\n\
+         [edge_ca]\nmethod = \"est\"\ncommon_name = {}\n\n\
+         [edge_ca.auto_renew]\nrotate_key = true\nthreshold = {}\nretry = {}\n\n",
+        cert_uri(EST_TRUSTED_CA_FILE),
+        cert_uri(&cert),
+        secret_uri(&key),
+        toml_string(&est.url),
+        toml_string(&crate::pki::edge_ca_common_name(&input.device_id)),
+        toml_string(threshold),
+        toml_string(retry),
+    )
 }

@@ -8,6 +8,14 @@ use super::{BundleInput, CERT_DIR, DeviceAuth, SECRET_DIR, TRUST_BUNDLE_FILE};
 
 /// Renders the device's `install.sh` (POSIX sh, `set -eu`).
 pub fn render_install_sh(input: &BundleInput) -> String {
+    render_install_sh_with(input, &[])
+}
+
+/// [`render_install_sh`] installing `extra` files too: (file, directory variable, owner, mode).
+pub(super) fn render_install_sh_with(
+    input: &BundleInput,
+    extra: &[(String, &'static str, &'static str, &'static str)],
+) -> String {
     let names = input.files();
     let mut installs = vec![
         (
@@ -28,6 +36,7 @@ pub fn render_install_sh(input: &BundleInput) -> String {
         installs.push((names.identity_cert.clone(), "$cert_dir", "aziotcs", "0644"));
         installs.push((names.identity_key.clone(), "$secret_dir", "aziotks", "0600"));
     }
+    installs.extend(extra.iter().cloned());
     let install_lines: String = installs
         .iter()
         .map(|(file, dir, owner, mode)| {

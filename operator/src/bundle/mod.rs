@@ -14,6 +14,7 @@
 
 mod archive;
 mod config_toml;
+mod est;
 mod install_sh;
 mod readme;
 mod text;
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 pub use archive::{ArchiveFormat, write_archive, write_tar_gz, write_zip};
 pub use config_toml::render_config_toml;
+pub use est::{EST_TRUSTED_CA_FILE, EstBundle, bundle_files_est, est_file_names};
 pub use install_sh::render_install_sh;
 pub use readme::render_readme;
 

@@ -62,6 +62,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds the EST server's counters (only when it runs).
+    pub fn with_est(mut self, est: &crate::est::EstMetrics) -> Self {
+        est.register(&mut self.registry);
+        self
+    }
+
     pub fn new(hub_calls: &HubCallCounters) -> Self {
         let mut registry = Registry::with_prefix("edge_hierarchy");
         let reconciles = Family::<OutcomeLabels, Counter>::default();

@@ -32,6 +32,7 @@ pub use issue::{
     CLOCK_SKEW_ALLOWANCE, IdentitySigner, IssuedCertificate, MAX_COMMON_NAME, edge_ca_common_name,
     issue_edge_ca, issue_identity_certificate, issue_server_certificate,
 };
+pub(crate) use issue::{random_serial, validity_window};
 pub use keys::{CryptoPool, PrivateKey, generate_key};
 pub use renewal::{needs_renewal, renewal_time};
 pub use root::{DEFAULT_ROOT_VALIDITY, RootCa, generate_root_ca, import_root_ca};

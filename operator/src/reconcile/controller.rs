@@ -197,6 +197,8 @@ pub struct Options {
     pub watched: Watched,
     /// `User-Agent` of the hub calls: names the operator's version and this replica.
     pub user_agent: String,
+    /// Where devices reach the EST server, when it runs (`--est-addr`).
+    pub est: Option<crate::est::EstEndpoint>,
 }
 
 /// Shared state of the controller.
@@ -220,6 +222,8 @@ pub struct Context {
     pub proof_keys: super::proof_keys::ProofKeys,
     /// Reconciles running at once, over every watched namespace.
     slots: tokio::sync::Semaphore,
+    /// Where devices reach the EST server, when it runs (`issuance: Est` bundles need it).
+    pub est: Option<crate::est::EstEndpoint>,
 }
 
 impl Context {
@@ -245,6 +249,7 @@ impl Context {
             metrics,
             client,
             slots: tokio::sync::Semaphore::new(usize::from(options.concurrency.max(1))),
+            est: options.est.clone(),
         }
     }
 }

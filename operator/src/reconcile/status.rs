@@ -272,6 +272,7 @@ pub fn add_certificates(
             device.certificate = Some(crate::api::CertificateStatus {
                 not_after: Some(time(c.not_after)),
                 revision: c.revision,
+                est: certificates.est_latest.get(&device.id).cloned(),
             });
         }
         if let Some(b) = bundles.status.get(&device.id) {

@@ -71,7 +71,7 @@ async fn steps(
         &scope.identity,
         &hierarchy.spec,
         &topology,
-        &certificates.thumbprints(),
+        &certificates.hub_thumbprints(),
         &certificates.sas_keys(),
     );
     let registered_before = previously_registered(previous);

@@ -224,6 +224,8 @@ struct Inner {
     tree: Mutex<TreeCache>,
     snapshot: Mutex<Snapshot>,
     ticks: AtomicU64,
+    /// Certificates enrolled over EST (see `crate::est`).
+    est: crate::est::Est,
 }
 
 /// A running simulation of every device of one hierarchy.
@@ -268,6 +270,7 @@ impl EdgeSim {
             tree: Mutex::new(TreeCache::default()),
             snapshot: Mutex::new(Snapshot::default()),
             ticks: AtomicU64::new(0),
+            est: crate::est::Est::default(),
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let looping = inner.clone();
@@ -291,6 +294,11 @@ impl EdgeSim {
     /// The state after the last completed poll.
     pub fn snapshot(&self) -> Snapshot {
         lock(&self.inner.snapshot).clone()
+    }
+
+    /// What EST did per device (renewals, the certificates held).
+    pub fn est_counts(&self) -> BTreeMap<String, crate::est::EstCounts> {
+        self.inner.est.counts()
     }
 
     /// Where devices are installed.
@@ -335,6 +343,8 @@ impl Inner {
     async fn tick(self: &Arc<Self>) {
         let source_error = match self.source.list().await {
             Ok(bundles) => {
+                // aziot-certd's part first: EST enrollments and renewals that are due.
+                let bundles = join_all(bundles.into_iter().map(|b| self.est.materialize(b))).await;
                 self.sync_bundles(bundles).await;
                 None
             }

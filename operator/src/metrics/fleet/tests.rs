@@ -33,6 +33,7 @@ fn certificate(not_after: &str) -> Option<CertificateStatus> {
     Some(CertificateStatus {
         not_after: Some(Time(at(not_after))),
         revision: 1,
+        est: None,
     })
 }
 

@@ -28,6 +28,7 @@ fn tutorial() -> EdgeHierarchy {
             certificate: Some(CertificateStatus {
                 not_after: Some(Time(at("2027-03-01T00:00:00Z"))),
                 revision: 3,
+                est: None,
             }),
             bundle: Some(BundleStatus { revision: 2 }),
             deployment: Some(DeviceDeploymentStatus {

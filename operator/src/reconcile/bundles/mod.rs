@@ -66,6 +66,7 @@ pub async fn reconcile(
         existing: &existing,
         agent_auth,
         keep_removed: scope.hierarchy.spec.policy.leaves_removed_devices(),
+        est: scope.ctx.est.as_ref(),
     };
     let mut read_keys = BTreeMap::new();
     for id in plan::keys_to_read(&input) {

@@ -11,8 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use crate::api::{AuthenticationType, BundleStatus, DeviceSpec, DeviceType, EdgeHierarchySpec};
-use crate::bundle::{BundleInput, DeviceAuth, bundle_files, bundle_fingerprint};
+use crate::api::{
+    AuthenticationType, BundleStatus, CertificateIssuance, DeviceSpec, DeviceType,
+    EdgeHierarchySpec,
+};
+use crate::bundle::{
+    BundleFile, BundleInput, DeviceAuth, EstBundle, bundle_files, bundle_files_est,
+    bundle_fingerprint,
+};
 use crate::deploy::{RegistryLogin, agent_server_address};
 use crate::names::{
     BUNDLE_COMPONENT, DEVICE_ID_ANNOTATION, EDGE_CA_ANNOTATION, FINGERPRINT_ANNOTATION,
@@ -45,6 +51,8 @@ pub struct BundlePlanInput<'a> {
     /// Devices removed from the spec stay in the hub (`PolicySpec::leaves_removed_devices`), so
     /// their Secrets are kept rather than deleted.
     pub keep_removed: bool,
+    /// The EST server devices enroll from (`run --est-addr`); needed under `issuance: Est`.
+    pub est: Option<&'a crate::est::EstEndpoint>,
 }
 
 /// What the bundle step does.
@@ -151,10 +159,10 @@ pub fn plan_bundles(
                 None => continue,
             }
         };
-        let files = match bundle_files(&bundle_input(input, &c, &by_id, auth)) {
+        let files = match render_files(input, &c, bundle_input(input, &c, &by_id, auth)) {
             Ok(f) => f,
             Err(e) => {
-                plan.failures.insert(id.clone(), e.to_string());
+                plan.failures.insert(id.clone(), e);
                 continue;
             }
         };
@@ -242,6 +250,35 @@ fn remembered(previous: &Secret) -> BTreeMap<String, String> {
     .into_iter()
     .filter_map(|(now, before)| Some((before.to_string(), annotations.get(now)?.clone())))
     .collect()
+}
+
+/// The bundle's files: plain, or under `issuance: Est` with the EST sections and files.
+fn render_files(
+    input: &BundlePlanInput<'_>,
+    c: &Candidate<'_>,
+    bundle: BundleInput,
+) -> Result<Vec<BundleFile>, String> {
+    if input.spec.certificates.issuance != CertificateIssuance::Est {
+        return bundle_files(&bundle).map_err(|e| e.to_string());
+    }
+    let endpoint = input.est.ok_or_else(|| {
+        format!(
+            "device {:?}: spec.certificates.issuance is Est but the operator runs without --est-addr; start it with --est-addr (and --est-url) or set issuance: Bundle",
+            c.device.id
+        )
+    })?;
+    let bootstrap = c.certs.identity.clone().ok_or_else(|| {
+        format!(
+            "device {:?}: no bootstrap identity certificate issued yet",
+            c.device.id
+        )
+    })?;
+    let est = EstBundle {
+        url: endpoint.url.clone(),
+        trusted_ca_pem: endpoint.trusted_ca_pem.clone(),
+        bootstrap,
+    };
+    bundle_files_est(&bundle, &est).map_err(|e| e.to_string())
 }
 
 fn bundle_input(

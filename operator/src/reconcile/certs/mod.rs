@@ -130,6 +130,11 @@ pub struct Certificates {
     pub issued: Vec<String>,
     pub renewed: Vec<String>,
     pub renew_before: Duration,
+    /// Under `issuance: Est`: per device, the hub identity it enrolled over EST and the one it
+    /// presented then (see `est::record`).
+    pub est_identities: BTreeMap<String, (String, Option<String>)>,
+    /// Under `issuance: Est`: per device, the certificate it enrolled over EST last.
+    pub est_latest: BTreeMap<String, crate::api::EstCertificateStatus>,
 }
 
 impl Certificates {
@@ -147,6 +152,12 @@ impl Certificates {
             .iter()
             .filter_map(|(id, d)| Some((id.clone(), d.sas_keys.clone()?)))
             .collect()
+    }
+
+    /// What the hub must hold per X509 device: [`Certificates::thumbprints`], with identities
+    /// enrolled over EST taking the place of the bundle's.
+    pub fn hub_thumbprints(&self) -> BTreeMap<String, (String, Option<String>)> {
+        crate::est::record::with_enrolled_identities(self.thumbprints(), &self.est_identities)
     }
 
     /// Thumbprints to register per X509 device: the current identity first, and second the
@@ -198,6 +209,8 @@ struct Settings {
     renew_before: Duration,
     overlap: Duration,
     x509: bool,
+    /// Issue identity certificates: X509, or the bootstrap identity of `issuance: Est`.
+    identity: bool,
 }
 
 impl Settings {
@@ -212,6 +225,8 @@ impl Settings {
             overlap: parse_duration(&spec.root_rotation.overlap)
                 .unwrap_or(Duration::from_secs(720 * 3600)),
             x509: scope.hierarchy.spec.authentication == AuthenticationType::X509,
+            identity: scope.hierarchy.spec.authentication == AuthenticationType::X509
+                || spec.issuance == crate::api::CertificateIssuance::Est,
         }
     }
 }
@@ -327,6 +342,7 @@ pub async fn reconcile(
         hierarchy: &scope.identity.name,
         wanted: &wanted,
         x509: settings.x509,
+        identity: settings.identity,
         root: &root,
         existing: &existing,
         renew_before: settings.renew_before,
@@ -374,6 +390,7 @@ pub async fn reconcile(
     let trust_thumbprints = std::iter::once(root.info.sha256_thumbprint.clone())
         .chain(old_thumbprints)
         .collect();
+    let est = spec.certificates.issuance == crate::api::CertificateIssuance::Est;
     let certificates = Certificates {
         running_identities,
         trust_thumbprints,
@@ -388,6 +405,16 @@ pub async fn reconcile(
         issued: first,
         renewed,
         renew_before: settings.renew_before,
+        est_identities: if est {
+            crate::est::record::enrolled_identities(&existing, now)
+        } else {
+            BTreeMap::new()
+        },
+        est_latest: if est {
+            crate::est::record::latest_enrollments(&existing)
+        } else {
+            BTreeMap::new()
+        },
     };
     let writes = CertificateWrites {
         writes,
@@ -525,7 +552,7 @@ async fn issue(
     } else {
         None
     };
-    let identity = if settings.x509 {
+    let identity = if settings.identity {
         let key = pool.generate_key(settings.algorithm).await?;
         let (id, root) = (job.id.clone(), root.clone());
         Some(

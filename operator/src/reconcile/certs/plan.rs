@@ -125,6 +125,9 @@ pub struct CertPlanInput<'a> {
     pub hierarchy: &'a str,
     pub wanted: &'a [WantedDevice],
     pub x509: bool,
+    /// Whether devices get an identity certificate: with X509, and under `issuance: Est`
+    /// (the bootstrap identity a device first authenticates to EST with).
+    pub identity: bool,
     pub root: &'a RootCa,
     /// The hierarchy's certificate Secrets, by device id.
     pub existing: &'a BTreeMap<String, Secret>,
@@ -356,7 +359,7 @@ fn reusable(
     } else {
         None
     };
-    let identity = if input.x509 {
+    let identity = if input.identity {
         Some(load("identity.crt", "identity.key")?)
     } else {
         None

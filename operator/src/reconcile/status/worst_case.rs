@@ -319,6 +319,8 @@ fn certificates(name: &str, edge: &[&str], now: Timestamp) -> Certificates {
         issued: Vec::new(),
         renewed: edge.iter().map(|id| id.to_string()).collect(),
         renew_before: Duration::from_secs(720 * 3600),
+        est_identities: Default::default(),
+        est_latest: Default::default(),
     }
 }
 

@@ -63,6 +63,8 @@ fn world() -> World {
             issued: Vec::new(),
             renewed: Vec::new(),
             renew_before: Duration::from_secs(30 * 24 * 3600),
+            est_identities: Default::default(),
+            est_latest: Default::default(),
         },
         spec: resource.spec,
     }
@@ -85,6 +87,7 @@ fn input<'a>(
         existing,
         agent_auth: None,
         keep_removed: false,
+        est: None,
     }
 }
 
