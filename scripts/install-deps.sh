@@ -8,6 +8,10 @@ command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 # The public roots `make image` puts into the operator's image; `ip` for `make image-check`.
 [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The test node of `control-plane up --node`: its container runtime and the CNI loopback plugin.
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: please install: ${missing[*]} (needs root)" >&2
