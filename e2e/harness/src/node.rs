@@ -9,14 +9,14 @@
 //! run side by side; kubelet, its healthz endpoint and containerd's streaming server take free loopback
 //! ports.
 //!
-//! Networking: traffic stays on loopback. Pods are meant to run with `hostNetwork: true` and
+//! Networking: traffic stays on loopback. Pods must run with `hostNetwork: true`; they
 //! reach the apiserver on `127.0.0.1:<port>` through `KUBERNETES_SERVICE_HOST`/`_PORT` in their
-//! environment (no kube-proxy, no Service routing). Pods without hostNetwork get a network
-//! namespace of their own holding only `lo` (containerd reports the network ready only with a
-//! CNI configuration; ours has the loopback plugin alone, so no bridge, route or address
-//! outside is ever made). kubelet refuses a loopback node IP, so the Node has no addresses and
-//! its Pods no IPs; `kubectl logs` (which needs a node address) does not work: read the files
-//! below [`Node::pod_logs_dir`] instead.
+//! environment (no kube-proxy, no Service routing). containerd reports the network ready only
+//! with a CNI configuration; ours has the loopback plugin alone, so no bridge, route or address
+//! outside is ever made, and a Pod without hostNetwork does not start (containerd 1.6 wants an
+//! `eth0` in the CNI result: "failed to find network info for sandbox"). kubelet refuses a
+//! loopback node IP, so the Node has no addresses and its Pods no IPs; `kubectl logs` (which
+//! needs a node address) does not work: read the files below [`Node::pod_logs_dir`] instead.
 //!
 //! Images are never pulled: load them with [`load_image`] (or `control-plane load-image`) and use
 //! `imagePullPolicy: Never` (or `IfNotPresent`). The sandbox image is built here from
