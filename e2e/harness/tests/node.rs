@@ -2,7 +2,8 @@
 //! real containerd and kubelet whose Node gets Ready; an image built here and loaded with
 //! `load_image` runs as a hostNetwork Pod of a Deployment that authenticates to the apiserver
 //! with its projected service-account token; and after the stop no process or mount of the
-//! node is left. The two tests run at the same time, so two nodes run side by side.
+//! node is left, even after a SIGKILL (the next start sweeps it). The tests run at the same time,
+//! so several nodes run side by side.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -334,4 +335,70 @@ fn the_cli_prints_the_ready_line_once_the_node_is_ready_and_cleans_up_on_sigterm
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--node"), "{err}");
+}
+
+/// A `control-plane up --node` killed with SIGKILL cannot clean up: its containers and their
+/// shims (started detached by containerd) stay. The next start in the same folder sweeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_sweeps_what_a_killed_node_left() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .args(["up", "--node", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ready "), "{line:?}");
+    let dir = dir.canonicalize().unwrap();
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", dir.join("kubeconfig"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+    };
+    kubectl(&[
+        "run",
+        "sleeper",
+        "--image=e2e.local/pause:1",
+        "--image-pull-policy=Never",
+        "--overrides={\"spec\":{\"hostNetwork\":true}}",
+    ]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/sleeper",
+        "--timeout=120s",
+    ]);
+    let node_dir = dir.join("node");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let shims = processes_naming(&node_dir);
+    assert!(
+        !shims.is_empty(),
+        "a SIGKILLed node leaves its shims (if this fails, the sweep below proves nothing)"
+    );
+    assert!(!mounts_below(&node_dir).is_empty());
+
+    let cluster = ControlPlane::start(ControlPlaneOptions {
+        dir: Some(dir.clone()),
+        ..ControlPlaneOptions::default().with_node()
+    })
+    .await
+    .unwrap();
+    for pid in &shims {
+        assert!(!is_running(*pid), "leftover {pid} survived the new start");
+    }
+    cluster.stop().await;
+    assert!(processes_naming(&node_dir).is_empty());
+    assert!(mounts_below(&dir).is_empty());
 }
