@@ -12,6 +12,10 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # Maven, which downloads Bouncy Castle 1.87 into ~/.m2 the first time.
 command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+# The test node of `control-plane up --node`: its container runtime and the CNI loopback plugin.
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: please install: ${missing[*]} (needs root)" >&2

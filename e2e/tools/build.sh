@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes parts the e2e tests run (etcd, kube-apiserver,
-# kube-controller-manager) and helm from the pinned Go wrapper modules beside this script.
+# kube-controller-manager, and for a test node kube-scheduler, kubelet and the sandbox `pause`
+# program) and helm from the pinned Go wrapper modules beside this script.
 #
 # Binaries go to a cache folder outside the clone, keyed by a hash of the wrapper modules, this
 # script and the Go version, so a rebuild happens only when a pin (or Go, or how we build)
@@ -18,11 +19,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${EHO_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-hierarchy-operator/tools}"
 
 if ! command -v go >/dev/null 2>&1; then
-  echo "build.sh: Go is not on PATH; it is needed to build etcd, kube-apiserver, kube-controller-manager and helm" >&2
+  echo "build.sh: Go is not on PATH; it is needed to build etcd, the Kubernetes components and helm" >&2
   exit 1
 fi
 
-key="$( { go env GOVERSION; cat "${BASH_SOURCE[0]}" "$here"/{etcd,kubernetes,helm}/go.mod "$here"/{etcd,kubernetes,helm}/go.sum; } | sha256sum | cut -c1-16)"
+key="$( { go env GOVERSION; cat "${BASH_SOURCE[0]}" "$here"/{etcd,kubernetes,helm}/go.mod "$here"/{etcd,kubernetes,helm}/go.sum "$here"/pause/go.mod "$here"/pause/*.go; } | sha256sum | cut -c1-16)"
 bin="$cache_root/$key/bin"
 mkdir -p "$bin"
 
@@ -82,6 +83,9 @@ k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/
 build_one etcd etcd go.etcd.io/etcd/server/v3 "" "etcd Version: ${etcd_version#v}" --version
 build_one kubernetes kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags" "Kubernetes $k8s_version" --version
 build_one kubernetes kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags" "Kubernetes $k8s_version" --version
+build_one kubernetes kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags" "Kubernetes $k8s_version" --version
+build_one kubernetes kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags" "Kubernetes $k8s_version" --version
+build_one pause pause . "" "pause (edge-hierarchy-operator test node)" -version
 build_one helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$helm_version" "$helm_version" version --template '{{.Version}}'
 
 echo "$bin"

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 
 use crate::kubeconfig;
+use crate::node::{self, Node};
 use crate::pki::Pki;
 use crate::process::{ManagedChild, STOP_GRACE_PERIOD};
 use crate::tools;
@@ -30,9 +31,38 @@ pub struct ControlPlaneOptions {
     pub dir: Option<PathBuf>,
     /// How long to wait for each component to come up (etcd's port, the apiserver's /readyz).
     pub startup_timeout: Duration,
-    /// Controllers passed to kube-controller-manager's `--controllers`.
+    /// Controllers passed to kube-controller-manager's `--controllers` ([`NODE_CONTROLLERS`]
+    /// are added when `node` is set).
     pub controllers: Vec<String>,
+    /// Also run a real node ([`crate::node`]): kube-scheduler, containerd and a kubelet
+    /// registered as the Node `e2e-node`; [`ControlPlane::start`] returns once it is Ready.
+    /// The apiserver then also runs the Node authorizer, the ServiceAccount and NodeRestriction
+    /// admission plugins, and kube-controller-manager publishes `kube-root-ca.crt`, so Pods get
+    /// projected service-account tokens. Load images with [`ControlPlane::load_image`].
+    pub node: bool,
 }
+
+impl ControlPlaneOptions {
+    /// These options with a real node (see [`ControlPlaneOptions::node`]):
+    /// `ControlPlane::start(ControlPlaneOptions::default().with_node())`.
+    pub fn with_node(mut self) -> Self {
+        self.node = true;
+        self
+    }
+}
+
+/// Controllers a node's workloads need besides [`DEFAULT_CONTROLLERS`]: Deployments and their
+/// ReplicaSets, a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap in every
+/// namespace (both needed for projected tokens), the node lifecycle (it lifts the not-ready
+/// taint a new Node starts with), and PodDisruptionBudgets.
+pub const NODE_CONTROLLERS: [&str; 6] = [
+    "deployment-controller",
+    "replicaset-controller",
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+    "node-lifecycle-controller",
+    "disruption-controller",
+];
 
 impl Default for ControlPlaneOptions {
     fn default() -> Self {
@@ -41,6 +71,7 @@ impl Default for ControlPlaneOptions {
             // A cold start on two busy cores takes tens of seconds; this bounds a hang, not speed.
             startup_timeout: Duration::from_secs(180),
             controllers: DEFAULT_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+            node: false,
         }
     }
 }
@@ -59,6 +90,8 @@ pub struct ControlPlane {
     commands: Vec<ComponentCommand>,
     startup_timeout: Duration,
     startup_time: Duration,
+    /// The node, when started with [`ControlPlaneOptions::node`]; stopped before the rest.
+    node: Mutex<Option<Node>>,
     /// Declared last so the folder is removed only after the children have stopped.
     _temp_dir: Option<tempfile::TempDir>,
 }
@@ -103,6 +136,8 @@ struct Tools {
     etcd: PathBuf,
     apiserver: PathBuf,
     controller_manager: PathBuf,
+    /// Only looked up for a node.
+    scheduler: Option<PathBuf>,
 }
 
 /// A start attempt failed; `port_conflict` says whether retrying with other ports may help.
@@ -128,11 +163,15 @@ impl ControlPlane {
     /// carries the tail of the failing component's log, and nothing is left running.
     pub async fn start(options: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         let started = Instant::now();
-        let tools = tokio::task::spawn_blocking(|| -> anyhow::Result<Tools> {
+        let with_node = options.node;
+        let tools = tokio::task::spawn_blocking(move || -> anyhow::Result<Tools> {
             Ok(Tools {
                 etcd: tools::tool("etcd")?,
                 apiserver: tools::tool("kube-apiserver")?,
                 controller_manager: tools::tool("kube-controller-manager")?,
+                scheduler: with_node
+                    .then(|| tools::tool("kube-scheduler"))
+                    .transpose()?,
             })
         })
         .await
@@ -166,6 +205,15 @@ impl ControlPlane {
                 Err(failed) => return Err(failed.error),
             }
         };
+        // Held by a guard until the control plane is assembled: a failed node start stops the
+        // components started so far.
+        let components = StartedComponents(children);
+        let node = if options.node {
+            Some(Node::start(&dir, &pki, &server, &kube_config, options.startup_timeout).await?)
+        } else {
+            None
+        };
+        let children = components.into_vec();
 
         Ok(ControlPlane {
             kubeconfig: dir.join("kubeconfig"),
@@ -176,6 +224,7 @@ impl ControlPlane {
             commands,
             startup_timeout: options.startup_timeout,
             startup_time: started.elapsed(),
+            node: Mutex::new(node),
             _temp_dir: temp_dir,
         })
     }
@@ -200,6 +249,41 @@ impl ControlPlane {
         self.startup_time
     }
 
+    /// How long the node took to start, to the Node being Ready (the node's share of
+    /// [`ControlPlane::startup_time`]); `None` without a node.
+    pub fn node_ready_time(&self) -> Option<Duration> {
+        self.lock_node().as_ref().map(Node::ready_time)
+    }
+
+    /// The node's folder, `DIR/node` (see [`crate::node`]); `None` without a node.
+    pub fn node_dir(&self) -> Option<PathBuf> {
+        self.lock_node().as_ref().map(|n| n.dir().to_owned())
+    }
+
+    /// Where kubelet writes the containers' logs (`kubectl logs` cannot reach this node:
+    /// it has no address); `None` without a node.
+    pub fn pod_logs_dir(&self) -> Option<PathBuf> {
+        self.lock_node().as_ref().map(Node::pod_logs_dir)
+    }
+
+    /// Imports a docker-archive or OCI tar into the node's containerd (namespace `k8s.io`, all
+    /// platforms; Pods use it with `imagePullPolicy: Never` or `IfNotPresent`). With `tag` the
+    /// image is also named `tag` (`NAME:TAG`, normalized like kubelet does). Returns the names
+    /// the image is known by. Fails if the control plane has no node.
+    pub async fn load_image(
+        &self,
+        archive: &Path,
+        tag: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        if self.lock_node().is_none() {
+            bail!("this control plane has no node; start it with ControlPlaneOptions::with_node()");
+        }
+        let (dir, archive, tag) = (self.dir.clone(), archive.to_owned(), tag.map(str::to_owned));
+        tokio::task::spawn_blocking(move || node::load_image(&dir, &archive, tag.as_deref()))
+            .await
+            .context("the image import task failed")?
+    }
+
     /// A kube client authenticated as the admin. Must be called inside a tokio runtime (the
     /// client spawns its connection worker there), so tests running on several runtimes each
     /// get a client of their own.
@@ -222,6 +306,9 @@ impl ControlPlane {
 
     /// Fails, naming the component and quoting its log, if a component has exited.
     pub fn check_running(&self) -> anyhow::Result<()> {
+        if let Some(node) = self.lock_node().as_mut() {
+            node.check_running()?;
+        }
         let mut children = self.lock_children();
         for child in children.iter_mut() {
             if let Some(status) = child.exit_status() {
@@ -255,7 +342,8 @@ impl ControlPlane {
             .with_context(|| {
                 format!(
                     "no control plane component named {component:?}; the components are \
-                     etcd, kube-apiserver and kube-controller-manager"
+                     etcd, kube-apiserver and kube-controller-manager (and kube-scheduler \
+                     with a node)"
                 )
             })?;
         let old = {
@@ -319,6 +407,8 @@ impl ControlPlane {
                 self.wait_apiserver_ready(timeout).await
             }
             "kube-apiserver" => wait_for_readyz(one, &self.kube_config, timeout).await,
+            // It has no serving endpoint and logs nothing fixed at start: running is all we know.
+            "kube-scheduler" => fail_if_exited(one),
             _ => wait_for_new_log_line(one, KCM_STARTED_MARKER, log_len, timeout).await,
         }
     }
@@ -387,9 +477,20 @@ impl ControlPlane {
     /// Stops every component (SIGTERM, SIGKILL after a grace period) in reverse start order, and
     /// removes a temporary folder. Dropping the control plane does the same.
     pub async fn stop(self) {
+        let node = self.lock_node().take();
         let children = std::mem::take(&mut *self.lock_children());
         // Stopping waits on processes: keep it off the async worker threads.
-        let _ = tokio::task::spawn_blocking(move || stop_all(children)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(node);
+            stop_all(children)
+        })
+        .await;
+    }
+
+    fn lock_node(&self) -> std::sync::MutexGuard<'_, Option<Node>> {
+        self.node
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_children(&self) -> std::sync::MutexGuard<'_, Vec<ManagedChild>> {
@@ -403,6 +504,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        drop(self.lock_node().take());
         let children = std::mem::take(&mut *self.lock_children());
         stop_all(children);
     }
@@ -518,7 +620,6 @@ async fn start_components(
         format!("--tls-cert-file={}", files.serving_cert.display()),
         format!("--tls-private-key-file={}", files.serving_key.display()),
         format!("--client-ca-file={}", files.ca_cert.display()),
-        "--authorization-mode=RBAC".to_owned(),
         "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
         format!("--service-account-issuer={server}"),
         format!(
@@ -529,10 +630,31 @@ async fn start_components(
             "--service-account-signing-key-file={}",
             files.sa_private_key.display()
         ),
-        // No serviceaccount controller runs, so namespaces have no default ServiceAccount.
-        "--disable-admission-plugins=ServiceAccount".to_owned(),
         "--allow-privileged=true".to_owned(),
     ];
+    let mut apiserver_args = apiserver_args;
+    if options.node {
+        apiserver_args.extend([
+            // The kubelet's identity is system:node:e2e-node; the Node authorizer lets it see
+            // what its Pods need, NodeRestriction keeps it to its own Node.
+            "--authorization-mode=Node,RBAC".to_owned(),
+            "--enable-admission-plugins=NodeRestriction".to_owned(),
+            format!(
+                "--kubelet-client-certificate={}",
+                files.apiserver_kubelet_client_cert.display()
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                files.apiserver_kubelet_client_key.display()
+            ),
+        ]);
+    } else {
+        apiserver_args.extend([
+            "--authorization-mode=RBAC".to_owned(),
+            // No serviceaccount controller runs, so namespaces have no default ServiceAccount.
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+        ]);
+    }
     spawn(children, "kube-apiserver", &tools.apiserver, apiserver_args)?;
 
     let admin_kubeconfig = kubeconfig::render(&server, &pki.ca_cert_pem, "admin", &pki.admin);
@@ -551,14 +673,22 @@ async fn start_components(
             &pki.controller_manager,
         ),
     )?;
-    let kcm_args = vec![
+    let mut controllers = options.controllers.clone();
+    if options.node {
+        controllers.extend(NODE_CONTROLLERS.iter().map(|c| c.to_string()));
+    }
+    let mut kcm_args = vec![
         format!("--kubeconfig={}", kcm_kubeconfig.display()),
-        format!("--controllers={}", options.controllers.join(",")),
+        format!("--controllers={}", controllers.join(",")),
         "--leader-elect=false".to_owned(),
         // No serving endpoint: nothing scrapes it, and it would need a port of its own.
         "--secure-port=0".to_owned(),
         "--use-service-account-credentials=false".to_owned(),
     ];
+    if options.node {
+        // What the root-ca publisher puts into every namespace's kube-root-ca.crt.
+        kcm_args.push(format!("--root-ca-file={}", files.ca_cert.display()));
+    }
     spawn(
         children,
         "kube-controller-manager",
@@ -568,6 +698,30 @@ async fn start_components(
     // With --secure-port=0 kube-controller-manager has no health endpoint; its log is the
     // only sign that the controllers run (so that tests relying on them need not guess).
     wait_for_log_line(children, KCM_STARTED_MARKER, options.startup_timeout).await?;
+
+    // kube-scheduler, for a node: Deployments' Pods need one to be bound. Not awaited: the
+    // Node becoming Ready takes longer, and a dead scheduler fails the health checks.
+    if let Some(scheduler) = &tools.scheduler {
+        let scheduler_kubeconfig = dir.join("kube-scheduler.kubeconfig");
+        kubeconfig::write(
+            &scheduler_kubeconfig,
+            &kubeconfig::render(&server, &pki.ca_cert_pem, "kube-scheduler", &pki.scheduler),
+        )?;
+        let scheduler_args = vec![
+            format!("--kubeconfig={}", scheduler_kubeconfig.display()),
+            format!(
+                "--authentication-kubeconfig={}",
+                scheduler_kubeconfig.display()
+            ),
+            format!(
+                "--authorization-kubeconfig={}",
+                scheduler_kubeconfig.display()
+            ),
+            "--leader-elect=false".to_owned(),
+            "--secure-port=0".to_owned(),
+        ];
+        spawn(children, "kube-scheduler", scheduler, scheduler_args)?;
+    }
 
     Ok((started.into_vec(), commands, server, kube_config))
 }

@@ -1,5 +1,6 @@
 //! The throw-away PKI of one control plane: a CA, the apiserver's serving certificate, client
-//! certificates for the admin and for kube-controller-manager, and the service-account key pair.
+//! certificates for the admin, kube-controller-manager, kube-scheduler, the test node's kubelet
+//! and the apiserver's calls to that kubelet, and the service-account key pair.
 //!
 //! Everything is ECDSA P-256: quick to generate and accepted by Go's TLS stack, by kube-rs'
 //! rustls and by the apiserver's service-account token signer (ES256).
@@ -45,6 +46,10 @@ pub struct PkiFiles {
     pub sa_public_key: PathBuf,
     /// Private key that signs service-account tokens.
     pub sa_private_key: PathBuf,
+    /// Certificate the apiserver authenticates with to the kubelet.
+    pub apiserver_kubelet_client_cert: PathBuf,
+    /// Key of that certificate.
+    pub apiserver_kubelet_client_key: PathBuf,
 }
 
 /// What the kubeconfigs need, in memory.
@@ -59,7 +64,18 @@ pub struct Pki {
     /// Client certificate of kube-controller-manager (CN system:kube-controller-manager,
     /// O system:masters, so it needs no RBAC set-up of its own).
     pub controller_manager: CertAndKey,
+    /// Client certificate of kube-scheduler (CN system:kube-scheduler, O system:masters).
+    pub scheduler: CertAndKey,
+    /// Client certificate of the test node's kubelet (CN `system:node:<NODE_NAME>`, O
+    /// system:nodes): what the Node authorizer and NodeRestriction admission expect.
+    pub kubelet: CertAndKey,
+    /// Client certificate the apiserver shows the kubelet (logs, exec); O system:masters, so the
+    /// kubelet's webhook authorization allows it.
+    pub apiserver_kubelet_client: CertAndKey,
 }
+
+/// The name the test node registers under.
+pub const NODE_NAME: &str = "e2e-node";
 
 impl Pki {
     /// Generates the PKI and writes its files below `pki_dir` (created if missing).
@@ -116,6 +132,28 @@ impl Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
 
+        let scheduler = issue(
+            &issuer,
+            "system:kube-scheduler",
+            Some("system:masters"),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let kubelet = issue(
+            &issuer,
+            &format!("system:node:{NODE_NAME}"),
+            Some("system:nodes"),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let apiserver_kubelet_client = issue(
+            &issuer,
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+
         let sa_key = KeyPair::generate().context("generating the service-account key")?;
 
         let files = PkiFiles {
@@ -124,18 +162,31 @@ impl Pki {
             serving_key: pki_dir.join("apiserver.key"),
             sa_public_key: pki_dir.join("sa.pub"),
             sa_private_key: pki_dir.join("sa.key"),
+            apiserver_kubelet_client_cert: pki_dir.join("apiserver-kubelet-client.crt"),
+            apiserver_kubelet_client_key: pki_dir.join("apiserver-kubelet-client.key"),
         };
         write(&files.ca_cert, &ca_pem)?;
         write(&files.serving_cert, &serving.cert_pem)?;
         crate::kubeconfig::write(&files.serving_key, &serving.key_pem)?;
         write(&files.sa_public_key, &sa_key.public_key_pem())?;
         crate::kubeconfig::write(&files.sa_private_key, &sa_key.serialize_pem())?;
+        write(
+            &files.apiserver_kubelet_client_cert,
+            &apiserver_kubelet_client.cert_pem,
+        )?;
+        crate::kubeconfig::write(
+            &files.apiserver_kubelet_client_key,
+            &apiserver_kubelet_client.key_pem,
+        )?;
 
         Ok(Pki {
             files,
             ca_cert_pem: ca_pem,
             admin,
             controller_manager,
+            scheduler,
+            kubelet,
+            apiserver_kubelet_client,
         })
     }
 }

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use anyhow::{Context, bail};
 
 /// Environment variable naming a folder that already holds etcd, kube-apiserver,
-/// kube-controller-manager and helm; when set, `e2e/tools/build.sh` is not run.
+/// kube-controller-manager and helm (and for a test node kube-scheduler, kubelet and pause);
+/// when set, `e2e/tools/build.sh` is not run.
 pub const TOOLS_BIN_ENV: &str = "EHO_TOOLS_BIN";
 
 /// The Go-built tools the control plane needs.

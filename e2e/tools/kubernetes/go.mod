@@ -1,7 +1,7 @@
-// Wrapper module: builds kube-apiserver and kube-controller-manager from the pinned
-// k8s.io/kubernetes release. k8s.io/kubernetes requires its staging modules at v0.0.0 and
-// maps them to ./staging in its own go.mod, which a consumer's build ignores, so every
-// staging module is replaced here by its published v0.34.x tag.
+// Wrapper module: builds kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
+// from the pinned k8s.io/kubernetes release. k8s.io/kubernetes requires its staging modules at
+// v0.0.0 and maps them to ./staging in its own go.mod, which a consumer's build ignores, so
+// every staging module is replaced here by its published v0.34.x tag.
 module local/edge-hierarchy-operator/tools/kubernetes
 
 go 1.24.0
@@ -15,8 +15,10 @@ require (
 	github.com/Azure/go-ansiterm v0.0.0-20230124172434-306776ec8161 // indirect
 	github.com/JeffAshton/win_pdh v0.0.0-20161109143554-76bb4ee9f0ab // indirect
 	github.com/Microsoft/go-winio v0.6.2 // indirect
+	github.com/Microsoft/hnslib v0.1.1 // indirect
 	github.com/NYTimes/gziphandler v1.1.1 // indirect
 	github.com/antlr4-go/antlr/v4 v4.13.0 // indirect
+	github.com/armon/circbuf v0.0.0-20190214190532-5111143e8da2 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/blang/semver/v4 v4.0.0 // indirect
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
@@ -97,6 +99,7 @@ require (
 	go.etcd.io/etcd/client/pkg/v3 v3.6.4 // indirect
 	go.etcd.io/etcd/client/v3 v3.6.4 // indirect
 	go.opentelemetry.io/auto/sdk v1.1.0 // indirect
+	go.opentelemetry.io/contrib/instrumentation/github.com/emicklei/go-restful/otelrestful v0.44.0 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.60.0 // indirect
 	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.58.0 // indirect
 	go.opentelemetry.io/otel v1.35.0 // indirect

@@ -1,8 +1,12 @@
-//! `control-plane up --dir DIR`: runs a local Kubernetes control plane in the foreground.
+//! `control-plane up --dir DIR [--node]`: runs a local Kubernetes control plane in the foreground.
 //!
 //! Prints exactly one line to stdout, `ready KUBECONFIG=DIR/kubeconfig`, once the apiserver is
-//! ready; everything else goes to stderr. Runs until SIGTERM or SIGINT, then stops every
-//! component and exits 0. Exits 1 if start-up fails or a component dies.
+//! ready (with `--node`: once the Node `e2e-node` is Ready too); everything else goes to stderr.
+//! Runs until SIGTERM or SIGINT, then stops every component (and the node's containers, shims
+//! and mounts) and exits 0. Exits 1 if start-up fails or a component dies.
+//!
+//! `control-plane load-image --dir DIR FILE.tar [--tag NAME:TAG]`: imports an image archive
+//! into the node of the control plane running in DIR, and prints the names it is known by.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,17 +37,43 @@ enum Command {
         /// Seconds to wait for each component to come up.
         #[arg(long, default_value_t = 180)]
         startup_timeout: u64,
+        /// Also run kube-scheduler, containerd and a kubelet registered as the Node e2e-node
+        /// (files below DIR/node); the ready line waits for the Node to be Ready.
+        #[arg(long)]
+        node: bool,
+    },
+    /// Import a docker-archive or OCI tar into the node of `up --dir DIR --node` (containerd
+    /// namespace k8s.io, all platforms); Pods use it with imagePullPolicy Never or IfNotPresent.
+    LoadImage {
+        /// The folder the control plane runs in.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The image archive (what `docker save` or `make image` writes).
+        archive: PathBuf,
+        /// Also name the imported image NAME:TAG (a name without registry is docker.io/library/NAME).
+        #[arg(long)]
+        tag: Option<String>,
     },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Command::Up {
-        dir,
-        startup_timeout,
-    } = Cli::parse().command;
-    match up(dir, Duration::from_secs(startup_timeout)).await {
+    let result = match Cli::parse().command {
+        Command::Up {
+            dir,
+            startup_timeout,
+            node,
+        } => up(dir, Duration::from_secs(startup_timeout), node).await,
+        Command::LoadImage { dir, archive, tag } => {
+            e2e_harness::node::load_image(&dir, &archive, tag.as_deref()).map(|names| {
+                for name in names {
+                    println!("{name}");
+                }
+            })
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("control-plane: {err:#}");
@@ -52,13 +82,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn up(dir: PathBuf, startup_timeout: Duration) -> anyhow::Result<()> {
+async fn up(dir: PathBuf, startup_timeout: Duration, node: bool) -> anyhow::Result<()> {
     // Installed before start-up so a signal during start-up also ends in a clean stop.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let options = ControlPlaneOptions {
         dir: Some(dir),
         startup_timeout,
+        node,
         ..ControlPlaneOptions::default()
     };
     eprintln!(
@@ -80,6 +111,12 @@ async fn up(dir: PathBuf, startup_timeout: Duration) -> anyhow::Result<()> {
         plane.server_url(),
         plane.startup_time().as_secs_f64()
     );
+    if let Some(ready) = plane.node_ready_time() {
+        eprintln!(
+            "control-plane: Node e2e-node Ready after {:.1}s of node start",
+            ready.as_secs_f64()
+        );
+    }
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(
