@@ -43,6 +43,9 @@ pub const PREVIOUS_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/previous-ident
 pub const FINGERPRINT_ANNOTATION: &str = "edgehierarchy.dev/fingerprint";
 /// Annotation on a bundle Secret: the device scope the bundle was written for.
 pub const SCOPE_ANNOTATION: &str = "edgehierarchy.dev/device-scope";
+/// Annotation on a bundle Secret: the hub device's etag when its SAS key was last known; a
+/// different etag (someone changed the device, its keys perhaps) makes the key be read again.
+pub const DEVICE_ETAG_ANNOTATION: &str = "edgehierarchy.dev/device-etag";
 
 /// Most characters of a Kubernetes object name (DNS-1123 subdomain).
 const MAX_NAME: usize = 253;
