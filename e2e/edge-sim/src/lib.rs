@@ -17,6 +17,7 @@ pub mod config;
 pub mod fixtures;
 pub mod hub;
 pub mod install;
+pub mod leaf;
 pub mod link;
 pub mod pki;
 pub mod reported;
@@ -25,6 +26,7 @@ pub mod source;
 
 pub use checks::{Check, CheckStatus};
 pub use sim::{
-    DeviceSnapshot, EdgeSim, LinkSnapshot, ModuleSnapshot, SimOptions, Snapshot, TelemetryCounts,
+    DeviceSnapshot, EdgeSim, LeafSnapshot, LinkSnapshot, ModuleSnapshot, SimOptions, Snapshot,
+    TelemetryCounts,
 };
 pub use source::{Bundle, BundleSource, DirSource, KubeSecretSource, MemorySource};
