@@ -440,3 +440,43 @@ fn a_sas_bundle_is_never_written_for_a_device_the_hub_authenticates_otherwise() 
     assert!(plan.failures["top-layer"].contains("SelfSigned"));
     assert!(plan.withheld.contains("top-layer"));
 }
+
+#[test]
+fn a_leaf_behind_a_parent_gets_a_gateway_connection_string_and_the_root() {
+    let mut w = world();
+    let leaf: DeviceSpec =
+        serde_yaml::from_str("{id: sensor, parent: lower-layer, type: Leaf}").unwrap();
+    w.spec.devices.push(leaf);
+    for device in &mut w.spec.devices {
+        if device.id == "lower-layer" {
+            device.hostname = Some("lower.factory".into());
+        }
+    }
+    w.registered
+        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let first = input(&w, &created, &none);
+    // The hub chose the leaf's keys: they are read once.
+    assert_eq!(keys_to_read(&first), ["sensor"]);
+    let read = BTreeMap::from([("sensor".to_string(), "bGVhZg==".to_string())]);
+    let plan = plan_bundles(&first, &read);
+    let (_, write) = plan.writes.iter().find(|(id, _)| id == "sensor").unwrap();
+    let connection = String::from_utf8_lossy(&write.data["connection-string.txt"]).to_string();
+    assert_eq!(
+        connection.trim_end(),
+        "HostName=hub.azure-devices.net;DeviceId=sensor;SharedAccessKey=bGVhZg==;GatewayHostName=lower.factory"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&write.data["iotedge_config_cli_root.pem"]),
+        w.certs.root.cert_pem.trim_end().to_string() + "\n"
+    );
+    assert!(!write.data.contains_key("config.toml"));
+    assert_eq!(plan.status["sensor"].revision, 1);
+    // Next time the key comes from the bundle: no read, no rewrite.
+    let existing = written(&plan);
+    let nothing_new = BTreeSet::new();
+    let again = input(&w, &nothing_new, &existing);
+    assert!(keys_to_read(&again).is_empty());
+    assert!(plan_bundles(&again, &BTreeMap::new()).writes.is_empty());
+}
