@@ -203,13 +203,14 @@ pub fn plan_bundles(
         };
         if let Err(why) = hub_has_identity(c.hub, &auth) {
             let hint = if input.spec.policy.reconcile == ReconcilePolicy::Observe {
-                "reconcile is Observe, so the operator writes nothing to the hub: register it there, or set spec.policy.reconcile to Manage"
+                "reconcile is Observe (nothing is written to the hub): register it there or switch to Manage"
             } else {
-                "the device step has not registered it yet; it is retried"
+                "not registered yet; retried"
             };
+            // The hint first: the status caps device messages.
             plan.failures.insert(
                 id.clone(),
-                format!("bundle kept at revision {previous_revision}: {why}; {hint}"),
+                format!("bundle kept at revision {previous_revision}: {hint}; {why}"),
             );
             if input.spec.policy.reconcile == ReconcilePolicy::Observe {
                 plan.withheld.insert(id.clone());
@@ -357,10 +358,13 @@ fn hub_has_identity(hub: &HubDevice, auth: &DeviceAuth) -> Result<(), String> {
             if hub.auth == HubAuth::SelfSigned && registered {
                 Ok(())
             } else {
+                let short = |t: &str| t.chars().take(12).collect::<String>();
                 Err(format!(
-                    "the hub does not have the identity certificate's thumbprint {wanted} \
-                     (authentication {:?}, thumbprints {:?} / {:?})",
-                    hub.auth, hub.thumbprints.0, hub.thumbprints.1
+                    "the hub lacks the identity's thumbprint {}… (authentication {:?}, registered {:?} / {:?})",
+                    short(wanted),
+                    hub.auth,
+                    hub.thumbprints.0.as_deref().map(short),
+                    hub.thumbprints.1.as_deref().map(short)
                 ))
             }
         }
