@@ -17,6 +17,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start: the size of `Run` costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the controller (kubeconfig from KUBECONFIG, ~/.kube/config, or in-cluster).
     Run {
@@ -393,6 +395,45 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One term of work until `stop`: the controller, and the EST server when `--est-addr` is set.
+/// Both write (the EST server registers thumbprints on the hub), so under leader election both
+/// run only while this replica leads, and both end before its lease could pass to another.
+async fn serve_term(
+    client: kube::Client,
+    counters: std::sync::Arc<edge_hierarchy_operator::iothub::HubCallCounters>,
+    metrics: std::sync::Arc<edge_hierarchy_operator::metrics::Metrics>,
+    options: edge_hierarchy_operator::reconcile::controller::Options,
+    est_server: Option<(
+        std::net::SocketAddr,
+        std::sync::Arc<edge_hierarchy_operator::est::EstState>,
+    )>,
+    stop: edge_hierarchy_operator::leadership::StopSignal,
+) -> anyhow::Result<()> {
+    use futures::FutureExt as _;
+    let stop = stop.shared();
+    let est = async {
+        match est_server {
+            Some((addr, state)) => {
+                edge_hierarchy_operator::est::serve(addr, state, stop.clone()).await
+            }
+            None => Ok(()),
+        }
+    };
+    let controller = edge_hierarchy_operator::reconcile::run(
+        client,
+        counters,
+        metrics,
+        options,
+        stop.clone().boxed(),
+    );
+    // A failed EST listener (its port taken) is reported and the controller keeps running.
+    let (est, controller) = tokio::join!(est, controller);
+    if let Err(e) = est {
+        tracing::error!(error = %e, "EST server unavailable");
+    }
+    controller
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,43 +501,4 @@ mod tests {
             Cli::try_parse_from(["op", "probe", "http", "/readyz", "--addr-file", "f"]).is_ok()
         );
     }
-}
-
-/// One term of work until `stop`: the controller, and the EST server when `--est-addr` is set.
-/// Both write (the EST server registers thumbprints on the hub), so under leader election both
-/// run only while this replica leads, and both end before its lease could pass to another.
-async fn serve_term(
-    client: kube::Client,
-    counters: std::sync::Arc<edge_hierarchy_operator::iothub::HubCallCounters>,
-    metrics: std::sync::Arc<edge_hierarchy_operator::metrics::Metrics>,
-    options: edge_hierarchy_operator::reconcile::controller::Options,
-    est_server: Option<(
-        std::net::SocketAddr,
-        std::sync::Arc<edge_hierarchy_operator::est::EstState>,
-    )>,
-    stop: edge_hierarchy_operator::leadership::StopSignal,
-) -> anyhow::Result<()> {
-    use futures::FutureExt as _;
-    let stop = stop.shared();
-    let est = async {
-        match est_server {
-            Some((addr, state)) => {
-                edge_hierarchy_operator::est::serve(addr, state, stop.clone()).await
-            }
-            None => Ok(()),
-        }
-    };
-    let controller = edge_hierarchy_operator::reconcile::run(
-        client,
-        counters,
-        metrics,
-        options,
-        stop.clone().boxed(),
-    );
-    // A failed EST listener (its port taken) is reported and the controller keeps running.
-    let (est, controller) = tokio::join!(est, controller);
-    if let Err(e) = est {
-        tracing::error!(error = %e, "EST server unavailable");
-    }
-    controller
 }

@@ -75,6 +75,9 @@ pub const EST_EDGE_CA_ANNOTATION: &str = "edgehierarchy.dev/est-edge-ca";
 pub const EST_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/est-identity";
 /// Field manager of the EST server's writes, so the certificate step's applies keep them.
 pub const EST_FIELD_MANAGER: &str = "edge-hierarchy-operator-est";
+/// Annotation on a bundle Secret: the hub device's etag when its SAS key was last known; a
+/// different etag (someone changed the device, its keys perhaps) makes the key be read again.
+pub const DEVICE_ETAG_ANNOTATION: &str = "edgehierarchy.dev/device-etag";
 
 /// Most characters of a Kubernetes object name (DNS-1123 subdomain).
 const MAX_NAME: usize = 253;

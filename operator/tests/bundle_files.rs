@@ -528,9 +528,10 @@ fn tutorial_files() -> Vec<BundleFile> {
     bundle_files(&x509_lower_layer_with_hostnames()).unwrap()
 }
 
-const EXPECTED_PATHS: [(&str, u32); 9] = [
+const EXPECTED_PATHS: [(&str, u32); 10] = [
     ("config.toml", 0o600),
     ("install.sh", 0o755),
+    ("merge-config.awk", 0o644),
     ("README.md", 0o644),
     ("iotedge_config_cli_root.pem", 0o644),
     ("lower-layer.cert.pem", 0o644),
@@ -993,16 +994,24 @@ fn install_sh_installs_and_is_safe_to_run_again() {
         std::fs::read(sandbox.path("var/aziot/secrets/lower-layer.key.pem")).unwrap(),
         file(&first, "lower-layer.key.pem").contents
     );
-    assert_eq!(
-        std::fs::read(sandbox.path("share/ca-certificates/iotedge_config_cli_root.pem.crt"))
-            .unwrap(),
-        file(&first, TRUST_BUNDLE_FILE).contents
+    // The root is trusted for the parent's registry, not system-wide.
+    for dir in ["10.0.0.4:443", "10.0.0.4"] {
+        assert_eq!(
+            std::fs::read(sandbox.path(&format!("etc/docker/certs.d/{dir}/ca.crt"))).unwrap(),
+            file(&first, TRUST_BUNDLE_FILE).contents,
+            "{dir}"
+        );
+    }
+    assert!(
+        !sandbox
+            .path("share/ca-certificates/iotedge_config_cli_root.pem.crt")
+            .exists()
     );
     assert!(!sandbox.path("var/lib/aziot/certd/certs/stale").exists());
     assert!(!sandbox.path("var/lib/aziot/keyd/keys/stale").exists());
     assert_eq!(
         log,
-        "update-ca-certificates \nsystemctl restart docker\ndocker rm -f edgeAgent edgeHub\niotedge config apply -c /etc/aziot/config.toml\n"
+        "docker rm -f edgeAgent edgeHub\niotedge config apply -c /etc/aziot/config.toml\n"
     );
 
     // Second run of the same bundle without any environment: the installed hostnames are

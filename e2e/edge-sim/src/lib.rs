@@ -18,6 +18,7 @@ pub mod est;
 pub mod fixtures;
 pub mod hub;
 pub mod install;
+pub mod leaf;
 pub mod link;
 pub mod pki;
 pub mod reported;
@@ -26,7 +27,7 @@ pub mod source;
 
 pub use checks::{Check, CheckStatus};
 pub use sim::{
-    DeviceSnapshot, EdgeSim, HandshakeCounts, LinkSnapshot, ModuleSnapshot, SimOptions, Snapshot,
-    TelemetryCounts,
+    DeviceSnapshot, EdgeSim, HandshakeCounts, LeafSnapshot, LinkSnapshot, ModuleSnapshot,
+    SimOptions, Snapshot, TelemetryCounts,
 };
 pub use source::{Bundle, BundleSource, DirSource, KubeSecretSource, MemorySource};

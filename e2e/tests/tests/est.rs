@@ -12,11 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use common::{CONVERGE, Env, Hub, POLL, hierarchy_yaml, scrape_metrics};
-use e2e_harness::{
-    ControlPlane, ControlPlaneOptions, Operator, OperatorFlags, install_crd, wait_until,
-    workspace_bin, workspace_root,
-};
+use common::{CONVERGE, Env, POLL, hierarchy_yaml, scrape_metrics};
+use e2e_harness::{wait_until, workspace_root};
 use edge_hierarchy_operator::api::KeyAlgorithm;
 use edge_hierarchy_operator::pki::{
     IdentitySigner, generate_key, generate_root_ca, import_root_ca, issue_identity_certificate,
@@ -38,35 +35,8 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Control plane, emulator and an operator serving EST on `port`.
 async fn start(port: u16) -> anyhow::Result<Env> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir()?;
-    let cluster = ControlPlane::start(ControlPlaneOptions::default()).await?;
-    let client = cluster.client();
-    install_crd(&cluster)?;
-    let hub = Hub::start(&dir.path().join("hub"), &[]).await?;
     let est_addr = format!("127.0.0.1:{port}");
-    let args = [
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--est-addr",
-        est_addr.as_str(),
-    ];
-    let operator = Operator::start(
-        &workspace_bin("edge-hierarchy-operator")?,
-        cluster.kubeconfig_path(),
-        &dir.path().join("operator.log"),
-        OperatorFlags {
-            args: &args,
-            rust_log: "info,edge_hierarchy_operator=debug,kube=warn",
-        },
-    )?;
-    Ok(Env {
-        cluster,
-        hub,
-        operator,
-        client,
-        dir,
-    })
+    Env::start_with(&[], &["--est-addr", est_addr.as_str()]).await
 }
 
 fn hierarchy(extra_certificates: &str) -> String {

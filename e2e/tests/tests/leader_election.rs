@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail, ensure};
-use common::{Env, Hub, hierarchy_yaml, wait_for};
+use common::{World, hierarchy_yaml, wait_for};
 use e2e_harness::process::ManagedChild;
 use e2e_harness::{
     Checks, ControlPlane, ControlPlaneOptions, Operator, install_crd, wait_until, workspace_bin,
@@ -199,7 +199,7 @@ struct Write {
     path: String,
 }
 
-async fn operator_writes(env: &Env) -> anyhow::Result<Vec<Write>> {
+async fn operator_writes(env: &World) -> anyhow::Result<Vec<Write>> {
     let log = env.hub.admin.get_emulator("writes").await?;
     let mut writes = Vec::new();
     for entry in log.as_array().context("the write log is a list")? {
@@ -289,7 +289,7 @@ fn with_labels(yaml: &str, name: &str, labels: &str) -> String {
 }
 
 /// Waits for Ready=True of the current generation and returns how long it took.
-async fn ready_in(env: &Env, namespace: &str, name: &str) -> anyhow::Result<Duration> {
+async fn ready_in(env: &World, namespace: &str, name: &str) -> anyhow::Result<Duration> {
     let started = Instant::now();
     env.wait_condition(namespace, name, "Ready", "True").await?;
     Ok(started.elapsed())
@@ -305,7 +305,7 @@ fn reconciled(replica: &Replica, namespace: &str, name: &str) -> bool {
 }
 
 async fn one_leader_reconciles(
-    env: &Env,
+    env: &World,
     kubeconfig: &Path,
     replicas: &[&Replica],
 ) -> anyhow::Result<String> {
@@ -358,7 +358,7 @@ async fn one_leader_reconciles(
     Ok(holder)
 }
 
-async fn add_leaf(env: &Env, namespace: &str, name: &str, id: &str) -> anyhow::Result<()> {
+async fn add_leaf(env: &World, namespace: &str, name: &str, id: &str) -> anyhow::Result<()> {
     let api = env.hierarchies(namespace);
     let h = api.get(name).await?;
     let mut devices = serde_json::to_value(&h.spec.devices)?;
@@ -378,30 +378,21 @@ async fn add_leaf(env: &Env, namespace: &str, name: &str, id: &str) -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_shards_and_namespaced_mode() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir()?;
     let cluster = ControlPlane::start(ControlPlaneOptions::default()).await?;
-    let client = cluster.client();
     install_crd(&cluster)?;
     let kubeconfig = cluster.kubeconfig_path().to_path_buf();
-    let hub = Hub::start(&dir.path().join("hub"), &[]).await?;
-    let terms = record_terms(client.clone(), LEASE);
-    let a = elected(dir.path(), &kubeconfig, "op-a")?;
-    let b = elected(dir.path(), &kubeconfig, "op-b")?;
-    // The Env's own operator slot holds a replica that is never elected (an invalid selector
-    // ends it at once): every replica of this test is started here.
-    let bad = start_replica(
-        dir.path(),
+    // Every replica of this test is started here, none by the World.
+    let env = World::start(cluster, &[]).await?;
+    let terms = record_terms(env.client.clone(), LEASE);
+    let a = elected(env.dir.path(), &kubeconfig, "op-a")?;
+    let b = elected(env.dir.path(), &kubeconfig, "op-b")?;
+    // A replica that is never elected: an invalid selector ends it at once.
+    let mut bad = start_replica(
+        env.dir.path(),
         &kubeconfig,
         "bad-selector",
         &["--shard-selector", "shard in (a"],
     )?;
-    let mut env = Env {
-        cluster,
-        hub,
-        operator: bad.operator,
-        client,
-        dir,
-    };
     let mut checks = Checks::new();
 
     checks
@@ -410,7 +401,7 @@ async fn leader_election_shards_and_namespaced_mode() -> anyhow::Result<()> {
             async {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let status = loop {
-                    if let Some(status) = env.operator.process.exit_status() {
+                    if let Some(status) = bad.operator.process.exit_status() {
                         break status;
                     }
                     ensure!(
@@ -420,7 +411,7 @@ async fn leader_election_shards_and_namespaced_mode() -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };
                 ensure!(!status.success(), "it exited {status}");
-                let log = env.operator.output();
+                let log = bad.operator.output();
                 ensure!(
                     log.contains("--shard-selector \"shard in (a\"")
                         && log.contains("without its ')'"),
@@ -602,7 +593,7 @@ async fn leader_election_shards_and_namespaced_mode() -> anyhow::Result<()> {
 
 /// A ServiceAccount with Roles in `tenant` only (no ClusterRole): the operator watching
 /// `tenant` reconciles its hierarchy there, deletes it again, and leaves `outside` alone.
-async fn namespaced_mode(env: &Env, kubeconfig: &Path) -> anyhow::Result<()> {
+async fn namespaced_mode(env: &World, kubeconfig: &Path) -> anyhow::Result<()> {
     env.namespace("tenant").await?;
     env.namespace("outside").await?;
     let rbac = r#"

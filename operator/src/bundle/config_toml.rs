@@ -31,8 +31,8 @@ pub(super) fn render(input: &BundleInput, est: Option<&EstBundle>) -> String {
         comment_text(&position),
     ));
     out.push_str(
-        "# Written by edge-hierarchy-operator for aziot-edge 1.4 and 1.5. install.sh installs it as\n\
-         # /etc/aziot/config.toml after filling in hostnames it had to ask for.\n\n",
+        "# Written by edge-hierarchy-operator for aziot-edge 1.4 and 1.5. install.sh fills in the\n\
+         # hostnames it had to ask for and merges these keys into /etc/aziot/config.toml.\n\n",
     );
 
     // Top-level keys come before the first table.

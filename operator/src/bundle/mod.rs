@@ -13,9 +13,11 @@
 //! `$upstream` rewriting, so images are rewritten by one rule everywhere).
 
 mod archive;
+mod config_merge;
 mod config_toml;
 mod est;
 mod install_sh;
+mod leaf;
 mod readme;
 mod text;
 
@@ -24,9 +26,13 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 pub use archive::{ArchiveFormat, write_archive, write_tar_gz, write_zip};
+pub use config_merge::{MERGE_PROGRAM_FILE, MERGED_MARKER, OPERATOR_OWNED, render_merge_program};
 pub use config_toml::render_config_toml;
 pub use est::{EST_TRUSTED_CA_FILE, EstBundle, bundle_files_est, est_file_names};
 pub use install_sh::render_install_sh;
+pub use leaf::{
+    LEAF_CONNECTION_STRING_FILE, LeafBundleInput, leaf_bundle_files, leaf_connection_string,
+};
 pub use readme::render_readme;
 
 use crate::deploy::RegistryLogin;
@@ -193,7 +199,7 @@ fn file_stem(device_id: &str) -> String {
 /// Mode of a bundle file from its name: keys and `config.toml` 0600, `install.sh` 0755, the
 /// rest 0644. For rebuilding an archive from a Secret, which stores no modes.
 pub fn mode_for_path(path: &str) -> u32 {
-    if path.ends_with(".key.pem") || path == "config.toml" {
+    if path.ends_with(".key.pem") || path == "config.toml" || path == LEAF_CONNECTION_STRING_FILE {
         SECRET_MODE
     } else if path.ends_with(".sh") {
         SCRIPT_MODE
@@ -229,6 +235,11 @@ pub fn bundle_files(input: &BundleInput) -> Result<Vec<BundleFile>, BundleError>
             path: "install.sh".into(),
             contents: render_install_sh(input).into_bytes(),
             mode: SCRIPT_MODE,
+        },
+        BundleFile {
+            path: MERGE_PROGRAM_FILE.into(),
+            contents: render_merge_program().into_bytes(),
+            mode: PUBLIC_MODE,
         },
         BundleFile {
             path: "README.md".into(),

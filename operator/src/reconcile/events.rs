@@ -297,6 +297,16 @@ pub fn certificate_notes(certificates: &Certificates, bundles: &Bundles) -> Vec<
         "devices",
         &bundles.updated,
     ));
+    for id in &bundles.key_changed {
+        let revision = bundles.status.get(id).map_or(0, |b| b.revision);
+        notes.push(Note::warning(
+            "SasKeyChanged",
+            "WriteBundles",
+            format!(
+                "device {id:?}: its SAS key was changed in IoT Hub outside the operator; the bundle now carries the new key (revision {revision}): install it on the device"
+            ),
+        ));
+    }
     notes.extend(failure_notes(
         "BundleFailed",
         "WriteBundles",

@@ -150,7 +150,8 @@ async fn steps(
         logins.agent.as_ref(),
     )
     .await?;
-    bundles.add_updated(early_updated);
+    bundles.add_updated(early_updated.0);
+    bundles.key_changed.extend(early_updated.1);
     metrics.step_done("bundles", started);
     publish(&scope, certificate_notes(&certificates, &bundles)).await;
 
@@ -184,7 +185,7 @@ async fn steps(
     patch_status(ctx, hierarchy, &status).await?;
     metrics.step_done("status", started);
 
-    let unfinished = !rounds.converged() || !bundles.failures.is_empty();
+    let unfinished = !rounds.converged() || bundles.retry_soon();
     Ok(next_requeue(
         unfinished,
         certificates.next_renewal(),
@@ -194,7 +195,8 @@ async fn steps(
 }
 
 /// Writes the bundles of the devices registered so far each time the device rounds publish
-/// progress, until they end; returns the devices whose bundle it wrote. Whatever fails here is
+/// progress, until they end; returns the devices whose bundle it wrote, and those whose SAS key
+/// it found changed in the hub. Whatever fails here is
 /// left to the bundle step after the rounds, which plans every device again and reports.
 async fn early_bundles(
     scope: &Scope<'_>,
@@ -202,8 +204,8 @@ async fn early_bundles(
     certificates: &certs::Certificates,
     agent_auth: Option<&crate::deploy::RegistryLogin>,
     mut registered: tokio::sync::watch::Receiver<Registered>,
-) -> Vec<String> {
-    let mut updated = Vec::new();
+) -> (Vec<String>, Vec<String>) {
+    let (mut updated, mut key_changed) = (Vec::new(), Vec::new());
     while registered.changed().await.is_ok() {
         let so_far = registered.borrow_and_update().clone();
         let written = bundles::reconcile(
@@ -216,14 +218,17 @@ async fn early_bundles(
         )
         .await;
         match written {
-            Ok(written) => updated.extend(written.updated),
+            Ok(written) => {
+                updated.extend(written.updated);
+                key_changed.extend(written.key_changed);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "early bundle writes stopped; the bundle step retries");
                 break;
             }
         }
     }
-    updated
+    (updated, key_changed)
 }
 
 /// The status to start from: on the very first reconcile `Ready=Unknown` is written at once, so

@@ -5,11 +5,14 @@
 //! - [`twins`]: read the desired twins from the hub and report `$edgeAgent`/`$edgeHub`
 //!   properties when they changed;
 //! - [`links`]: open each child's TLS link to its parent, and answer its children on its own;
+//! - [`leaves`]: each leaf device (from a leaf bundle) connects through its gateway and sends a
+//!   message with its own SAS token;
 //! - [`modules`]: resolve images by the chain rule and update the module records;
 //! - [`telemetry`]: send SimulatedTemperatureSensor telemetry up the chain of parents;
 //! - [`snapshot`]: what the tick leaves for callers to read.
 
 mod bundles;
+mod leaves;
 mod links;
 mod modules;
 mod snapshot;
@@ -33,6 +36,7 @@ use crate::reported::{AgentDeployment, ClientRecord, DesiredStatus, ModuleRecord
 use crate::source::BundleSource;
 
 use bundles::TreeCache;
+pub use leaves::LeafSnapshot;
 pub use snapshot::{
     DeviceSnapshot, HandshakeCounts, LinkSnapshot, ModuleSnapshot, Snapshot, TelemetryCounts,
 };
@@ -221,6 +225,7 @@ struct Inner {
     endpoint: HubEndpoint,
     names: RwLock<HashMap<String, std::net::SocketAddr>>,
     devices: RwLock<BTreeMap<String, Arc<Device>>>,
+    leaves: RwLock<BTreeMap<String, Arc<leaves::Leaf>>>,
     tree: Mutex<TreeCache>,
     snapshot: Mutex<Snapshot>,
     ticks: AtomicU64,
@@ -267,6 +272,7 @@ impl EdgeSim {
             endpoint,
             names: RwLock::new(HashMap::new()),
             devices: RwLock::new(BTreeMap::new()),
+            leaves: RwLock::new(BTreeMap::new()),
             tree: Mutex::new(TreeCache::default()),
             snapshot: Mutex::new(Snapshot::default()),
             ticks: AtomicU64::new(0),
@@ -343,9 +349,13 @@ impl Inner {
     async fn tick(self: &Arc<Self>) {
         let source_error = match self.source.list().await {
             Ok(bundles) => {
+                let (leaf_bundles, bundles): (Vec<_>, Vec<_>) = bundles
+                    .into_iter()
+                    .partition(|b| crate::leaf::is_leaf_bundle(&b.files));
                 // aziot-certd's part first: EST enrollments and renewals that are due.
                 let bundles = join_all(bundles.into_iter().map(|b| self.est.materialize(b))).await;
                 self.sync_bundles(bundles).await;
+                self.sync_leaves(leaf_bundles);
                 None
             }
             Err(e) => {
@@ -356,6 +366,8 @@ impl Inner {
         let devices: Vec<Arc<Device>> = read(&self.devices).values().cloned().collect();
         join_all(devices.iter().map(|d| self.read_twins(d))).await;
         join_all(devices.iter().map(|d| self.check_link(d))).await;
+        let leaves: Vec<Arc<leaves::Leaf>> = read(&self.leaves).values().cloned().collect();
+        join_all(leaves.iter().map(|l| self.run_leaf(l))).await;
         self.resolve(&devices);
         join_all(devices.iter().map(|d| self.report(d))).await;
         join_all(devices.iter().map(|d| self.send_telemetry(d))).await;

@@ -126,6 +126,8 @@ pub struct Snapshot {
     pub source_error: Option<String>,
     /// Devices by id.
     pub devices: BTreeMap<String, DeviceSnapshot>,
+    /// Leaf devices (from leaf bundles) by id.
+    pub leaves: BTreeMap<String, super::LeafSnapshot>,
 }
 
 impl Inner {
@@ -219,6 +221,7 @@ impl Inner {
             ticks,
             source_error,
             devices,
+            leaves: self.leaf_snapshots(),
         }
     }
 }

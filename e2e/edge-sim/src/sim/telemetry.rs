@@ -138,13 +138,10 @@ impl Inner {
         }
         .ok_or_else(|| format!("{} has no hub client to post with", top.id))?;
         let token = message.token.as_deref();
+        // A leaf device's own messages have no module.
+        let module = Some(message.module_id.as_str()).filter(|m| !m.is_empty());
         let result = client
-            .send_event(
-                &message.device_id,
-                Some(&message.module_id),
-                &message.body,
-                token,
-            )
+            .send_event(&message.device_id, module, &message.body, token)
             .await;
         let result = match result {
             Err(e) if e.code.as_deref() == Some("ModuleNotFound") || e.status == Some(404) => {

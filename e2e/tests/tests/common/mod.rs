@@ -76,11 +76,29 @@ pub const OPERATOR_FLAGS: OperatorFlags<'static> = OperatorFlags {
 
 /// Starts the workspace's operator binary against the cluster of `kubeconfig`, logging to `log`.
 pub fn start_operator(kubeconfig: &Path, log: &Path) -> anyhow::Result<Operator> {
+    start_operator_with(kubeconfig, log, &[])
+}
+
+/// [`start_operator`] with `extra_args` after [`OPERATOR_FLAGS`]' own.
+pub fn start_operator_with(
+    kubeconfig: &Path,
+    log: &Path,
+    extra_args: &[String],
+) -> anyhow::Result<Operator> {
+    let args: Vec<&str> = OPERATOR_FLAGS
+        .args
+        .iter()
+        .copied()
+        .chain(extra_args.iter().map(String::as_str))
+        .collect();
     Operator::start(
         &workspace_bin("edge-hierarchy-operator")?,
         kubeconfig,
         log,
-        OPERATOR_FLAGS,
+        OperatorFlags {
+            args: &args,
+            rust_log: OPERATOR_FLAGS.rust_log,
+        },
     )
 }
 
@@ -99,6 +117,8 @@ pub struct World {
 pub struct Env {
     pub world: World,
     pub operator: Operator,
+    /// Arguments of `run` beyond [`OPERATOR_FLAGS`], kept for [`Env::restart_operator`].
+    operator_args: Vec<String>,
 }
 
 impl std::ops::Deref for Env {
@@ -116,18 +136,32 @@ impl std::ops::DerefMut for Env {
 
 impl Env {
     pub async fn start(emulator_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(emulator_args, &[]).await
+    }
+
+    /// [`Env::start`] with `operator_args` given to the operator's `run` as well.
+    pub async fn start_with(
+        emulator_args: &[&str],
+        operator_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let cluster = ControlPlane::start(ControlPlaneOptions::default()).await?;
         install_crd(&cluster)?;
         let mut world = World::start(cluster, emulator_args).await?;
         let log = world.dir.path().join("operator.log");
-        let operator = start_operator(world.cluster.kubeconfig_path(), &log)?;
+        let operator_args: Vec<String> = operator_args.iter().map(|a| a.to_string()).collect();
+        let operator = start_operator_with(world.cluster.kubeconfig_path(), &log, &operator_args)?;
         world.read_operator_log_with(move || std::fs::read_to_string(&log).unwrap_or_default());
-        Ok(Self { world, operator })
+        Ok(Self {
+            world,
+            operator,
+            operator_args,
+        })
     }
 
     pub fn restart_operator(&mut self) -> anyhow::Result<()> {
         let log = self.dir.path().join("operator.log");
-        self.operator = start_operator(self.cluster.kubeconfig_path(), &log)?;
+        self.operator =
+            start_operator_with(self.cluster.kubeconfig_path(), &log, &self.operator_args)?;
         Ok(())
     }
 }
@@ -407,7 +441,7 @@ where
 }
 
 /// Waits (up to [`CONVERGE`]) until `check` returns a value; failures show the operator's log.
-pub async fn wait_for<T, F, Fut>(env: &Env, what: &str, check: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(env: &World, what: &str, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -415,7 +449,7 @@ where
     wait_until(CONVERGE, POLL, what, check)
         .await
         .with_context(|| {
-            let log = env.operator.output();
+            let log = env.operator_output();
             let tail: Vec<&str> = log.lines().rev().take(10).collect();
             format!("operator log (newest first):\n{}", tail.join("\n"))
         })

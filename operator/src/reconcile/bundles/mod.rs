@@ -29,9 +29,19 @@ pub struct Bundles {
     pub updated: Vec<String>,
     /// Devices whose bundle could not be rendered, with the reason (names the field).
     pub failures: BTreeMap<String, String>,
+    /// Devices whose SAS key was changed in the hub outside the operator; their bundles now
+    /// carry the new key.
+    pub key_changed: Vec<String>,
+    /// Failures that waiting does not fix (see `plan::BundlePlan::withheld`).
+    pub withheld: BTreeSet<String>,
 }
 
 impl Bundles {
+    /// Whether a failure may pass by itself, so the hierarchy is reconciled again soon.
+    pub fn retry_soon(&self) -> bool {
+        self.failures.keys().any(|id| !self.withheld.contains(id))
+    }
+
     /// Adds devices whose bundle an earlier pass of this reconcile wrote.
     pub fn add_updated(&mut self, earlier: Vec<String>) {
         for id in earlier {
@@ -75,7 +85,12 @@ pub async fn reconcile(
     let plan = plan::plan_bundles(&input, &read_keys);
     let writes: Vec<&SecretWrite> = plan.writes.iter().map(|(_, write)| write).collect();
     scope.secrets.apply_all(writes).await?;
-    let updated = plan.writes.iter().map(|(id, _)| id.clone()).collect();
+    let updated = plan
+        .writes
+        .iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| !plan.annotations_only.contains(id))
+        .collect();
     scope
         .secrets
         .delete_all(BUNDLE_COMPONENT, &plan.delete)
@@ -84,6 +99,8 @@ pub async fn reconcile(
         status: plan.status,
         updated,
         failures: plan.failures,
+        key_changed: plan.key_changed,
+        withheld: plan.withheld,
     })
 }
 

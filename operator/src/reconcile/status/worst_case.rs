@@ -256,6 +256,7 @@ pub fn status(hierarchy: &EdgeHierarchy, now: Timestamp) -> EdgeHierarchyStatus 
             .iter()
             .map(|id| (id.to_string(), long("spec.edge.agentImage: cannot render:")))
             .collect(),
+        ..Bundles::default()
     };
     add_certificates(&mut status, &certificates, &bundles, generation, &at);
 

@@ -2,7 +2,10 @@
 # install.sh for IoT Edge device 'lower-layer' (hierarchy 'tutorial', layer 2, parent 'top-layer').
 # Written by edge-hierarchy-operator. Run it as root from the unpacked bundle:
 #     sudo sh ./install.sh
-# Running it again is safe: after a certificate renewal, unpack the new bundle and run it again.
+# Running it again is safe, also after it stopped halfway: each change is recorded as pending
+# before it is made, and what follows it (clearing the identity service's caches, recreating
+# edgeAgent and edgeHub) runs until a run has finished. After a certificate renewal, unpack the
+# new bundle and run it again.
 # Without a terminal, set IOTEDGE_HOSTNAME (and IOTEDGE_PARENT_HOSTNAME below the top layer)
 # for the hostnames the hierarchy does not know.
 set -eu
@@ -20,7 +23,15 @@ bundle_dir=$(cd "$(dirname "$0")" && pwd)
 config_file=/etc/aziot/config.toml
 cert_dir=/var/aziot/certs
 secret_dir=/var/aziot/secrets
-os_ca_name=iotedge_config_cli_root.pem.crt
+# The container engine trusts the root only for the parent's registry (not system-wide).
+docker_certs_dir=/etc/docker/certs.d
+# What a run still has to finish; kept until the last step succeeded.
+state_dir=/var/lib/edge-hierarchy-operator
+restart_pending=$state_dir/restart-pending
+os_trust_pending=$state_dir/os-trust-refresh-pending
+registry_trust_record=$state_dir/registry-trust-dirs
+# Earlier versions of this script added the root to the OS trust store; it is removed from there.
+legacy_os_ca_name=iotedge_config_cli_root.pem.crt
 
 say() {
     printf '%s\n' "$*"
@@ -31,12 +42,17 @@ fail() {
     exit 1
 }
 
+step() {
+    say "==> $*"
+}
+
 if [ "$(id -u)" -ne 0 ]; then
     fail "run this script as root: sudo sh $0"
 fi
 
-# The OS family decides where the root CA goes in the OS trust store (the container engine
-# needs it to pull images through the parent) and how IoT Edge is installed.
+step "checking prerequisites"
+# The OS family tells how IoT Edge is installed and where earlier versions of this script put
+# the root CA.
 os_field() {
     if [ -r /etc/os-release ]; then
         sed -n "s/^$1=//p" /etc/os-release | head -n 1 | tr -d '"'
@@ -58,17 +74,17 @@ case "$os_name" in
 esac
 case "$family" in
     debian)
-        os_ca_file=/usr/local/share/ca-certificates/$os_ca_name
+        legacy_os_ca_file=/usr/local/share/ca-certificates/$legacy_os_ca_name
         refresh_os_trust=update-ca-certificates
         install_hint="add the packages.microsoft.com repository for your release, then run: apt-get update && apt-get install aziot-edge"
         ;;
     mariner)
-        os_ca_file=/etc/pki/ca-trust/source/anchors/$os_ca_name
+        legacy_os_ca_file=/etc/pki/ca-trust/source/anchors/$legacy_os_ca_name
         refresh_os_trust=update-ca-trust
         install_hint="run: tdnf install aziot-edge (EFLOW ships it installed)"
         ;;
     rhel)
-        os_ca_file=/etc/pki/ca-trust/source/anchors/$os_ca_name
+        legacy_os_ca_file=/etc/pki/ca-trust/source/anchors/$legacy_os_ca_name
         refresh_os_trust=update-ca-trust
         install_hint="add the packages.microsoft.com repository for your release, then run: dnf install aziot-edge"
         ;;
@@ -80,6 +96,9 @@ say "Installing IoT Edge device '$device_id' on ${os_name:-$os_id} ($family)"
 
 if ! command -v iotedge >/dev/null 2>&1; then
     fail "IoT Edge 1.4 or later is not installed; $install_hint"
+fi
+if ! command -v awk >/dev/null 2>&1; then
+    fail "awk is missing; it merges this bundle's config.toml into $config_file (install gawk, mawk or busybox)"
 fi
 for user in aziotcs aziotks; do
     if ! id "$user" >/dev/null 2>&1; then
@@ -126,6 +145,7 @@ ask_hostname() {
     printf '%s' "$value"
 }
 
+step "hostnames"
 previous_hostname=$(installed_value hostname)
 hostname_value=$(ask_hostname "$known_hostname" "${IOTEDGE_HOSTNAME:-}" "$previous_hostname" "the hostname of this device")
 parent_hostname_value=
@@ -134,16 +154,39 @@ if [ "$has_parent" = yes ]; then
 fi
 
 staged_config=$(mktemp)
-trap 'rm -f "$staged_config"' EXIT
+merged_config=$(mktemp)
+trap 'rm -f "$staged_config" "$merged_config"' EXIT
 sed -e "s|{{HOSTNAME}}|$hostname_value|g" -e "s|{{PARENT_HOSTNAME}}|$parent_hostname_value|g" \
     "$bundle_dir/config.toml" >"$staged_config"
 
+step "merging config.toml into $config_file"
+# The bundle's keys win; the user's other keys and tables (proxy, [agent.env], PKCS#11...) stay.
+installed_config=/dev/null
+if [ -f "$config_file" ]; then
+    installed_config=$config_file
+fi
+if ! awk -f "$bundle_dir/merge-config.awk" "$staged_config" "$installed_config" >"$merged_config"; then
+    fail "cannot merge the bundle's config.toml into $config_file (see the line named above); fix that file or move it away, then run this script again"
+fi
+
+# Whatever follows a change (cached certificates cleared, edgeAgent and edgeHub recreated) is
+# recorded before the change is made and done until a run finishes.
+mkdir -p "$state_dir"
+mark_restart() {
+    if [ ! -f "$restart_pending" ]; then
+        touch "$restart_pending"
+    fi
+}
+if [ -n "$previous_hostname" ] && [ "$previous_hostname" != "$hostname_value" ]; then
+    mark_restart
+fi
+
+step "certificates and keys"
 # Certificates for the Certificates Service (aziotcs), keys for the Keys Service (aziotks).
-certs_changed=no
 # install_file NAME DIRECTORY OWNER MODE
 install_file() {
     if ! cmp -s "$bundle_dir/$1" "$2/$1"; then
-        certs_changed=yes
+        mark_restart
     fi
     install -o "$3" -g "$3" -m "$4" "$bundle_dir/$1" "$2/$1"
 }
@@ -154,44 +197,77 @@ install_file 'iotedge_config_cli_root.pem' "$cert_dir" aziotcs 0644
 install_file 'lower-layer.full-chain.cert.pem' "$cert_dir" aziotcs 0644
 install_file 'lower-layer.key.pem' "$secret_dir" aziotks 0600
 
-# The OS trust store: the container engine pulls $upstream images from the parent over TLS.
-os_trust_changed=no
-if ! cmp -s "$bundle_dir/$trust_bundle" "$os_ca_file"; then
-    mkdir -p "$(dirname "$os_ca_file")"
-    install -m 0644 "$bundle_dir/$trust_bundle" "$os_ca_file"
+step "trusting the root CA for the parent's registry"
+# The container engine pulls $upstream images from the parent over TLS; it gets the root for
+# that registry alone (Docker reads certs.d on every pull, no restart needed). Modules trust it
+# through aziot's trust bundle (trust_bundle_cert in config.toml).
+registry_dirs=
+if [ "$has_parent" = yes ]; then
+    registry_dirs="$parent_hostname_value:$upstream_port"
+    if [ "$upstream_port" = 443 ]; then
+        registry_dirs="$registry_dirs $parent_hostname_value"
+    fi
+fi
+if [ -f "$registry_trust_record" ]; then
+    while read -r old_dir; do
+        case " $registry_dirs " in
+            *" $old_dir "*) ;;
+            *) if [ -n "$old_dir" ]; then rm -rf "${docker_certs_dir:?}/$old_dir"; fi ;;
+        esac
+    done <"$registry_trust_record"
+fi
+for dir in $registry_dirs; do
+    install -d -m 0755 "$docker_certs_dir/$dir"
+    install -m 0644 "$bundle_dir/$trust_bundle" "$docker_certs_dir/$dir/ca.crt"
+done
+# shellcheck disable=SC2086 # one line per directory
+printf '%s\n' $registry_dirs >"$registry_trust_record.new"
+mv -f "$registry_trust_record.new" "$registry_trust_record"
+if [ -f "$legacy_os_ca_file" ]; then
+    touch "$os_trust_pending"
+    rm -f "$legacy_os_ca_file"
+fi
+if [ -f "$os_trust_pending" ]; then
+    say "Removing the root CA an earlier install.sh added to the OS trust store"
     "$refresh_os_trust" >/dev/null
-    os_trust_changed=yes
+    # The engine read the OS trust store when it started.
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl restart docker || fail "could not restart docker; check the container engine, then run this script again"
+    fi
+    rm -f "$os_trust_pending"
 fi
 
-if [ -f "$config_file" ] && ! cmp -s "$staged_config" "$config_file"; then
+step "installing $config_file"
+if [ -f "$config_file" ] && ! cmp -s "$merged_config" "$config_file"; then
     cp -p "$config_file" "$config_file.bak"
     say "Kept the previous configuration as $config_file.bak"
 fi
 install -d -m 0755 /etc/aziot
-install -o root -g root -m 0600 "$staged_config" "$config_file"
+# Written beside and renamed, so the file is never missing or half written.
+install -o root -g root -m 0600 "$merged_config" "$config_file.new"
+mv -f "$config_file.new" "$config_file"
 
-if [ "$certs_changed" = yes ]; then
+if [ -f "$restart_pending" ]; then
+    step "clearing cached certificates and recreating edgeAgent and edgeHub"
     # The identity service caches certificates and keys; stale copies would outlive the new ones.
-    say "Certificates changed: clearing the cached certificates and keys of the identity service"
     rm -rf /var/lib/aziot/certd/certs /var/lib/aziot/keyd/keys
+    if command -v docker >/dev/null 2>&1; then
+        # edgeAgent and edgeHub keep the old hostname and server certificate until they are
+        # created again; edgeAgent is started by the runtime and creates edgeHub.
+        if ! docker rm -f edgeAgent edgeHub >/dev/null 2>&1; then
+            # `rm -f` also fails when a container does not exist; one still there is an error.
+            for container in edgeAgent edgeHub; do
+                if docker inspect "$container" >/dev/null 2>&1; then
+                    fail "could not remove the $container container; check the container engine, then run this script again"
+                fi
+            done
+        fi
+    fi
 fi
 
-if [ "$os_trust_changed" = yes ] && command -v systemctl >/dev/null 2>&1; then
-    say "Restarting the container engine so that it trusts the root CA"
-    systemctl restart docker || say "warning: could not restart docker; restart the container engine yourself"
-fi
-
-hostname_changed=no
-if [ -n "$previous_hostname" ] && [ "$previous_hostname" != "$hostname_value" ]; then
-    hostname_changed=yes
-fi
-if { [ "$certs_changed" = yes ] || [ "$hostname_changed" = yes ]; } && command -v docker >/dev/null 2>&1; then
-    # edgeAgent and edgeHub keep the old hostname and server certificate until they are created
-    # again; edgeAgent is started by the runtime and creates edgeHub.
-    docker rm -f edgeAgent edgeHub >/dev/null 2>&1 || true
-fi
-
+step "applying the configuration"
 iotedge config apply -c "$config_file"
+rm -f "$restart_pending"
 
 say "Device '$device_id' is configured. Check it with:"
 say "    sudo iotedge system status"

@@ -366,3 +366,190 @@ fn a_bundle_says_what_it_trusts_and_remembers_the_revision_it_replaces() {
     assert_eq!(a[PREVIOUS_FINGERPRINT_ANNOTATION], first_fingerprint);
     assert_eq!(a[PREVIOUS_TRUSTED_ROOTS_ANNOTATION], first_root);
 }
+
+#[test]
+fn a_key_changed_in_the_hub_is_read_again_and_rewrites_the_bundle() {
+    let mut w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
+    assert_eq!(
+        existing["top-layer"]
+            .annotations()
+            .get(DEVICE_ETAG_ANNOTATION),
+        Some(&"\"e\"".to_string())
+    );
+    // Someone regenerated the key in the portal: the device's etag moved.
+    w.registered.get_mut("top-layer").unwrap().device_etag = Some("\"e2\"".into());
+    let nothing_new = BTreeSet::new();
+    let again = input(&w, &nothing_new, &existing);
+    assert_eq!(keys_to_read(&again), ["top-layer"]);
+    let read = BTreeMap::from([("top-layer".to_string(), "portal-key".to_string())]);
+    let plan = plan_bundles(&again, &read);
+    assert_eq!(plan.key_changed, ["top-layer"]);
+    assert_eq!(plan.writes.len(), 1);
+    assert!(plan.annotations_only.is_empty());
+    assert_eq!(plan.status["top-layer"].revision, 2);
+    let config = config_of(&plan, "top-layer");
+    assert_eq!(
+        config["provisioning"]["connection_string"].as_str(),
+        Some("HostName=hub.azure-devices.net;DeviceId=top-layer;SharedAccessKey=portal-key")
+    );
+    assert_eq!(
+        plan.writes[0].1.annotations[DEVICE_ETAG_ANNOTATION],
+        "\"e2\""
+    );
+    assert!(!format!("{plan:?}").contains("portal-key"));
+
+    // The etag moved for another reason (the key is the same): the etag is recorded, the
+    // bundle and its revision stay, and no change is announced.
+    let read = BTreeMap::from([("top-layer".to_string(), "top-layer-primary".to_string())]);
+    let plan = plan_bundles(&again, &read);
+    assert!(plan.key_changed.is_empty());
+    assert_eq!(plan.writes.len(), 1);
+    assert!(plan.annotations_only.contains("top-layer"));
+    assert_eq!(plan.status["top-layer"].revision, 1);
+    // Once recorded, a resync reads nothing.
+    let recorded = written(&plan);
+    let mut existing = existing;
+    existing.extend(recorded);
+    assert!(keys_to_read(&input(&w, &nothing_new, &existing)).is_empty());
+}
+
+#[test]
+fn a_bundle_from_before_etags_were_recorded_is_trusted_and_gets_one() {
+    let w = world();
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let mut existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
+    for secret in existing.values_mut() {
+        secret
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(DEVICE_ETAG_ANNOTATION);
+    }
+    let nothing_new = BTreeSet::new();
+    let again = input(&w, &nothing_new, &existing);
+    assert!(keys_to_read(&again).is_empty());
+    let plan = plan_bundles(&again, &BTreeMap::new());
+    assert_eq!(plan.writes.len(), 2);
+    assert_eq!(plan.annotations_only.len(), 2);
+    assert_eq!(plan.status["top-layer"].revision, 1);
+}
+
+/// The tutorial in X509 mode, each device registered with its identity's thumbprint.
+fn x509_world() -> World {
+    let mut w = world();
+    w.spec.authentication = AuthenticationType::X509;
+    for (id, certs) in w.certs.devices.iter_mut() {
+        let identity = crate::reconcile::fixtures::identity(&w.certs.root, id, 90, now());
+        let hub = w.registered.get_mut(id).unwrap();
+        hub.auth = crate::iothub::AuthenticationType::SelfSigned;
+        hub.thumbprints = (Some(identity.sha256_thumbprint.to_lowercase()), None);
+        certs.identity = Some(identity);
+        certs.sas_keys = None;
+    }
+    w
+}
+
+#[test]
+fn under_observe_a_renewed_identity_the_hub_lacks_never_reaches_a_bundle() {
+    let mut w = x509_world();
+    w.spec.policy.reconcile = ReconcilePolicy::Observe;
+    let nothing_new = BTreeSet::new();
+    let none = BTreeMap::new();
+    let first = plan_bundles(&input(&w, &nothing_new, &none), &BTreeMap::new());
+    assert_eq!(first.writes.len(), 2, "{:?}", first.failures);
+    let existing = written(&first);
+
+    // The certificate step renewed the lower layer's identity; under Observe the hub keeps the
+    // old thumbprint, so the bundle must keep the old identity too.
+    let renewed = crate::reconcile::fixtures::identity(&w.certs.root, "lower-layer", 90, now());
+    w.certs.devices.get_mut("lower-layer").unwrap().identity = Some(renewed);
+    let plan = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
+    assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+    assert_eq!(plan.status["lower-layer"].revision, 1);
+    let why = &plan.failures["lower-layer"];
+    assert!(why.contains("bundle kept at revision 1"), "{why}");
+    assert!(why.contains("Observe"), "{why}");
+    assert!(plan.withheld.contains("lower-layer"));
+
+    // Under Manage the same state is a moment before the device step registers the new
+    // thumbprint: reported, retried, not withheld.
+    w.spec.policy.reconcile = ReconcilePolicy::Manage;
+    let plan = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
+    assert!(plan.writes.is_empty());
+    assert!(plan.failures.contains_key("lower-layer"));
+    assert!(plan.withheld.is_empty());
+    // Once the hub has the thumbprint (in the free slot), the bundle follows.
+    let thumbprint = w.certs.devices["lower-layer"]
+        .identity
+        .as_ref()
+        .unwrap()
+        .sha256_thumbprint
+        .clone();
+    w.registered.get_mut("lower-layer").unwrap().thumbprints.1 = Some(thumbprint);
+    let plan = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
+    assert_eq!(plan.writes.len(), 1);
+    assert_eq!(plan.status["lower-layer"].revision, 2);
+}
+
+#[test]
+fn a_sas_bundle_is_never_written_for_a_device_the_hub_authenticates_otherwise() {
+    let mut w = world();
+    w.spec.policy.reconcile = ReconcilePolicy::Observe;
+    w.registered.get_mut("top-layer").unwrap().auth = crate::iothub::AuthenticationType::SelfSigned;
+    let nothing_new = BTreeSet::new();
+    let none = BTreeMap::new();
+    let read = BTreeMap::from([
+        ("top-layer".to_string(), "k1".to_string()),
+        ("lower-layer".to_string(), "k2".to_string()),
+    ]);
+    let plan = plan_bundles(&input(&w, &nothing_new, &none), &read);
+    assert_eq!(plan.writes.len(), 1);
+    assert!(!plan.status.contains_key("top-layer"));
+    assert!(plan.failures["top-layer"].contains("SelfSigned"));
+    assert!(plan.withheld.contains("top-layer"));
+}
+
+#[test]
+fn a_leaf_behind_a_parent_gets_a_gateway_connection_string_and_the_root() {
+    let mut w = world();
+    let leaf: DeviceSpec =
+        serde_yaml::from_str("{id: sensor, parent: lower-layer, type: Leaf}").unwrap();
+    w.spec.devices.push(leaf);
+    for device in &mut w.spec.devices {
+        if device.id == "lower-layer" {
+            device.hostname = Some("lower.factory".into());
+        }
+    }
+    w.registered
+        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
+    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let none = BTreeMap::new();
+    let first = input(&w, &created, &none);
+    // The hub chose the leaf's keys: they are read once.
+    assert_eq!(keys_to_read(&first), ["sensor"]);
+    let read = BTreeMap::from([("sensor".to_string(), "bGVhZg==".to_string())]);
+    let plan = plan_bundles(&first, &read);
+    let (_, write) = plan.writes.iter().find(|(id, _)| id == "sensor").unwrap();
+    let connection = String::from_utf8_lossy(&write.data["connection-string.txt"]).to_string();
+    assert_eq!(
+        connection.trim_end(),
+        "HostName=hub.azure-devices.net;DeviceId=sensor;SharedAccessKey=bGVhZg==;GatewayHostName=lower.factory"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&write.data["iotedge_config_cli_root.pem"]),
+        w.certs.root.cert_pem.trim_end().to_string() + "\n"
+    );
+    assert!(!write.data.contains_key("config.toml"));
+    assert_eq!(plan.status["sensor"].revision, 1);
+    // Next time the key comes from the bundle: no read, no rewrite.
+    let existing = written(&plan);
+    let nothing_new = BTreeSet::new();
+    let again = input(&w, &nothing_new, &existing);
+    assert!(keys_to_read(&again).is_empty());
+    assert!(plan_bundles(&again, &BTreeMap::new()).writes.is_empty());
+}
