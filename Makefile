@@ -41,7 +41,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Every test: unit, e2e against a real control plane + the emulator, and the SDK conformance suite.
-test: deps tools venv build
+## The image comes first: the chart's e2e test (helm_on_node) runs it on the test node.
+test: deps tools venv build image
 	$(CARGO) test --workspace --no-fail-fast
 	IOTHUB_EMULATOR_BIN=$(TARGET_DIR)/debug/iothub-emulator $(PYTHON) -m pytest -q e2e/iothub-emulator/conformance
 
@@ -65,7 +66,7 @@ image:
 	@scripts/image.sh
 
 ## Checks that image (tag, platform, user, entrypoint, the Dockerfile's config) and runs its binary
-## inside it as 65532 on a read-only root. Not part of `make test`: a cold release build takes about
-## ten minutes on two cores; .ci/run calls it after `make test`.
+## inside it as 65532 on a read-only root. .ci/run calls it after `make test` (which has built the
+## image already, so only the checks run).
 image-check: image
 	@python3 scripts/image-check.py

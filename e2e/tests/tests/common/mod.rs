@@ -6,6 +6,7 @@
 pub mod chaos;
 pub mod hub;
 pub mod leaks;
+pub mod leases;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -493,7 +494,7 @@ pub async fn wait_until_absent(admin: &HubAdmin, ids: &[&str]) -> anyhow::Result
 }
 
 /// Waits until the hierarchy object is gone (its finalizer has run).
-pub async fn wait_until_gone(env: &Env, namespace: &str, name: &str) -> anyhow::Result<()> {
+pub async fn wait_until_gone(env: &World, namespace: &str, name: &str) -> anyhow::Result<()> {
     let api = env.hierarchies(namespace);
     let what = format!("{namespace}/{name} to be deleted");
     wait_until(CONVERGE, POLL, &what, || async {
