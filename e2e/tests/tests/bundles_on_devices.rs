@@ -50,23 +50,7 @@ async fn bundles(
     namespace: &str,
     name: &str,
 ) -> anyhow::Result<BTreeMap<String, Secret>> {
-    let api: Api<Secret> = Api::namespaced(env.client.clone(), namespace);
-    let selector = format!("edgehierarchy.dev/hierarchy={name},edgehierarchy.dev/component=bundle");
-    Ok(api
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|s| {
-            let id = s
-                .metadata
-                .annotations
-                .as_ref()?
-                .get("edgehierarchy.dev/device-id")?
-                .clone();
-            Some((id, s))
-        })
-        .collect())
+    env.device_secrets(namespace, name, "bundle").await
 }
 
 fn file(secret: &Secret, key: &str) -> Option<String> {

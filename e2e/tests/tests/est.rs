@@ -20,7 +20,6 @@ use edge_hierarchy_operator::pki::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::ListParams;
 
 const NS: &str = "est";
 const NAME: &str = "line";
@@ -56,23 +55,11 @@ async fn bundles(
     env: &Env,
     devices: usize,
 ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>> {
-    let api: Api<Secret> = Api::namespaced(env.client.clone(), NS);
-    let selector = format!("edgehierarchy.dev/hierarchy={NAME},edgehierarchy.dev/component=bundle");
     wait_until(CONVERGE, POLL, "a bundle for every Edge device", || async {
-        let list = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .ok()?;
-        let out: BTreeMap<_, _> = list
-            .items
+        let secrets = env.device_secrets(NS, NAME, "bundle").await.ok()?;
+        let out: BTreeMap<_, _> = secrets
             .into_iter()
-            .filter_map(|s| {
-                let id = s
-                    .metadata
-                    .annotations
-                    .as_ref()?
-                    .get("edgehierarchy.dev/device-id")?
-                    .clone();
+            .filter_map(|(id, s)| {
                 let files = s.data?.into_iter().map(|(k, v)| (k, v.0)).collect();
                 Some((id, files))
             })

@@ -19,7 +19,7 @@ use edge_hierarchy_operator::api::{EdgeHierarchyStatus, RootRotationPhase};
 use edge_sim::{EdgeSim, MemorySource, SimOptions, Snapshot};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 
 const NS: &str = "rotation";
 const NAME: &str = "plant";
@@ -68,23 +68,7 @@ async fn put_root(secrets: &Api<Secret>, cert: &str, key: &str) -> anyhow::Resul
 
 /// The hierarchy's Secrets of one component, by device id.
 async fn secrets_of(env: &Env, component: &str) -> anyhow::Result<BTreeMap<String, Secret>> {
-    let api: Api<Secret> = Api::namespaced(env.client.clone(), NS);
-    let selector =
-        format!("edgehierarchy.dev/hierarchy={NAME},edgehierarchy.dev/component={component}");
-    let list = api.list(&ListParams::default().labels(&selector)).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|s| {
-            let id = s
-                .metadata
-                .annotations
-                .as_ref()?
-                .get("edgehierarchy.dev/device-id")?
-                .clone();
-            Some((id, s))
-        })
-        .collect())
+    env.device_secrets(NS, NAME, component).await
 }
 
 fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {

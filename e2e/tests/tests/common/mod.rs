@@ -246,6 +246,33 @@ impl World {
         Ok(())
     }
 
+    /// The hierarchy's Secrets of one component (`bundle`, `certs`), by device id.
+    pub async fn device_secrets(
+        &self,
+        namespace: &str,
+        hierarchy: &str,
+        component: &str,
+    ) -> anyhow::Result<BTreeMap<String, Secret>> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!(
+            "edgehierarchy.dev/hierarchy={hierarchy},edgehierarchy.dev/component={component}"
+        );
+        let list = api.list(&ListParams::default().labels(&selector)).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|s| {
+                let id = s
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get("edgehierarchy.dev/device-id")?
+                    .clone();
+                Some((id, s))
+            })
+            .collect())
+    }
+
     pub fn hierarchies(&self, namespace: &str) -> Api<EdgeHierarchy> {
         Api::namespaced(self.client.clone(), namespace)
     }
