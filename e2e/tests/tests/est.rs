@@ -476,6 +476,25 @@ async fn an_edge_ca_renews_over_est_without_a_new_bundle_and_the_child_link_hold
     // The device never got a second bundle: the source is the one captured at the start.
     let snapshot = sim.snapshot();
     ensure!(snapshot.devices["gw-1"].origin.contains("installed once"));
+    // Every TLS handshake gw-2 began with gw-1 (link checks and telemetry), not only the sampled
+    // ticks: none failed. Connections refused while gw-1's edgeHub restarted are counted apart.
+    let handshakes = snapshot.devices["gw-2"]
+        .link
+        .as_ref()
+        .map(|l| l.counts.clone())
+        .unwrap_or_default();
+    println!(
+        "gw-2 -> gw-1 TLS handshakes across the renewals: {} begun, {} failed, {} connections refused",
+        handshakes.handshakes, handshakes.handshake_failures, handshakes.connect_failures
+    );
+    ensure!(
+        handshakes.handshake_failures == 0,
+        "gw-2's handshakes to gw-1 failed: {handshakes:?}"
+    );
+    ensure!(
+        handshakes.handshakes >= 10,
+        "too few handshakes counted: {handshakes:?}"
+    );
     let events = env.events(NS, NAME).await?;
     let enrolled = events
         .iter()
