@@ -1013,6 +1013,19 @@ async fn installs_cluster_wide(cluster: &ControlPlane) -> anyhow::Result<()> {
             Some("eho-system"),
             true,
         ),
+        // The Lease's watch (a metadata.name field selector): that name only.
+        (
+            "watch",
+            "leases.coordination.k8s.io/eho-edge-hierarchy-operator",
+            Some("eho-system"),
+            true,
+        ),
+        (
+            "list",
+            "leases.coordination.k8s.io",
+            Some("eho-system"),
+            false,
+        ),
         (
             "get",
             "leases.coordination.k8s.io/someone-elses",
