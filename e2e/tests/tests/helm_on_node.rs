@@ -351,14 +351,18 @@ async fn the_chart_runs_on_a_real_node_with_two_replicas() -> anyhow::Result<()>
         &kubeconfig,
         &["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"],
     )?;
-    let pods = env
-        .cluster
-        .kubectl(&["-n", NAMESPACE, "get", "pods", "-o", "name"])?;
-    ensure!(
-        String::from_utf8_lossy(&pods.stdout).trim().is_empty(),
-        "Pods left after helm uninstall: {}",
-        String::from_utf8_lossy(&pods.stdout)
-    );
+    // The Pods go with the Deployment (the garbage collector deletes them after helm returns).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(env.client.clone(), NAMESPACE);
+    wait_until(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        "the operator's Pods to be gone after helm uninstall",
+        || async {
+            let list = pods.list(&Default::default()).await.ok()?;
+            list.items.is_empty().then_some(())
+        },
+    )
+    .await?;
     ensure!(
         env.hub.admin.device("kept-gw").await?.is_some(),
         "helm uninstall removed the devices of a hierarchy that still exists"
