@@ -200,9 +200,9 @@ async fn probe(what: Probe) -> anyhow::Result<()> {
         }
         Probe::Lease { lease } => {
             let namespace = lease.namespace();
+            use k8s_openapi::api::coordination::v1::Lease;
             let client = kube::Client::try_default().await?;
-            let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-                kube::Api::namespaced(client, &namespace);
+            let api: kube::Api<Lease> = kube::Api::namespaced(client, &namespace);
             let found = api.get(&lease.lease_name).await.map_err(|e| {
                 anyhow::anyhow!("cannot read Lease {namespace}/{}: {e}", lease.lease_name)
             })?;

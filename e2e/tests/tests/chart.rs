@@ -567,14 +567,14 @@ const OPERATOR_CALLS: &[(&str, &str, &str, &str, &str)] = &[
     ),
     (
         "reconcile/controller.rs",
-        "Api::<PartialObjectMeta<ConfigMap>>::all",
+        ".watches(config_maps",
         "",
         "configmaps",
         "list",
     ),
     (
         "reconcile/controller.rs",
-        "Api::<PartialObjectMeta<ConfigMap>>::all",
+        ".watches(config_maps",
         "",
         "configmaps",
         "watch",
@@ -608,6 +608,19 @@ const OPERATOR_CALLS: &[(&str, &str, &str, &str, &str)] = &[
         "namespaces",
         "get",
     ),
+    // The EST server: the roots of the hierarchies that issue over EST, its own CA, and the
+    // enrollment records on the devices' certificate Secrets.
+    (
+        "est/trust.rs",
+        "Api::<EdgeHierarchy>::all(",
+        "edgehierarchy.dev",
+        "edgehierarchies",
+        "list",
+    ),
+    ("est/trust.rs", "secrets.get_opt(", "", "secrets", "get"),
+    ("est/tls.rs", "secrets.get_opt(", "", "secrets", "get"),
+    ("est/tls.rs", "secrets.create(", "", "secrets", "create"),
+    ("est/record.rs", ".patch(&name", "", "secrets", "patch"),
 ];
 
 /// The Rust type of each resource the operator's RBAC covers, as `Api<T>` names it.
@@ -642,7 +655,8 @@ fn operator_sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Re
 fn api_types(code: &str) -> BTreeSet<String> {
     let code = code.split("#[cfg(test)]").next().unwrap_or_default();
     let mut types = BTreeSet::new();
-    for start in ["Api<", "Api::<"] {
+    // `apis::<T>` is the controller's one Api per watched namespace (`Watched::apis`).
+    for start in ["Api<", "Api::<", "apis::<"] {
         for (i, _) in code.match_indices(start) {
             let rest = &code[i + start.len()..];
             let rest = rest.strip_prefix("PartialObjectMeta<").unwrap_or(rest);
@@ -650,7 +664,9 @@ fn api_types(code: &str) -> BTreeSet<String> {
                 .chars()
                 .take_while(|c| c.is_alphanumeric() || *c == '_')
                 .collect();
-            if !name.is_empty() {
+            // A generic parameter (`Api<K>`) names no resource: its callers do.
+            let generic = name.len() == 1 && name.chars().all(|c| c.is_ascii_uppercase());
+            if !name.is_empty() && !generic {
                 types.insert(name);
             }
         }
