@@ -333,8 +333,8 @@ pub async fn tally(
     }
     let mut orphaned = orphan_devices.len();
 
-    // The operator's Secrets: one bundle per Edge device, one certificate Secret per device
-    // that has one, none for a device that is not in the spec.
+    // The operator's Secrets: one bundle per device (Edge and Leaf bundles), one certificate
+    // Secret per device that has one, none for a device that is not in the spec.
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), namespace);
     let list = secrets
         .list(&ListParams::default().labels(&format!("{HIERARCHY_LABEL}={name}")))
@@ -358,10 +358,7 @@ pub async fn tally(
             orphaned += 1;
             continue;
         };
-        let belongs = match component.as_str() {
-            "bundle" => edge_ids.contains(id.as_str()),
-            _ => spec_ids.contains(id.as_str()),
-        };
+        let belongs = spec_ids.contains(id.as_str());
         if !belongs {
             findings.push(format!(
                 "orphaned {component} Secret {secret_name} of device {id}"
