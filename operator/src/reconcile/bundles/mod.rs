@@ -79,12 +79,26 @@ pub async fn reconcile(
         est: scope.ctx.est.as_ref(),
     };
     let mut read_keys = BTreeMap::new();
+    // Keys read before a failed read are used: under a registry quota the bundles written now
+    // need no read next time, so each retry gets further instead of starting over.
+    let mut read_failed = None;
     for id in plan::keys_to_read(&input) {
-        read_keys.insert(id.clone(), primary_key(&scope.hub, &id).await?);
+        match primary_key(&scope.hub, &id).await {
+            Ok(key) => {
+                read_keys.insert(id.clone(), key);
+            }
+            Err(e) => {
+                read_failed = Some(e);
+                break;
+            }
+        }
     }
     let plan = plan::plan_bundles(&input, &read_keys);
     let writes: Vec<&SecretWrite> = plan.writes.iter().map(|(_, write)| write).collect();
     scope.secrets.apply_all(writes).await?;
+    if let Some(e) = read_failed {
+        return Err(e.into());
+    }
     let updated = plan
         .writes
         .iter()
