@@ -67,12 +67,14 @@ async fn steps(
     let (certificates, certificate_writes) =
         certs::reconcile(&scope, &topology, Timestamp::now()).await?;
     metrics.step_done("certificates", started);
+    let mut sas_keys = certificates.sas_keys();
+    sas_keys.extend(devices::new_leaf_keys(&hierarchy.spec));
     let desired = devices::desired_devices(
         &scope.identity,
         &hierarchy.spec,
         &topology,
         &certificates.hub_thumbprints(),
-        &certificates.sas_keys(),
+        &sas_keys,
     );
     let registered_before = previously_registered(previous);
     let known = deployments::plan::known_configurations(previous);
@@ -112,6 +114,7 @@ async fn steps(
         &scope,
         &topology,
         &certificates,
+        &desired,
         logins.agent.as_ref(),
         registered_so_far,
     );
@@ -146,7 +149,7 @@ async fn steps(
         &topology,
         &owned,
         &certificates,
-        &rounds.applied.created,
+        &devices::created_keys(&desired, &rounds.applied.created),
         logins.agent.as_ref(),
     )
     .await?;
@@ -202,6 +205,7 @@ async fn early_bundles(
     scope: &Scope<'_>,
     topology: &Topology,
     certificates: &certs::Certificates,
+    desired: &[devices::DesiredDevice],
     agent_auth: Option<&crate::deploy::RegistryLogin>,
     mut registered: tokio::sync::watch::Receiver<Registered>,
 ) -> (Vec<String>, Vec<String>) {
@@ -213,7 +217,7 @@ async fn early_bundles(
             topology,
             &so_far.owned,
             certificates,
-            &so_far.created,
+            &devices::created_keys(desired, &so_far.created),
             agent_auth,
         )
         .await;

@@ -1,5 +1,5 @@
 //! The bundle step (docs/architecture.md, "Certificates and bundles"): one Secret per registered
-//! Edge device holding the files of its bundle (config.toml, install.sh, README, trust bundle,
+//! device holding the files of its bundle (config.toml, install.sh, README, trust bundle,
 //! edge CA chain and key, identity), rewritten when any of them changes, with a revision that
 //! counts changes.
 //!
@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 
 use super::certs::Certificates;
-use super::devices::HubDevice;
+use super::devices::{HubDevice, SasKeys};
 use super::error::Error;
 use super::scope::Scope;
 use super::secrets::SecretWrite;
@@ -58,11 +58,10 @@ pub async fn reconcile(
     topology: &Topology,
     registered: &BTreeMap<String, HubDevice>,
     certs: &Certificates,
-    created_now: &[String],
+    created_keys: &BTreeMap<String, SasKeys>,
     agent_auth: Option<&RegistryLogin>,
 ) -> Result<Bundles, Error> {
     let existing = scope.secrets.list_component(BUNDLE_COMPONENT).await?;
-    let created_now: BTreeSet<String> = created_now.iter().cloned().collect();
     let namespace = scope.hierarchy.namespace().unwrap_or_default();
     let input = BundlePlanInput {
         hierarchy: &scope.identity.name,
@@ -72,7 +71,7 @@ pub async fn reconcile(
         layers: &topology.layer,
         registered,
         certs,
-        created_now: &created_now,
+        created_keys,
         existing: &existing,
         agent_auth,
         keep_removed: scope.hierarchy.spec.policy.leaves_removed_devices(),

@@ -37,7 +37,7 @@ use crate::names::{
 };
 use crate::pki::IssuedCertificate;
 use crate::reconcile::certs::{Certificates, DeviceCertificates};
-use crate::reconcile::devices::HubDevice;
+use crate::reconcile::devices::{HubDevice, SasKeys};
 use crate::reconcile::secrets::{SecretWrite, device_secret_labels};
 
 /// Everything the bundle plan looks at.
@@ -50,8 +50,8 @@ pub struct BundlePlanInput<'a> {
     /// The hierarchy's devices registered in the hub.
     pub registered: &'a BTreeMap<String, HubDevice>,
     pub certs: &'a Certificates,
-    /// Devices this reconcile created (so their SAS keys are the operator's).
-    pub created_now: &'a BTreeSet<String>,
+    /// The SAS keys of the devices this reconcile created (the operator chose them).
+    pub created_keys: &'a BTreeMap<String, SasKeys>,
     /// The hierarchy's bundle Secrets, by device id.
     pub existing: &'a BTreeMap<String, Secret>,
     /// `spec.edge.agentAuth` with its user name and password read from the Secret.
@@ -150,10 +150,9 @@ fn known_key(input: &BundlePlanInput<'_>, c: &Candidate<'_>) -> Option<String> {
     let from_bundle = bundle_key(input, c).filter(|_| !device_changed(input, c));
     // Devices this reconcile created carry the operator's keys; others (adopted, re-created by
     // someone else) are asked once.
-    let ours = c
-        .certs
-        .and_then(|certs| certs.sas_keys.as_ref())
-        .filter(|_| input.created_now.contains(&c.device.id))
+    let ours = input
+        .created_keys
+        .get(&c.device.id)
         .map(|k| k.primary.clone());
     from_bundle.or(ours)
 }

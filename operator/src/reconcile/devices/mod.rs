@@ -10,7 +10,9 @@ pub mod read_back;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use model::{DesiredAuth, DesiredDevice, HubDevice, SasKeys, desired_devices};
+pub use model::{
+    DesiredAuth, DesiredDevice, HubDevice, SasKeys, created_keys, desired_devices, new_leaf_keys,
+};
 pub use plan::{Action, DeviceReport, Plan, PlanInput};
 pub use read_back::ReadBacks;
 

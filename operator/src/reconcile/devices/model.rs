@@ -43,8 +43,9 @@ impl SasKeys {
 /// How a device should authenticate, as far as the hub identity is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DesiredAuth {
-    /// SAS keys: the operator's own for Edge devices (written in the create, so bundles need
-    /// no read-back), the hub's for Leaf devices.
+    /// SAS keys the operator chose, written in the create so bundles need no read-back: an
+    /// Edge device's are kept in its certificate Secret, a Leaf's are fresh each reconcile (a
+    /// Leaf has no Secret to keep them in; they matter only when this reconcile creates it).
     SymmetricKey { keys: Option<SasKeys> },
     /// Self-signed X.509: the thumbprints the device's identity certificates have. `None` while
     /// the certificate is not issued yet.
@@ -102,6 +103,32 @@ pub fn desired_devices(
                 },
                 owner_tags: ownership_tags(identity, d, layer)[TAG].take(),
             }
+        })
+        .collect()
+}
+
+/// Fresh SAS keys for every Leaf of a SymmetricKey spec: used only if this reconcile creates
+/// the device, so its bundle carries them without a read of the hub (a registry operation
+/// each, which a throttled hub cannot spare for hundreds of sensors).
+pub fn new_leaf_keys(spec: &EdgeHierarchySpec) -> BTreeMap<String, SasKeys> {
+    if spec.authentication != AuthenticationType::SymmetricKey {
+        return BTreeMap::new();
+    }
+    spec.devices
+        .iter()
+        .filter(|d| d.device_type == DeviceType::Leaf)
+        .map(|d| (d.id.clone(), SasKeys::generate()))
+        .collect()
+}
+
+/// The SAS keys of the devices `created` names, as `desired` created them.
+pub fn created_keys(desired: &[DesiredDevice], created: &[String]) -> BTreeMap<String, SasKeys> {
+    desired
+        .iter()
+        .filter(|d| created.contains(&d.id))
+        .filter_map(|d| match &d.auth {
+            DesiredAuth::SymmetricKey { keys: Some(keys) } => Some((d.id.clone(), keys.clone())),
+            _ => None,
         })
         .collect()
 }
@@ -167,5 +194,47 @@ impl HubDevice {
             .and_then(|t| t.get("layer"))
             .and_then(Value::as_u64)
             .unwrap_or(0) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(authentication: &str) -> EdgeHierarchySpec {
+        serde_yaml::from_str(&format!(
+            "iotHub: {{connectionStringSecretRef: {{name: hub, key: cs}}}}\n\
+             authentication: {authentication}\n\
+             devices:\n\
+             - {{id: gw}}\n\
+             - {{id: sensor, parent: gw, type: Leaf}}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_leaves_of_a_symmetric_key_spec_get_fresh_keys() {
+        let keys = new_leaf_keys(&spec("SymmetricKey"));
+        assert_eq!(keys.keys().collect::<Vec<_>>(), ["sensor"]);
+        assert_ne!(keys["sensor"].primary, keys["sensor"].secondary);
+        assert!(new_leaf_keys(&spec("X509")).is_empty());
+    }
+
+    #[test]
+    fn created_keys_name_only_created_devices_with_keys() {
+        let spec = spec("SymmetricKey");
+        let topology = crate::api::validate(&spec).unwrap();
+        let identity = HierarchyIdentity::new("ns", "h", "u");
+        let desired = desired_devices(
+            &identity,
+            &spec,
+            &topology,
+            &BTreeMap::new(),
+            &new_leaf_keys(&spec),
+        );
+        // The gateway has no keys here (its certificate Secret would give them).
+        let created = created_keys(&desired, &["gw".into(), "sensor".into()]);
+        assert_eq!(created.keys().collect::<Vec<_>>(), ["sensor"]);
+        assert!(created_keys(&desired, &["gw".into()]).is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! Fixtures: registered devices, their certificates and the bundle Secrets already written, fed
 //! through `keys_to_read` and `plan_bundles`. Each test names the rule it covers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -72,7 +72,7 @@ fn world() -> World {
 
 fn input<'a>(
     w: &'a World,
-    created_now: &'a BTreeSet<String>,
+    created_keys: &'a BTreeMap<String, SasKeys>,
     existing: &'a BTreeMap<String, Secret>,
 ) -> BundlePlanInput<'a> {
     BundlePlanInput {
@@ -83,12 +83,20 @@ fn input<'a>(
         layers: &w.layers,
         registered: &w.registered,
         certs: &w.certs,
-        created_now,
+        created_keys,
         existing,
         agent_auth: None,
         keep_removed: false,
         est: None,
     }
+}
+
+/// Every registered device created by this reconcile, with the keys its certificates keep.
+fn created_keys(w: &World) -> BTreeMap<String, SasKeys> {
+    w.registered
+        .keys()
+        .filter_map(|id| Some((id.clone(), w.certs.devices.get(id)?.sas_keys.clone()?)))
+        .collect()
 }
 
 /// The Secrets a first plan writes, as the apiserver returns them.
@@ -102,7 +110,7 @@ fn written(plan: &BundlePlan) -> BTreeMap<String, Secret> {
 #[test]
 fn devices_created_now_get_bundles_with_the_operators_keys_and_no_hub_read() {
     let w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let input = input(&w, &created, &none);
     assert!(keys_to_read(&input).is_empty());
@@ -127,11 +135,11 @@ fn devices_created_now_get_bundles_with_the_operators_keys_and_no_hub_read() {
 #[test]
 fn an_unchanged_bundle_is_not_rewritten_and_needs_no_hub_read() {
     let w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
     // A later resync: nothing was created now, the keys come from the bundles.
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let resync = input(&w, &nothing_new, &existing);
     assert!(keys_to_read(&resync).is_empty());
     let plan = plan_bundles(&resync, &BTreeMap::new());
@@ -143,7 +151,7 @@ fn an_unchanged_bundle_is_not_rewritten_and_needs_no_hub_read() {
 fn a_device_someone_else_created_has_its_key_read_from_the_hub() {
     let w = world();
     let none = BTreeMap::new();
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let input = input(&w, &nothing_new, &none);
     assert_eq!(keys_to_read(&input), ["top-layer", "lower-layer"]);
     let read = BTreeMap::from([
@@ -158,14 +166,14 @@ fn a_device_someone_else_created_has_its_key_read_from_the_hub() {
 #[test]
 fn a_new_device_scope_rewrites_the_bundle_with_a_new_revision() {
     let mut w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
     w.registered.insert(
         "top-layer".into(),
         hub_device("top-layer", "scope-recreated"),
     );
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let again = input(&w, &nothing_new, &existing);
     // The old bundle's key belongs to the old scope: it is asked for again.
     assert_eq!(keys_to_read(&again), ["top-layer"]);
@@ -178,12 +186,12 @@ fn a_new_device_scope_rewrites_the_bundle_with_a_new_revision() {
 #[test]
 fn unregistered_devices_get_no_bundle_and_removed_devices_lose_theirs() {
     let mut w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
     w.registered.remove("lower-layer");
     w.spec.devices.retain(|d| d.id != "lower-layer");
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let plan = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
     assert!(!plan.status.contains_key("lower-layer"));
     assert_eq!(
@@ -228,7 +236,7 @@ fn agent_auth_reaches_every_device_with_the_address_its_image_is_pulled_from() {
         username: "puller".into(),
         password: crate::deploy::Password::new("s3cret-pw"),
     };
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let first = BundlePlanInput {
         agent_auth: Some(&login),
@@ -277,7 +285,7 @@ fn agent_auth_reaches_every_device_with_the_address_its_image_is_pulled_from() {
         password: crate::deploy::Password::new("rotated-pw"),
         ..login.clone()
     };
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let again = BundlePlanInput {
         agent_auth: Some(&rotated),
         keep_removed: false,
@@ -291,7 +299,7 @@ fn agent_auth_reaches_every_device_with_the_address_its_image_is_pulled_from() {
 #[test]
 fn without_agent_auth_config_toml_has_no_auth_table() {
     let w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let plan = plan_bundles(&input(&w, &created, &none), &BTreeMap::new());
     for id in ["top-layer", "lower-layer"] {
@@ -308,7 +316,7 @@ fn a_bundle_says_what_it_trusts_and_remembers_the_revision_it_replaces() {
         TRUSTED_ROOTS_ANNOTATION,
     };
     let mut w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let first = plan_bundles(&input(&w, &created, &none), &BTreeMap::new());
     let annotations = &first.writes[0].1.annotations;
@@ -331,7 +339,7 @@ fn a_bundle_says_what_it_trusts_and_remembers_the_revision_it_replaces() {
     w.certs
         .trust_thumbprints
         .push(other.info.sha256_thumbprint.clone());
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let second = plan_bundles(&input(&w, &nothing_new, &existing), &BTreeMap::new());
     assert_eq!(second.writes.len(), 2);
     let (id, write) = &second.writes[0];
@@ -370,7 +378,7 @@ fn a_bundle_says_what_it_trusts_and_remembers_the_revision_it_replaces() {
 #[test]
 fn a_key_changed_in_the_hub_is_read_again_and_rewrites_the_bundle() {
     let mut w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
     assert_eq!(
@@ -381,7 +389,7 @@ fn a_key_changed_in_the_hub_is_read_again_and_rewrites_the_bundle() {
     );
     // Someone regenerated the key in the portal: the device's etag moved.
     w.registered.get_mut("top-layer").unwrap().device_etag = Some("\"e2\"".into());
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let again = input(&w, &nothing_new, &existing);
     assert_eq!(keys_to_read(&again), ["top-layer"]);
     let read = BTreeMap::from([("top-layer".to_string(), "portal-key".to_string())]);
@@ -419,7 +427,7 @@ fn a_key_changed_in_the_hub_is_read_again_and_rewrites_the_bundle() {
 #[test]
 fn a_bundle_from_before_etags_were_recorded_is_trusted_and_gets_one() {
     let w = world();
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let mut existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
     for secret in existing.values_mut() {
@@ -430,7 +438,7 @@ fn a_bundle_from_before_etags_were_recorded_is_trusted_and_gets_one() {
             .unwrap()
             .remove(DEVICE_ETAG_ANNOTATION);
     }
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let again = input(&w, &nothing_new, &existing);
     assert!(keys_to_read(&again).is_empty());
     let plan = plan_bundles(&again, &BTreeMap::new());
@@ -458,7 +466,7 @@ fn x509_world() -> World {
 fn under_observe_a_renewed_identity_the_hub_lacks_never_reaches_a_bundle() {
     let mut w = x509_world();
     w.spec.policy.reconcile = ReconcilePolicy::Observe;
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let none = BTreeMap::new();
     let first = plan_bundles(&input(&w, &nothing_new, &none), &BTreeMap::new());
     assert_eq!(first.writes.len(), 2, "{:?}", first.failures);
@@ -501,7 +509,7 @@ fn a_sas_bundle_is_never_written_for_a_device_the_hub_authenticates_otherwise() 
     let mut w = world();
     w.spec.policy.reconcile = ReconcilePolicy::Observe;
     w.registered.get_mut("top-layer").unwrap().auth = crate::iothub::AuthenticationType::SelfSigned;
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let none = BTreeMap::new();
     let read = BTreeMap::from([
         ("top-layer".to_string(), "k1".to_string()),
@@ -527,10 +535,10 @@ fn a_leaf_behind_a_parent_gets_a_gateway_connection_string_and_the_root() {
     }
     w.registered
         .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
-    let created: BTreeSet<String> = w.registered.keys().cloned().collect();
+    let created = created_keys(&w);
     let none = BTreeMap::new();
     let first = input(&w, &created, &none);
-    // The hub chose the leaf's keys: they are read once.
+    // The leaf was there before (the hub chose its keys): they are read once.
     assert_eq!(keys_to_read(&first), ["sensor"]);
     let read = BTreeMap::from([("sensor".to_string(), "bGVhZg==".to_string())]);
     let plan = plan_bundles(&first, &read);
@@ -548,8 +556,32 @@ fn a_leaf_behind_a_parent_gets_a_gateway_connection_string_and_the_root() {
     assert_eq!(plan.status["sensor"].revision, 1);
     // Next time the key comes from the bundle: no read, no rewrite.
     let existing = written(&plan);
-    let nothing_new = BTreeSet::new();
+    let nothing_new = BTreeMap::new();
     let again = input(&w, &nothing_new, &existing);
     assert!(keys_to_read(&again).is_empty());
     assert!(plan_bundles(&again, &BTreeMap::new()).writes.is_empty());
+}
+
+#[test]
+fn a_leaf_this_reconcile_created_carries_the_operators_keys_without_a_read() {
+    let mut w = world();
+    let leaf: DeviceSpec =
+        serde_yaml::from_str("{id: sensor, parent: lower-layer, type: Leaf}").unwrap();
+    w.spec.devices.push(leaf);
+    w.layers.insert("sensor".into(), 3);
+    w.registered
+        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
+    let mut created = created_keys(&w);
+    created.insert("sensor".into(), keys("sensor"));
+    let none = BTreeMap::new();
+    let first = input(&w, &created, &none);
+    assert!(keys_to_read(&first).is_empty());
+    let plan = plan_bundles(&first, &BTreeMap::new());
+    let (_, write) = plan.writes.iter().find(|(id, _)| id == "sensor").unwrap();
+    let connection = String::from_utf8_lossy(&write.data["connection-string.txt"]).to_string();
+    assert!(
+        connection.contains(";SharedAccessKey=sensor-primary;"),
+        "{connection}"
+    );
+    assert!(plan.key_changed.is_empty());
 }
