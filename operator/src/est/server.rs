@@ -39,8 +39,8 @@ pub const EST_PATH: &str = "/.well-known/est";
 #[derive(Clone, Debug)]
 struct PeerCertificate(Option<Vec<u8>>);
 
-/// Serves EST on `addr` until `shutdown` completes. Connections already open finish their
-/// requests; no new one is accepted after `shutdown`.
+/// Serves EST on `addr` until `shutdown` completes. No connection outlives it: those still open
+/// are closed, so no enrollment writes to the hub after this replica stopped leading.
 pub async fn serve(
     addr: SocketAddr,
     state: Arc<EstState>,
@@ -52,20 +52,9 @@ pub async fn serve(
     info!(address = %listener.local_addr()?, url = %state.endpoint.url, "serving EST");
     let acceptor = tokio_rustls::TlsAcceptor::from(state.tls.clone());
     let app = router(state);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "EST: accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    accept_until(listener, shutdown, move |tcp, peer| {
         let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
+        async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -85,10 +74,37 @@ pub async fn serve(
             if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                 tracing::debug!(%peer, error = %e, "EST: connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
     info!("EST server stopped");
     Ok(())
+}
+
+/// Accepts connections until `shutdown`, each handled by `handle` in a task of this term; then
+/// stops listening, aborts the connections still open and waits until they are gone.
+async fn accept_until<H, F>(listener: TcpListener, shutdown: impl Future<Output = ()>, handle: H)
+where
+    H: Fn(tokio::net::TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    connections.spawn(handle(tcp, peer));
+                }
+                Err(e) => warn!(error = %e, "EST: accept failed"),
+            },
+            // Finished connections are reaped as they end.
+            Some(_) = connections.join_next() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
 }
 
 fn router(state: Arc<EstState>) -> Router {
@@ -386,5 +402,48 @@ impl ClientCertVerifier for AnyClientCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection open when the term ends is closed with it: its handler is dropped before
+    /// `accept_until` returns, and nothing listens afterwards.
+    #[tokio::test]
+    async fn no_connection_outlives_the_term() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (alive_tx, mut alive) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(accept_until(
+            listener,
+            async {
+                let _ = stop.await;
+            },
+            move |_tcp, _peer| {
+                let (started, alive) = (started_tx.clone(), alive_tx.clone());
+                async move {
+                    // Held until the handler is dropped: the receiver sees the channel close.
+                    let _alive = alive;
+                    let _ = started.send(());
+                    std::future::pending::<()>().await;
+                }
+            },
+        ));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        started.recv().await.unwrap();
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+        // The handler's sender was dropped with its task (only clones in the closure remained,
+        // and the closure went with `accept_until`).
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), alive.recv()).await;
+        assert!(matches!(closed, Ok(None)), "the handler outlived the term");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "still listening after the term"
+        );
     }
 }
