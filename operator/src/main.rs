@@ -327,6 +327,10 @@ async fn main() -> anyhow::Result<()> {
             let metrics = std::sync::Arc::new(
                 edge_hierarchy_operator::metrics::Metrics::new(&counters).with_est(&est_metrics),
             );
+            let watched = edge_hierarchy_operator::reconcile::controller::Watched {
+                namespaces,
+                shard_selector,
+            };
             let est_server = match est_addr {
                 Some(addr) => {
                     let options = edge_hierarchy_operator::est::EstOptions {
@@ -335,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
                         ca_secret: est_ca_secret,
                         ca_namespace: est_namespace,
                         user_agent: user_agent(&edge_hierarchy_operator::leadership::identity()),
+                        watched: watched.clone(),
                     };
                     let state = edge_hierarchy_operator::est::prepare(
                         client.clone(),
@@ -360,10 +365,7 @@ async fn main() -> anyhow::Result<()> {
             let identity = edge_hierarchy_operator::leadership::identity();
             let options = edge_hierarchy_operator::reconcile::controller::Options {
                 concurrency: reconcile_concurrency,
-                watched: edge_hierarchy_operator::reconcile::controller::Watched {
-                    namespaces,
-                    shard_selector,
-                },
+                watched,
                 user_agent: user_agent(&identity),
                 est: est_server.as_ref().map(|(_, state)| state.endpoint.clone()),
             };

@@ -612,7 +612,7 @@ const OPERATOR_CALLS: &[(&str, &str, &str, &str, &str)] = &[
     // enrollment records on the devices' certificate Secrets.
     (
         "est/trust.rs",
-        "Api::<EdgeHierarchy>::all(",
+        ".apis::<EdgeHierarchy>(",
         "edgehierarchy.dev",
         "edgehierarchies",
         "list",

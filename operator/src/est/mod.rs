@@ -68,6 +68,8 @@ pub struct EstOptions {
     pub ca_namespace: String,
     /// `User-Agent` of its hub calls (the controller's, naming this replica).
     pub user_agent: String,
+    /// The hierarchies it answers for: the controller's.
+    pub watched: crate::reconcile::controller::Watched,
 }
 
 impl EstOptions {
@@ -121,7 +123,7 @@ pub async fn prepare(
             trusted_ca_pem: ca.ca.cert_pem.clone(),
         },
         tls,
-        trust: trust::TrustStore::new(client.clone()),
+        trust: trust::TrustStore::new(client.clone(), options.watched.clone()),
         hubs: HubClients::new(client.clone(), counters, options.user_agent.clone()),
         events: EventPublisher::new(client.clone(), reporter),
         metrics,

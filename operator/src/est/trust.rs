@@ -17,6 +17,7 @@ use super::authorize::HierarchyTrust;
 use crate::api::{CertificateIssuance, DeviceType, EdgeHierarchy, duration::parse_duration};
 use crate::names::root_ca_secret_name;
 use crate::pki::{RootCa, certificate_ders, import_root_ca};
+use crate::reconcile::controller::Watched;
 
 /// How long a snapshot answers requests before it is read again.
 const FRESH_FOR: Duration = Duration::from_secs(10);
@@ -43,13 +44,17 @@ pub struct Snapshot {
 /// Reads and caches [`Snapshot`]s.
 pub struct TrustStore {
     client: Client,
+    /// The hierarchies this operator reconciles (`--watch-namespaces`, `--shard-selector`): EST
+    /// answers for those only, as only their controller may write to their hubs.
+    watched: Watched,
     cached: Mutex<Option<(Instant, Arc<Snapshot>)>>,
 }
 
 impl TrustStore {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, watched: Watched) -> Self {
         Self {
             client,
+            watched,
             cached: Mutex::new(None),
         }
     }
@@ -69,9 +74,14 @@ impl TrustStore {
     }
 
     async fn read(&self) -> Result<Snapshot, kube::Error> {
-        let hierarchies = Api::<EdgeHierarchy>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?;
+        let params = match &self.watched.shard_selector {
+            Some(selector) => ListParams::default().labels(selector),
+            None => ListParams::default(),
+        };
+        let mut hierarchies = Vec::new();
+        for api in self.watched.apis::<EdgeHierarchy>(&self.client) {
+            hierarchies.extend(api.list(&params).await?);
+        }
         let now = Timestamp::now();
         let mut snapshot = Snapshot::default();
         for object in hierarchies {
