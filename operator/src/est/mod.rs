@@ -46,6 +46,13 @@ pub struct EstEndpoint {
     pub trusted_ca_pem: String,
 }
 
+impl EstEndpoint {
+    /// The port devices connect to, which a parent's API proxy relays (the gateway check).
+    pub fn port(&self) -> Option<u16> {
+        url::Url::parse(&self.url).ok()?.port_or_known_default()
+    }
+}
+
 /// Everything a running EST server shares between requests.
 pub struct EstState {
     pub endpoint: EstEndpoint,
