@@ -138,3 +138,27 @@ pub async fn prepare(
         client,
     }))
 }
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::EstEndpoint;
+
+    #[test]
+    fn the_port_devices_connect_to_defaults_to_https() {
+        let endpoint = |url: &str| EstEndpoint {
+            url: url.to_string(),
+            trusted_ca_pem: String::new(),
+        };
+        let port = |url: &str| endpoint(url).port();
+        assert_eq!(
+            port("https://est.factory.example:8443/.well-known/est"),
+            Some(8443)
+        );
+        assert_eq!(
+            port("https://est.factory.example/.well-known/est"),
+            Some(443)
+        );
+        assert_eq!(port("https://[::1]:9443/.well-known/est"), Some(9443));
+        assert_eq!(port("not a url"), None);
+    }
+}
