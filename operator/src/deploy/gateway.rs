@@ -10,16 +10,28 @@
 //!
 //! Besides, a lower-layer device cannot pull images from registries that are not rewritten to
 //! `$upstream` (not in `upstreamRegistries`): it has no route to them.
+//!
+//! Under `spec.certificates.issuance: Est` a device below the top layer also enrolls over EST
+//! through its parent (docs/est.md, "Lower layers"). The parent relays EST when its API proxy's
+//! custom configuration (module twin desired property `proxy_config`, base64 nginx text that
+//! replaces the default) has a `stream` server listening on the EST port that passes connections
+//! on unchanged (TCP, no `ssl`), and, below the top layer, its own parent relays too. An HTTP
+//! `location` does not do: it ends the device's TLS at the proxy, and the operator authenticates
+//! devices by their TLS client certificate.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 
 use super::image::{repository_name, unreachable_registry};
 use super::manifest::{DESIRED, EDGE_AGENT, Manifests};
 use super::merge::merged_manifest;
-use crate::api::{DeviceSpec, DeviceType, EdgeHierarchySpec, Topology};
+use super::nginx;
+use crate::api::{CertificateIssuance, DeviceSpec, DeviceType, EdgeHierarchySpec, Topology};
+use crate::est::EST_PATH;
 
 /// Repository name of the IoT Edge API proxy image.
 pub const API_PROXY_IMAGE: &str = "azureiotedge-api-proxy";
@@ -29,6 +41,10 @@ pub const PORT_ENV: &str = "NGINX_DEFAULT_PORT";
 pub const REGISTRY_ROUTE_ENV: &str = "DOCKER_REQUEST_ROUTE_ADDRESS";
 /// The API proxy's port when `NGINX_DEFAULT_PORT` is unset.
 pub const DEFAULT_PROXY_PORT: u16 = 443;
+/// The API proxy's module twin desired property holding its custom nginx configuration (base64).
+pub const PROXY_CONFIG_PROPERTY: &str = "proxy_config";
+/// Where the EST relay is explained to users.
+const EST_RELAY_DOC: &str = "docs/est.md, \"Lower layers\"";
 
 /// A device whose children (or itself) cannot pull images; for `DeploymentsReady=False`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,11 +67,15 @@ impl fmt::Display for GatewayWarning {
 /// API proxy on `spec.edge.upstreamPort`, or its proxy cannot serve registry pulls (see the module
 /// docs). A device whose proxy forwards pulls to a parent that cannot serve them names that parent.
 /// For each device below the top layer: a warning per module image from a registry it cannot
-/// reach. Devices whose manifest cannot be merged are reported as such.
+/// reach. Under `issuance: Est`, for each Edge device with Edge children: a warning when it
+/// cannot relay EST to them (see the module docs); `est_port` is the port of `--est-url`, `None`
+/// when the operator serves no EST (any port then does). Devices whose manifest cannot be merged
+/// are reported as such.
 pub fn gateway_warnings(
     spec: &EdgeHierarchySpec,
     topology: &Topology,
     manifests: &Manifests,
+    est_port: Option<u16>,
 ) -> Vec<GatewayWarning> {
     let by_id: BTreeMap<&str, &DeviceSpec> =
         spec.devices.iter().map(|d| (d.id.as_str(), d)).collect();
@@ -67,6 +87,9 @@ pub fn gateway_warnings(
     let mut warnings = Vec::new();
     // Whether each device serves registry pulls to its children: Ok, or why not.
     let mut serves: BTreeMap<String, Result<(), String>> = BTreeMap::new();
+    // Whether each device relays EST to its children, likewise (only under `issuance: Est`).
+    let est = spec.certificates.issuance == CertificateIssuance::Est;
+    let mut relays: BTreeMap<String, Result<(), String>> = BTreeMap::new();
 
     for id in &topology.order {
         let Some(device) = by_id
@@ -85,6 +108,7 @@ pub fn gateway_warnings(
                     message: format!("device {id:?}: its manifest cannot be built ({e})"),
                 });
                 serves.insert(id.clone(), Err("cannot be built".to_string()));
+                relays.insert(id.clone(), Err("cannot be built".to_string()));
                 continue;
             }
         };
@@ -128,6 +152,25 @@ pub fn gateway_warnings(
             });
         }
         serves.insert(id.clone(), verdict);
+
+        if est {
+            let parent_relays = device
+                .parent
+                .as_deref()
+                .map(|p| (p, relays.get(p).cloned()));
+            let verdict = est_relay(&manifest, modules, est_port, parent_relays);
+            if has_edge_children && let Err(why) = &verdict {
+                warnings.push(GatewayWarning {
+                    device: id.clone(),
+                    message: format!(
+                        "device {id:?} has Edge children that enroll over EST through it (spec.certificates.issuance: \
+                         Est), but its deployment {deployment:?} {why}; its children cannot renew their certificates \
+                         ({EST_RELAY_DOC})"
+                    ),
+                });
+            }
+            relays.insert(id.clone(), verdict);
+        }
     }
     warnings
 }
@@ -150,6 +193,33 @@ fn runs(module: &Value) -> bool {
         == "running"
 }
 
+/// The API proxy modules among these, by name.
+fn api_proxies(modules: Modules<'_>) -> Vec<(&String, &Value)> {
+    modules
+        .into_iter()
+        .flatten()
+        .filter(|(_, m)| {
+            m.pointer("/settings/image")
+                .and_then(Value::as_str)
+                .is_some_and(|i| repository_name(i) == API_PROXY_IMAGE)
+        })
+        .collect()
+}
+
+/// The port an API proxy module serves HTTP on (`NGINX_DEFAULT_PORT`), or its raw value when that
+/// is no port.
+fn port_of(module: &Value) -> Result<u16, String> {
+    match env(module, PORT_ENV) {
+        None => Ok(DEFAULT_PROXY_PORT),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| n.to_string()),
+        Some(Value::String(s)) => s.trim().parse::<u16>().map_err(|_| s.clone()),
+        Some(other) => Err(other.to_string()),
+    }
+}
+
 /// Whether a device with these modules serves `$upstream:<port>` registry pulls, or why not
 /// (phrased to follow "its deployment ...").
 fn registry_route(
@@ -159,31 +229,12 @@ fn registry_route(
     upstream_port: u16,
     parent: Option<(&str, Option<Result<(), String>>)>,
 ) -> Result<(), String> {
-    let proxies: Vec<(&String, &Value)> = modules
-        .into_iter()
-        .flatten()
-        .filter(|(_, m)| {
-            m.pointer("/settings/image")
-                .and_then(Value::as_str)
-                .is_some_and(|i| repository_name(i) == API_PROXY_IMAGE)
-        })
-        .collect();
+    let proxies = api_proxies(modules);
     if proxies.is_empty() {
         return Err(format!(
             "runs no API proxy ({API_PROXY_IMAGE}) on port {upstream_port}"
         ));
     }
-    let port_of = |m: &Value| -> Result<u16, String> {
-        match env(m, PORT_ENV) {
-            None => Ok(DEFAULT_PROXY_PORT),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .ok_or_else(|| n.to_string()),
-            Some(Value::String(s)) => s.trim().parse::<u16>().map_err(|_| s.clone()),
-            Some(other) => Err(other.to_string()),
-        }
-    };
     let listening: Vec<&(&String, &Value)> = proxies
         .iter()
         .filter(|(_, m)| runs(m) && port_of(m) == Ok(upstream_port))
@@ -243,6 +294,172 @@ fn registry_route(
                 "forwards registry pulls to its parent {p:?}, which is not an Edge device of this hierarchy"
             )),
         },
+    }
+}
+
+/// Whether a device with this manifest relays EST to its children, or why not (phrased to follow
+/// "its deployment ..."): one of its running API proxies relays (see [`proxy_relays_est`]) and,
+/// unless it is a top-layer device (no parent), its parent relays too.
+fn est_relay(
+    manifest: &Value,
+    modules: Modules<'_>,
+    est_port: Option<u16>,
+    parent: Option<(&str, Option<Result<(), String>>)>,
+) -> Result<(), String> {
+    let proxies = api_proxies(modules);
+    let Some(&(first, _)) = proxies.first() else {
+        return Err(format!(
+            "runs no API proxy ({API_PROXY_IMAGE}) to relay EST; add one with a {PROXY_CONFIG_PROPERTY}"
+        ));
+    };
+    let running: Vec<_> = proxies.iter().filter(|(_, m)| runs(m)).collect();
+    if running.is_empty() {
+        return Err(format!(
+            "sets its API proxy module {first:?} to stopped; set its status to running"
+        ));
+    }
+    // Any one relaying proxy does; otherwise the first one's problem is named.
+    let verdicts: Vec<Result<(), String>> = running
+        .iter()
+        .map(|(name, module)| proxy_relays_est(manifest, name, module, est_port))
+        .collect();
+    if !verdicts.iter().any(Result::is_ok) {
+        return Err(verdicts
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_default());
+    }
+    match parent {
+        None => Ok(()),
+        Some((_, Some(Ok(())))) => Ok(()),
+        Some((p, Some(Err(why)))) => Err(format!(
+            "relays EST to its parent {p:?}, whose deployment {why}"
+        )),
+        Some((p, None)) => Err(format!(
+            "relays EST to its parent {p:?}, which is not an Edge device of this hierarchy"
+        )),
+    }
+}
+
+/// Whether this API proxy module relays EST, judged from its `proxy_config` as the proxy will
+/// read it: a `stream` server listening on the EST port without `ssl` (so the device's TLS
+/// reaches the EST server) with a `proxy_pass`.
+fn proxy_relays_est(
+    manifest: &Value,
+    name: &str,
+    module: &Value,
+    est_port: Option<u16>,
+) -> Result<(), String> {
+    let port = est_port.map_or("the port of --est-url".to_string(), |p| format!("port {p}"));
+    let add = format!(
+        "add a stream server that listens on {port} and passes connections to the EST server (proxy_pass)"
+    );
+    if let Some(p) = est_port
+        && port_of(module) == Ok(p)
+    {
+        return Err(format!(
+            "serves HTTP on port {p} with its API proxy {name:?} ({PORT_ENV}), the port devices reach EST on, so \
+             the proxy cannot also relay EST there; give --est-url another port"
+        ));
+    }
+    let Some(raw) = manifest
+        .get("modulesContent")
+        .and_then(|m| m.get(name))
+        .and_then(|twin| twin.get(DESIRED))
+        .and_then(|desired| desired.get(PROXY_CONFIG_PROPERTY))
+    else {
+        return Err(format!(
+            "gives its API proxy {name:?} no {PROXY_CONFIG_PROPERTY} (module twin desired property), and the \
+             proxy's default configuration does not relay EST; {add}"
+        ));
+    };
+    let text = raw
+        .as_str()
+        .and_then(|s| BASE64.decode(s.trim()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| {
+            format!(
+                "sets {PROXY_CONFIG_PROPERTY} of its API proxy {name:?} to something that is not base64 of a text; \
+                 encode the nginx configuration with base64"
+            )
+        })?;
+    let env: BTreeMap<String, String> = module
+        .get("env")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let value = match v.get("value")? {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Some((k.clone(), value))
+        })
+        .collect();
+    let config = nginx::parse(&nginx::substitute(&text, &env)).map_err(|e| {
+        format!("sets a {PROXY_CONFIG_PROPERTY} on its API proxy {name:?} that is not an nginx configuration ({e})")
+    })?;
+    let passes_through = |server: &nginx::Directive| {
+        server.children("proxy_pass").next().is_some()
+            && server.children("listen").any(|listen| {
+                !listen.args.iter().any(|a| a == "ssl")
+                    && listen
+                        .args
+                        .first()
+                        .and_then(|a| nginx::listen_port(a))
+                        .is_some_and(|p| est_port.is_none_or(|e| e == p))
+            })
+    };
+    let servers = |block: &'static str| {
+        config
+            .iter()
+            .filter(move |d| d.name == block)
+            .flat_map(|d| d.children("server"))
+    };
+    if servers("stream").any(passes_through) {
+        return Ok(());
+    }
+    if servers("http")
+        .flat_map(|s| s.children("location"))
+        .any(|l| location_matches_est(&l.args))
+    {
+        return Err(format!(
+            "relays {EST_PATH} in an http location of its API proxy {name:?}, which ends the devices' TLS at the \
+             proxy (aziot-certd trusts only the EST CA for EST, and the operator authenticates devices by their TLS \
+             client certificate); instead {add}, without ssl"
+        ));
+    }
+    Err(format!(
+        "has no stream server in the {PROXY_CONFIG_PROPERTY} of its API proxy {name:?} that listens on {port} \
+         without ssl and passes connections on; {add}"
+    ))
+}
+
+/// Whether an nginx `location` with these arguments takes the requests aziot-certd sends
+/// (`{EST_PATH}/cacerts`, `{EST_PATH}/simpleenroll`). Regular expressions are judged by whether
+/// they name the path, which is enough to explain why such a location does not relay EST.
+fn location_matches_est(args: &[String]) -> bool {
+    let requests = [
+        format!("{EST_PATH}/cacerts"),
+        format!("{EST_PATH}/simpleenroll"),
+    ];
+    // nginx also takes the modifier joined to the URI (`~^/registry/`, `=/x`).
+    let (modifier, uri) = match args {
+        [m, uri] => (m.as_str(), uri.as_str()),
+        [uri] if uri.starts_with("~*") => ("~*", &uri[2..]),
+        [uri] if uri.starts_with("^~") => ("^~", &uri[2..]),
+        [uri] if uri.starts_with(['~', '=']) => (&uri[..1], &uri[1..]),
+        [uri] => ("", uri.as_str()),
+        _ => return false,
+    };
+    match modifier {
+        "" | "^~" => requests.iter().any(|r| r.starts_with(uri)),
+        "=" => requests.iter().any(|r| r == uri),
+        "~" | "~*" => {
+            let plain = uri.replace('\\', "").to_ascii_lowercase();
+            plain.contains(EST_PATH.trim_start_matches('/'))
+        }
+        _ => false,
     }
 }
 

@@ -9,7 +9,8 @@
 //!   devices through the ownership tags of `crate::ownership`.
 //! - [`merge`]: the single manifest of PerDevice mode (base + layered deployments).
 //! - [`registry`]: registry logins from Secrets, added to manifests and the agent's auth.
-//! - [`gateway`]: whether every parent lets its children pull images.
+//! - [`gateway`]: whether every parent lets its children pull images (and, under `issuance: Est`,
+//!   relays EST); [`nginx`] reads the API proxy configurations it judges.
 //! - [`health`]: module health from `$edgeAgent` reported properties, and deployment readiness
 //!   from configuration system metrics.
 
@@ -18,6 +19,7 @@ pub mod health;
 pub mod image;
 pub mod manifest;
 pub mod merge;
+pub mod nginx;
 pub mod plan;
 pub mod registry;
 pub mod render;

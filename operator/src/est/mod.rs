@@ -46,6 +46,13 @@ pub struct EstEndpoint {
     pub trusted_ca_pem: String,
 }
 
+impl EstEndpoint {
+    /// The port devices connect to, which a parent's API proxy relays (the gateway check).
+    pub fn port(&self) -> Option<u16> {
+        url::Url::parse(&self.url).ok()?.port_or_known_default()
+    }
+}
+
 /// Everything a running EST server shares between requests.
 pub struct EstState {
     pub endpoint: EstEndpoint,
@@ -132,4 +139,28 @@ pub async fn prepare(
         limiter: RateLimiter::new(10, std::time::Duration::from_secs(30)),
         client,
     }))
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::EstEndpoint;
+
+    #[test]
+    fn the_port_devices_connect_to_defaults_to_https() {
+        let endpoint = |url: &str| EstEndpoint {
+            url: url.to_string(),
+            trusted_ca_pem: String::new(),
+        };
+        let port = |url: &str| endpoint(url).port();
+        assert_eq!(
+            port("https://est.factory.example:8443/.well-known/est"),
+            Some(8443)
+        );
+        assert_eq!(
+            port("https://est.factory.example/.well-known/est"),
+            Some(443)
+        );
+        assert_eq!(port("https://[::1]:9443/.well-known/est"), Some(9443));
+        assert_eq!(port("not a url"), None);
+    }
 }

@@ -185,7 +185,12 @@ pub async fn reconcile_devices(
     // Without deployments in the spec the operator does not manage modules, so whether parents
     // can serve images is not its to judge.
     if !spec.deployments.is_empty() {
-        for warning in deploy::gateway_warnings(spec, topology, manifests) {
+        let est_port = scope
+            .ctx
+            .est
+            .as_ref()
+            .and_then(crate::est::EstEndpoint::port);
+        for warning in deploy::gateway_warnings(spec, topology, manifests, est_port) {
             out.not_ready.push(warning.message);
         }
     }
