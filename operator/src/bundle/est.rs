@@ -65,7 +65,7 @@ pub fn bundle_files_est(
     ];
     for file in &mut files {
         match file.path.as_str() {
-            "config.toml" => {
+            super::CONFIG_FILE => {
                 file.contents = super::config_toml::render(input, Some(est)).into_bytes();
             }
             "install.sh" => {

@@ -38,6 +38,9 @@ pub use readme::render_readme;
 use crate::deploy::RegistryLogin;
 use crate::pki::{IssuedCertificate, PrivateKey};
 
+/// An Edge device's aziot configuration in its bundle (installed as /etc/aziot/config.toml).
+pub const CONFIG_FILE: &str = "config.toml";
+
 /// Where `install.sh` puts certificates (owner `aziotcs`, 0644), as IoT Edge's docs lay out.
 pub const CERT_DIR: &str = "/var/aziot/certs";
 /// Where `install.sh` puts private keys (owner `aziotks`, 0600).
@@ -199,7 +202,7 @@ fn file_stem(device_id: &str) -> String {
 /// Mode of a bundle file from its name: keys and `config.toml` 0600, `install.sh` 0755, the
 /// rest 0644. For rebuilding an archive from a Secret, which stores no modes.
 pub fn mode_for_path(path: &str) -> u32 {
-    if path.ends_with(".key.pem") || path == "config.toml" || path == LEAF_CONNECTION_STRING_FILE {
+    if path.ends_with(".key.pem") || path == CONFIG_FILE || path == LEAF_CONNECTION_STRING_FILE {
         SECRET_MODE
     } else if path.ends_with(".sh") {
         SCRIPT_MODE
@@ -227,7 +230,7 @@ pub fn bundle_files(input: &BundleInput) -> Result<Vec<BundleFile>, BundleError>
     let names = input.files();
     let mut files = vec![
         BundleFile {
-            path: "config.toml".into(),
+            path: CONFIG_FILE.into(),
             contents: render_config_toml(input).into_bytes(),
             mode: SECRET_MODE,
         },

@@ -286,13 +286,7 @@ fn registry_route(
                  to forward pulls to; run a registry module and set {REGISTRY_ROUTE_ENV} to <module>:<port>, for \
                  example registry:5000"
             )),
-            Some((_, Some(Ok(())))) => Ok(()),
-            Some((p, Some(Err(why)))) => Err(format!(
-                "forwards registry pulls to its parent {p:?}, whose deployment {why}"
-            )),
-            Some((p, None)) => Err(format!(
-                "forwards registry pulls to its parent {p:?}, which is not an Edge device of this hierarchy"
-            )),
+            Some(parent) => parent_verdict("forwards registry pulls", parent),
         },
     }
 }
@@ -329,14 +323,22 @@ fn est_relay(
             .find_map(Result::err)
             .unwrap_or_default());
     }
-    match parent {
-        None => Ok(()),
-        Some((_, Some(Ok(())))) => Ok(()),
-        Some((p, Some(Err(why)))) => Err(format!(
-            "relays EST to its parent {p:?}, whose deployment {why}"
+    parent.map_or(Ok(()), |parent| parent_verdict("relays EST", parent))
+}
+
+/// A device's verdict that hangs on its parent's: `what` (e.g. "relays EST") the device does
+/// through its parent works when the parent's own verdict is `Ok`; otherwise the parent is named.
+fn parent_verdict(
+    what: &str,
+    (parent, verdict): (&str, Option<Result<(), String>>),
+) -> Result<(), String> {
+    match verdict {
+        Some(Ok(())) => Ok(()),
+        Some(Err(why)) => Err(format!(
+            "{what} to its parent {parent:?}, whose deployment {why}"
         )),
-        Some((p, None)) => Err(format!(
-            "relays EST to its parent {p:?}, which is not an Edge device of this hierarchy"
+        None => Err(format!(
+            "{what} to its parent {parent:?}, which is not an Edge device of this hierarchy"
         )),
     }
 }

@@ -9,7 +9,8 @@
 //!   clears the notes. A plan therefore never sees a Secret older than the operator's last
 //!   write of it (which would re-issue a certificate or re-count a bundle revision).
 //! - Only what plans read is kept: managedFields are dropped, and of a bundle Secret only its
-//!   metadata and `config.toml` (the bundle plan reads the SAS key there), so the cache costs a
+//!   metadata and the files the bundle plan reads the SAS key from
+//!   ([`bundles::plan::KEY_FILES`](super::bundles::plan::KEY_FILES)), so the cache costs a
 //!   fraction of the objects it stands for.
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
+use super::bundles::plan::KEY_FILES;
 use crate::names::{
     BUNDLE_COMPONENT, COMPONENT_LABEL, DEVICE_ID_ANNOTATION, HIERARCHY_LABEL, MANAGED_BY_LABEL,
     MANAGER,
@@ -35,8 +37,6 @@ const NOTE_LIFETIME: Duration = Duration::from_secs(300);
 /// How long a read waits for the watch to show the operator's own last writes before it lists.
 const CATCH_UP: Duration = Duration::from_secs(2);
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
-/// The one key of a bundle Secret the cache keeps.
-const BUNDLE_KEY_KEPT: &str = "config.toml";
 
 /// What the operator last did to one of its Secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,13 +257,13 @@ fn by_device(secrets: impl Iterator<Item = Secret>) -> BTreeMap<String, Secret> 
         .collect()
 }
 
-/// Drops what no plan reads: managedFields everywhere, and a bundle Secret's files but
-/// `config.toml`.
-fn keep_what_plans_read(secret: &mut Secret) {
+/// Drops what no plan reads: managedFields everywhere, and a bundle Secret's files but those
+/// holding its SAS key.
+pub(super) fn keep_what_plans_read(secret: &mut Secret) {
     secret.metadata.managed_fields = None;
     let bundle = secret.labels().get(COMPONENT_LABEL).map(String::as_str) == Some(BUNDLE_COMPONENT);
     if bundle && let Some(data) = secret.data.as_mut() {
-        data.retain(|key, _| key == BUNDLE_KEY_KEPT);
+        data.retain(|key, _| KEY_FILES.contains(&key.as_str()));
     }
 }
 
@@ -295,6 +295,10 @@ mod tests {
             },
             data: Some(BTreeMap::from([
                 ("config.toml".to_string(), ByteString(b"toml".to_vec())),
+                (
+                    "connection-string.txt".to_string(),
+                    ByteString(b"cs".to_vec()),
+                ),
                 ("install.sh".to_string(), ByteString(b"sh".to_vec())),
             ])),
             ..Secret::default()
@@ -323,19 +327,19 @@ mod tests {
     }
 
     #[test]
-    fn a_bundle_keeps_only_its_config_and_nothing_keeps_managed_fields() {
+    fn a_bundle_keeps_only_the_files_with_its_key_and_nothing_keeps_managed_fields() {
         let mut bundle = secret("b", BUNDLE_COMPONENT, "1");
         keep_what_plans_read(&mut bundle);
         assert_eq!(bundle.metadata.managed_fields, None);
         let keys: Vec<&String> = bundle.data.as_ref().unwrap().keys().collect();
-        assert_eq!(keys, ["config.toml"]);
+        assert_eq!(keys, ["config.toml", "connection-string.txt"]);
 
         let mut certs = secret("c", CERTS, "1");
         keep_what_plans_read(&mut certs);
         assert_eq!(certs.metadata.managed_fields, None);
         assert_eq!(
             certs.data.as_ref().unwrap().len(),
-            2,
+            3,
             "certificates are kept whole"
         );
     }

@@ -157,6 +157,9 @@ async fn steps(
     bundles.key_changed.extend(early_updated.1);
     metrics.step_done("bundles", started);
     publish(&scope, certificate_notes(&certificates, &bundles)).await;
+    if let Some(e) = bundles.read_failed.take() {
+        return Err(e.into());
+    }
 
     let registered: BTreeSet<String> = owned.keys().cloned().collect();
     let started = Instant::now();
@@ -225,6 +228,10 @@ async fn early_bundles(
             Ok(written) => {
                 updated.extend(written.updated);
                 key_changed.extend(written.key_changed);
+                if let Some(e) = written.read_failed {
+                    tracing::debug!(error = %e, "early bundle writes stopped; the bundle step retries");
+                    break;
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "early bundle writes stopped; the bundle step retries");

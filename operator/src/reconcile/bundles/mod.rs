@@ -34,6 +34,9 @@ pub struct Bundles {
     pub key_changed: Vec<String>,
     /// Failures that waiting does not fix (see `plan::BundlePlan::withheld`).
     pub withheld: BTreeSet<String>,
+    /// A SAS key read failed (the registry quota, say): the bundles planned without it were
+    /// written, and the reconcile fails once their Events are out, so none is lost.
+    pub read_failed: Option<HubError>,
 }
 
 impl Bundles {
@@ -95,9 +98,6 @@ pub async fn reconcile(
     let plan = plan::plan_bundles(&input, &read_keys);
     let writes: Vec<&SecretWrite> = plan.writes.iter().map(|(_, write)| write).collect();
     scope.secrets.apply_all(writes).await?;
-    if let Some(e) = read_failed {
-        return Err(e.into());
-    }
     let updated = plan
         .writes
         .iter()
@@ -114,6 +114,7 @@ pub async fn reconcile(
         failures: plan.failures,
         key_changed: plan.key_changed,
         withheld: plan.withheld,
+        read_failed,
     })
 }
 

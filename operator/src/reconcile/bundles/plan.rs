@@ -23,8 +23,8 @@ use crate::api::{
     EdgeHierarchySpec, ReconcilePolicy,
 };
 use crate::bundle::{
-    BundleFile, BundleInput, DeviceAuth, EstBundle, LEAF_CONNECTION_STRING_FILE, LeafBundleInput,
-    bundle_files, bundle_files_est, bundle_fingerprint, leaf_bundle_files,
+    BundleFile, BundleInput, CONFIG_FILE, DeviceAuth, EstBundle, LEAF_CONNECTION_STRING_FILE,
+    LeafBundleInput, bundle_files, bundle_files_est, bundle_fingerprint, leaf_bundle_files,
 };
 use crate::deploy::{RegistryLogin, agent_server_address};
 use crate::iothub::AuthenticationType as HubAuth;
@@ -39,6 +39,10 @@ use crate::pki::IssuedCertificate;
 use crate::reconcile::certs::{Certificates, DeviceCertificates};
 use crate::reconcile::devices::{HubDevice, SasKeys};
 use crate::reconcile::secrets::{SecretWrite, device_secret_labels};
+
+/// The bundle files a SAS key is read back from: an Edge device's `config.toml`, a Leaf's
+/// connection string. The Secret cache keeps only these of a bundle, so they must stay in step.
+pub const KEY_FILES: [&str; 2] = [CONFIG_FILE, LEAF_CONNECTION_STRING_FILE];
 
 /// Everything the bundle plan looks at.
 pub struct BundlePlanInput<'a> {
@@ -126,7 +130,7 @@ fn bundle_key(input: &BundlePlanInput<'_>, c: &Candidate<'_>) -> Option<String> 
         .filter(|s| s.annotations().get(SCOPE_ANNOTATION) == Some(&c.scope))
         .and_then(|s| {
             let data = s.data.as_ref()?;
-            match data.get("config.toml") {
+            match data.get(CONFIG_FILE) {
                 Some(toml) => key_from_config(&String::from_utf8_lossy(&toml.0)),
                 None => key_from_connection_string(&String::from_utf8_lossy(
                     &data.get(LEAF_CONNECTION_STRING_FILE)?.0,

@@ -99,11 +99,16 @@ fn created_keys(w: &World) -> BTreeMap<String, SasKeys> {
         .collect()
 }
 
-/// The Secrets a first plan writes, as the apiserver returns them.
+/// The Secrets a plan writes, as the next reconcile reads them: from the operator's Secret
+/// cache, which keeps only what plans read.
 fn written(plan: &BundlePlan) -> BTreeMap<String, Secret> {
     plan.writes
         .iter()
-        .map(|(id, w)| (id.clone(), stored(w)))
+        .map(|(id, w)| {
+            let mut secret = stored(w);
+            crate::reconcile::secret_cache::keep_what_plans_read(&mut secret);
+            (id.clone(), secret)
+        })
         .collect()
 }
 
@@ -584,4 +589,35 @@ fn a_leaf_this_reconcile_created_carries_the_operators_keys_without_a_read() {
         "{connection}"
     );
     assert!(plan.key_changed.is_empty());
+}
+
+#[test]
+fn a_leaf_key_changed_in_the_hub_is_read_again_and_announced() {
+    let mut w = world();
+    let leaf: DeviceSpec =
+        serde_yaml::from_str("{id: sensor, parent: lower-layer, type: Leaf}").unwrap();
+    w.spec.devices.push(leaf);
+    w.registered
+        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
+    let mut created = created_keys(&w);
+    created.insert("sensor".into(), keys("sensor"));
+    let none = BTreeMap::new();
+    let existing = written(&plan_bundles(&input(&w, &created, &none), &BTreeMap::new()));
+    // Read back from what the Secret cache keeps, the leaf's key needs no hub read.
+    let nothing_new = BTreeMap::new();
+    assert!(keys_to_read(&input(&w, &nothing_new, &existing)).is_empty());
+
+    w.registered.get_mut("sensor").unwrap().device_etag = Some("\"e2\"".into());
+    let again = input(&w, &nothing_new, &existing);
+    assert_eq!(keys_to_read(&again), ["sensor"]);
+    let read = BTreeMap::from([("sensor".to_string(), "cG9ydGFs".to_string())]);
+    let plan = plan_bundles(&again, &read);
+    assert_eq!(plan.key_changed, ["sensor"]);
+    assert_eq!(plan.status["sensor"].revision, 2);
+    let (_, write) = plan.writes.iter().find(|(id, _)| id == "sensor").unwrap();
+    let connection = String::from_utf8_lossy(&write.data["connection-string.txt"]).to_string();
+    assert!(
+        connection.contains(";SharedAccessKey=cG9ydGFs;"),
+        "{connection}"
+    );
 }
