@@ -527,19 +527,25 @@ fn a_sas_bundle_is_never_written_for_a_device_the_hub_authenticates_otherwise() 
     assert!(plan.withheld.contains("top-layer"));
 }
 
-#[test]
-fn a_leaf_behind_a_parent_gets_a_gateway_connection_string_and_the_root() {
+/// [`world`] with a registered Leaf device `sensor` below `lower-layer`.
+fn world_with_leaf() -> World {
     let mut w = world();
     let leaf: DeviceSpec =
         serde_yaml::from_str("{id: sensor, parent: lower-layer, type: Leaf}").unwrap();
     w.spec.devices.push(leaf);
+    w.registered
+        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
+    w
+}
+
+#[test]
+fn a_leaf_behind_a_parent_gets_a_gateway_connection_string_and_the_root() {
+    let mut w = world_with_leaf();
     for device in &mut w.spec.devices {
         if device.id == "lower-layer" {
             device.hostname = Some("lower.factory".into());
         }
     }
-    w.registered
-        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
     let created = created_keys(&w);
     let none = BTreeMap::new();
     let first = input(&w, &created, &none);
@@ -569,13 +575,8 @@ fn a_leaf_behind_a_parent_gets_a_gateway_connection_string_and_the_root() {
 
 #[test]
 fn a_leaf_this_reconcile_created_carries_the_operators_keys_without_a_read() {
-    let mut w = world();
-    let leaf: DeviceSpec =
-        serde_yaml::from_str("{id: sensor, parent: lower-layer, type: Leaf}").unwrap();
-    w.spec.devices.push(leaf);
+    let mut w = world_with_leaf();
     w.layers.insert("sensor".into(), 3);
-    w.registered
-        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
     let mut created = created_keys(&w);
     created.insert("sensor".into(), keys("sensor"));
     let none = BTreeMap::new();
@@ -593,12 +594,7 @@ fn a_leaf_this_reconcile_created_carries_the_operators_keys_without_a_read() {
 
 #[test]
 fn a_leaf_key_changed_in_the_hub_is_read_again_and_announced() {
-    let mut w = world();
-    let leaf: DeviceSpec =
-        serde_yaml::from_str("{id: sensor, parent: lower-layer, type: Leaf}").unwrap();
-    w.spec.devices.push(leaf);
-    w.registered
-        .insert("sensor".into(), hub_device("sensor", "scope-lower-layer"));
+    let mut w = world_with_leaf();
     let mut created = created_keys(&w);
     created.insert("sensor".into(), keys("sensor"));
     let none = BTreeMap::new();
