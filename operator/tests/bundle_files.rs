@@ -2,6 +2,8 @@
 //! every aziot-edge key checked, install.sh through `bash -n`, `sh -n` and shellcheck, archives
 //! read back with their modes, fingerprints, validation, and no secret in any Debug output.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
@@ -863,25 +865,7 @@ impl Sandbox {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg("/etc")
-            .arg(root.join("etc"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "copying /etc");
-        for (file, line) in [
-            (
-                "passwd",
-                "aziotcs:x:990:990::/nonexistent:/usr/sbin/nologin\naziotks:x:991:991::/nonexistent:/usr/sbin/nologin\n",
-            ),
-            ("group", "aziotcs:x:990:\naziotks:x:991:\n"),
-        ] {
-            let path = root.join("etc").join(file);
-            let mut text = std::fs::read_to_string(&path).unwrap();
-            text.push_str(line);
-            std::fs::write(&path, text).unwrap();
-        }
+        common::copy_etc_with_aziot_users(root);
         // The identity service's caches, with something stale in them.
         for store in ["var/lib/aziot/certd/certs", "var/lib/aziot/keyd/keys"] {
             std::fs::create_dir_all(root.join(store)).unwrap();

@@ -9,6 +9,8 @@
 //! stopped run plus one plain rerun must give exactly that tree (contents, owners, modes), and
 //! the stand-ins' effects (configuration applied, containers removed, OS trust refreshed).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -136,25 +138,7 @@ impl Device {
         let dir = tempfile::tempdir().unwrap();
         let device = Self { dir };
         let root = device.root();
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg("/etc")
-            .arg(root.join("etc"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "copying /etc");
-        for (file, line) in [
-            (
-                "passwd",
-                "aziotcs:x:990:990::/nonexistent:/usr/sbin/nologin\naziotks:x:991:991::/nonexistent:/usr/sbin/nologin\n",
-            ),
-            ("group", "aziotcs:x:990:\naziotks:x:991:\n"),
-        ] {
-            let path = root.join("etc").join(file);
-            let mut text = std::fs::read_to_string(&path).unwrap();
-            text.push_str(line);
-            std::fs::write(&path, text).unwrap();
-        }
+        common::copy_etc_with_aziot_users(&root);
         // A Debian device, whatever this machine is (os-release is often a symlink).
         let _ = std::fs::remove_file(root.join("etc/os-release"));
         std::fs::write(
