@@ -549,7 +549,8 @@ mod tests {
     #[test]
     fn the_est_service_needs_the_est_server_and_a_routable_address() {
         let addr = Some("0.0.0.0:8443".parse().unwrap());
-        let ip = Some("10.1.2.3".parse().unwrap());
+        let address: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let ip = Some(address);
         assert_eq!(est_service(addr, None, ip, "ns").unwrap(), None);
         let published = est_service(addr, Some("eho-est".into()), ip, "ns")
             .unwrap()
@@ -562,7 +563,7 @@ mod tests {
             ),
             ("eho-est", "ns", 8443)
         );
-        assert_eq!(published.ip, ip.unwrap());
+        assert_eq!(published.ip, address);
         let error = est_service(None, Some("eho-est".into()), ip, "ns").unwrap_err();
         assert!(
             error.to_string().contains("runs only with --est-addr"),
