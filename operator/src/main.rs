@@ -65,9 +65,19 @@ enum Command {
             default_value = "edge-hierarchy-operator-est-ca"
         )]
         est_ca_secret: String,
-        /// Namespace of the EST CA Secret (the operator's own namespace in a cluster).
+        /// Namespace of the EST CA Secret and of `--est-service` (the operator's own namespace
+        /// in a cluster).
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         est_namespace: String,
+        /// A Service without a selector in --est-namespace that the leader routes to itself: at
+        /// the start of each term it applies the Service's EndpointSlice with --est-endpoint-ip
+        /// and the port of --est-addr (only the leader serves EST). Needs --est-addr.
+        #[arg(long, env = "EST_SERVICE")]
+        est_service: Option<String>,
+        /// The address --est-service routes to: this replica's Pod IP (read only with
+        /// --est-service; not loopback, link-local or unspecified).
+        #[arg(long, env = "POD_IP")]
+        est_endpoint_ip: Option<std::net::IpAddr>,
     },
     /// Exit 0 if the operator answers, for exec probes (the image has no shell or curl).
     Probe {
@@ -241,6 +251,36 @@ fn user_agent(identity: &str) -> String {
     )
 }
 
+/// What the leader publishes for `--est-service`, checked: `None` without it.
+fn est_service(
+    est_addr: Option<std::net::SocketAddr>,
+    service: Option<String>,
+    ip: Option<std::net::IpAddr>,
+    namespace: &str,
+) -> anyhow::Result<Option<edge_hierarchy_operator::est::endpoint::EstService>> {
+    let Some(name) = service.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(addr) = est_addr else {
+        anyhow::bail!(
+            "--est-service {name} routes to the EST server, which runs only with --est-addr: set --est-addr or drop --est-service"
+        );
+    };
+    let Some(ip) = ip else {
+        anyhow::bail!(
+            "--est-service {name} needs the address to publish: set --est-endpoint-ip (or POD_IP, from the downward API status.podIP)"
+        );
+    };
+    edge_hierarchy_operator::est::endpoint::check_endpoint_ip(ip)?;
+    Ok(Some(edge_hierarchy_operator::est::endpoint::EstService {
+        name,
+        namespace: namespace.to_string(),
+        ip,
+        port: addr.port(),
+        pod: std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()),
+    }))
+}
+
 /// The namespaces of `--watch-namespaces`, checked; `None` when unset (every namespace).
 fn watch_namespaces(given: Vec<String>) -> anyhow::Result<Option<Vec<String>>> {
     let mut namespaces: Vec<String> = given
@@ -305,7 +345,11 @@ async fn main() -> anyhow::Result<()> {
             est_url,
             est_ca_secret,
             est_namespace,
+            est_service: est_service_name,
+            est_endpoint_ip,
         } => {
+            let published =
+                est_service(est_addr, est_service_name, est_endpoint_ip, &est_namespace)?;
             if let Some(selector) = &shard_selector {
                 edge_hierarchy_operator::reconcile::controller::check_label_selector(selector)
                     .map_err(|e| anyhow::anyhow!("--shard-selector {selector:?}: {e}"))?;
@@ -348,7 +392,11 @@ async fn main() -> anyhow::Result<()> {
                         &options,
                     )
                     .await?;
-                    Some((addr, state))
+                    Some(EstServer {
+                        addr,
+                        state,
+                        published,
+                    })
                 }
                 None => None,
             };
@@ -367,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: reconcile_concurrency,
                 watched,
                 user_agent: user_agent(&identity),
-                est: est_server.as_ref().map(|(_, state)| state.endpoint.clone()),
+                est: est_server.as_ref().map(|est| est.state.endpoint.clone()),
             };
             if !election.leader_election {
                 let stop = Box::pin(edge_hierarchy_operator::leadership::shutdown_signal());
@@ -397,28 +445,49 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The EST server of `--est-addr`, and what its leader publishes for `--est-service`.
+#[derive(Clone)]
+struct EstServer {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<edge_hierarchy_operator::est::EstState>,
+    published: Option<edge_hierarchy_operator::est::endpoint::EstService>,
+}
+
 /// One term of work until `stop`: the controller, and the EST server when `--est-addr` is set.
 /// Both write (the EST server registers thumbprints on the hub), so under leader election both
 /// run only while this replica leads, and both end before its lease could pass to another.
+/// With `--est-service` the term starts by routing that Service to this replica.
 async fn serve_term(
     client: kube::Client,
     counters: std::sync::Arc<edge_hierarchy_operator::iothub::HubCallCounters>,
     metrics: std::sync::Arc<edge_hierarchy_operator::metrics::Metrics>,
     options: edge_hierarchy_operator::reconcile::controller::Options,
-    est_server: Option<(
-        std::net::SocketAddr,
-        std::sync::Arc<edge_hierarchy_operator::est::EstState>,
-    )>,
+    est_server: Option<EstServer>,
     stop: edge_hierarchy_operator::leadership::StopSignal,
 ) -> anyhow::Result<()> {
     use futures::FutureExt as _;
     let stop = stop.shared();
+    let (est_server, published) = match est_server {
+        Some(EstServer {
+            addr,
+            state,
+            published,
+        }) => (Some((addr, state)), published),
+        None => (None, None),
+    };
     let est = async {
         match est_server {
             Some((addr, state)) => {
                 edge_hierarchy_operator::est::serve(addr, state, stop.clone()).await
             }
             None => Ok(()),
+        }
+    };
+    let for_publish = client.clone();
+    let publish = async {
+        if let Some(service) = published {
+            edge_hierarchy_operator::est::endpoint::publish(for_publish, service, stop.clone())
+                .await;
         }
     };
     let controller = edge_hierarchy_operator::reconcile::run(
@@ -429,7 +498,7 @@ async fn serve_term(
         stop.clone().boxed(),
     );
     // A failed EST listener (its port taken) is reported and the controller keeps running.
-    let (est, controller) = tokio::join!(est, controller);
+    let (est, (), controller) = tokio::join!(est, publish, controller);
     if let Err(e) = est {
         tracing::error!(error = %e, "EST server unavailable");
     }
@@ -475,6 +544,65 @@ mod tests {
                 .contains("\"Plant_1\" is not a namespace name"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_est_service_needs_the_est_server_and_a_routable_address() {
+        let addr = Some("0.0.0.0:8443".parse().unwrap());
+        let address: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let ip = Some(address);
+        assert_eq!(est_service(addr, None, ip, "ns").unwrap(), None);
+        let published = est_service(addr, Some("eho-est".into()), ip, "ns")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                published.name.as_str(),
+                published.namespace.as_str(),
+                published.port
+            ),
+            ("eho-est", "ns", 8443)
+        );
+        assert_eq!(published.ip, address);
+        let error = est_service(None, Some("eho-est".into()), ip, "ns").unwrap_err();
+        assert!(
+            error.to_string().contains("runs only with --est-addr"),
+            "{error}"
+        );
+        let error = est_service(addr, Some("eho-est".into()), None, "ns").unwrap_err();
+        assert!(
+            error.to_string().contains("set --est-endpoint-ip"),
+            "{error}"
+        );
+        let loopback = Some("127.0.0.1".parse().unwrap());
+        let error = est_service(addr, Some("eho-est".into()), loopback, "ns").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("--est-endpoint-ip 127.0.0.1 is a loopback address"),
+            "{error}"
+        );
+        let cli = Cli::try_parse_from([
+            "op",
+            "run",
+            "--est-addr",
+            "0.0.0.0:8443",
+            "--est-service",
+            "eho-est",
+            "--est-endpoint-ip",
+            "fd00::7",
+        ])
+        .unwrap();
+        let Command::Run {
+            est_service,
+            est_endpoint_ip,
+            ..
+        } = cli.command
+        else {
+            panic!("run")
+        };
+        assert_eq!(est_service.as_deref(), Some("eho-est"));
+        assert_eq!(est_endpoint_ip, Some("fd00::7".parse().unwrap()));
     }
 
     #[test]

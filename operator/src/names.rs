@@ -75,6 +75,11 @@ pub const EST_EDGE_CA_ANNOTATION: &str = "edgehierarchy.dev/est-edge-ca";
 pub const EST_IDENTITY_ANNOTATION: &str = "edgehierarchy.dev/est-identity";
 /// Field manager of the EST server's writes, so the certificate step's applies keep them.
 pub const EST_FIELD_MANAGER: &str = "edge-hierarchy-operator-est";
+/// The standard label tying an EndpointSlice to its Service (discovery.k8s.io/v1).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The standard label naming who manages an EndpointSlice; the EndpointSlice controller leaves
+/// slices alone whose value is not its own. Ours is [`MANAGER`].
+pub const ENDPOINTSLICE_MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// Annotation on a bundle Secret: the hub device's etag when its SAS key was last known; a
 /// different etag (someone changed the device, its keys perhaps) makes the key be read again.
 pub const DEVICE_ETAG_ANNOTATION: &str = "edgehierarchy.dev/device-etag";

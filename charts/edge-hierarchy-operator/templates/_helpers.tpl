@@ -27,6 +27,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (include "eho.fullname" .) .Values.leaderElection.leaseName -}}
 {{- end -}}
 
+{{- /* The EST Service, which is also the name of the EndpointSlice the leader writes for it. */ -}}
+{{- define "eho.estService" -}}
+{{- printf "%s-est" (include "eho.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- /* The Secret of the operator's EST CA (the operator's default when est.caSecret is empty). */ -}}
+{{- define "eho.estCaSecret" -}}
+{{- default "edge-hierarchy-operator-est-ca" .Values.est.caSecret -}}
+{{- end -}}
+
+{{- /* `--est-addr`: listenAddress:port, with an IPv6 address in brackets. */ -}}
+{{- define "eho.estAddr" -}}
+{{- $host := .Values.est.listenAddress | trimPrefix "[" | trimSuffix "]" -}}
+{{- if contains ":" $host -}}
+[{{ $host }}]:{{ .Values.est.port }}
+{{- else -}}
+{{ $host }}:{{ .Values.est.port }}
+{{- end -}}
+{{- end -}}
+
 {{- /* The folder (an emptyDir) where the metrics server writes the address it listens on when
 it picks its own port (hostNetwork); the exec probes read it. */ -}}
 {{- define "eho.runDir" -}}
@@ -72,6 +92,9 @@ dnsPolicy: ClusterFirstWithHostNet
 {{- end -}}
 {{- if and $v.serviceMonitor.enabled (not $v.metricsService.enabled) -}}
 {{- fail "serviceMonitor.enabled scrapes the metrics Service: set metricsService.enabled too" -}}
+{{- end -}}
+{{- if and $v.est.enabled (not $v.est.url) (has ($v.est.listenAddress | trimPrefix "[" | trimSuffix "]") (list "0.0.0.0" "::")) -}}
+{{- fail (printf "est.enabled with est.listenAddress %s needs est.url: the URL devices use (e.g. https://est.factory.example:%d/.well-known/est; its host is the name in the server certificate), or set est.listenAddress to a specific address" $v.est.listenAddress (int $v.est.port)) -}}
 {{- end -}}
 {{- if and $v.serviceMonitor.enabled $v.podMonitor.enabled -}}
 {{- fail "serviceMonitor.enabled and podMonitor.enabled would scrape every replica twice: enable one" -}}

@@ -142,7 +142,7 @@ fn lints_in_every_mode() -> anyhow::Result<()> {
     let examples = format!("{chart}/examples/two-shards");
     let shard_a = format!("{examples}/shard-a.yaml");
     let shard_b = format!("{examples}/shard-b.yaml");
-    let modes: [(&str, Vec<&str>); 6] = [
+    let modes: [(&str, Vec<&str>); 8] = [
         ("default values", vec![]),
         (
             "namespaced",
@@ -153,6 +153,20 @@ fn lints_in_every_mode() -> anyhow::Result<()> {
             vec![
                 "--set",
                 "hostNetwork=true,apiServer.host=127.0.0.1,apiServer.port=6443",
+            ],
+        ),
+        (
+            "EST behind a load balancer",
+            vec![
+                "--set",
+                "est.enabled=true,est.url=https://est.factory.example:8443/.well-known/est,est.service.type=LoadBalancer",
+            ],
+        ),
+        (
+            "EST on the node's loopback in hostNetwork",
+            vec![
+                "--set",
+                "est.enabled=true,est.listenAddress=127.0.0.1,hostNetwork=true,apiServer.host=127.0.0.1,apiServer.port=6443",
             ],
         ),
         ("shard a of the example", vec!["-f", &shard_a]),
@@ -209,6 +223,13 @@ fn refuses_bad_values() -> anyhow::Result<()> {
             "hostNetwork=true,serviceMonitor.enabled=true",
             "serviceMonitor.enabled needs the metrics port, which hostNetwork: true does not publish",
         ),
+        (
+            "est.enabled=true",
+            "est.enabled with est.listenAddress 0.0.0.0 needs est.url",
+        ),
+        ("est.port=0", "at '/est/port'"),
+        ("est.service.type=ExternalName", "at '/est/service/type'"),
+        ("est.url=http://est.example/", "at '/est/url'"),
     ];
     for (set, expected) in cases {
         let out = run_helm(
@@ -416,6 +437,8 @@ fn renders_the_contract() -> anyhow::Result<()> {
         "hostNetwork render: no ports, exec probes on the address file, apiServer env in both Pods, no Service"
     );
 
+    renders_est()?;
+
     // One replica: no budget (it would block drains), and no leader election needs Recreate.
     let docs = render(&["--set", "replicaCount=1,leaderElection.enabled=false"])?;
     ensure!(
@@ -435,6 +458,119 @@ fn renders_the_contract() -> anyhow::Result<()> {
         "args: {args:?}"
     );
     println!("one replica without election: Recreate, no PDB, no lease flags");
+    Ok(())
+}
+
+const EST_SERVICE: &str = "eho-edge-hierarchy-operator-est";
+
+/// `est.enabled`: the selectorless Service, the flags that make the leader write its
+/// EndpointSlice, the Pod IP from the downward API (or `est.endpointIP`), the port `est`
+/// (none with hostNetwork), and nothing of it by default.
+fn renders_est() -> anyhow::Result<()> {
+    let container_of = |docs: &[Value]| -> anyhow::Result<Value> {
+        Ok(only(docs, "Deployment")?["spec"]["template"]["spec"]["containers"][0].clone())
+    };
+    let docs = render(&[])?;
+    let container = container_of(&docs)?;
+    ensure!(
+        named(&docs, "Service", EST_SERVICE).is_none()
+            && named(&docs, "Role", EST_SERVICE).is_none(),
+        "EST objects rendered by default"
+    );
+    ensure!(
+        !strings(&container["args"])
+            .iter()
+            .any(|a| a.starts_with("--est")),
+        "EST flags by default"
+    );
+    ensure!(
+        !env_of(&container).contains_key("POD_IP"),
+        "POD_IP by default"
+    );
+
+    let url = "https://est.factory.example:8443/.well-known/est";
+    let docs = render(&[
+        "--set",
+        &format!("est.enabled=true,est.url={url},est.caSecret=my-est-ca"),
+    ])?;
+    let service = named(&docs, "Service", EST_SERVICE).context("no EST Service")?;
+    ensure!(
+        service["spec"]["selector"].is_null(),
+        "the EST Service selects Pods (standbys too): {:?}",
+        service["spec"]["selector"]
+    );
+    let port = &service["spec"]["ports"][0];
+    ensure!(
+        port["name"].as_str() == Some("est")
+            && port["port"].as_u64() == Some(8443)
+            && port["targetPort"].as_u64() == Some(8443)
+            && service["spec"]["type"].as_str() == Some("ClusterIP"),
+        "EST Service: {service:?}"
+    );
+    let container = container_of(&docs)?;
+    let args = strings(&container["args"]);
+    for wanted in [
+        "--est-addr=0.0.0.0:8443".to_string(),
+        format!("--est-service={EST_SERVICE}"),
+        format!("--est-url={url}"),
+        "--est-ca-secret=my-est-ca".to_string(),
+    ] {
+        ensure!(args.contains(&wanted), "args {args:?} lack {wanted}");
+    }
+    let env = env_of(&container);
+    ensure!(
+        env.get("POD_IP").map(String::as_str) == Some("fieldRef:status.podIP"),
+        "POD_IP: {env:?}"
+    );
+    let ports: Vec<(String, u64)> = container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["containerPort"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    ensure!(
+        ports.contains(&("est".to_string(), 8443)),
+        "container ports: {ports:?}"
+    );
+
+    let docs = render(&[
+        "--set",
+        "est.enabled=true,est.listenAddress=127.0.0.1,est.port=9443,est.endpointIP=192.0.2.10,hostNetwork=true,apiServer.host=127.0.0.1,apiServer.port=6443",
+    ])?;
+    let container = container_of(&docs)?;
+    let args = strings(&container["args"]);
+    for wanted in ["--est-addr=127.0.0.1:9443", "--est-endpoint-ip=192.0.2.10"] {
+        ensure!(
+            args.iter().any(|a| a == wanted),
+            "args {args:?} lack {wanted}"
+        );
+    }
+    ensure!(
+        !env_of(&container).contains_key("POD_IP"),
+        "POD_IP next to est.endpointIP"
+    );
+    ensure!(
+        container["ports"].is_null(),
+        "hostNetwork Pods publish ports"
+    );
+    ensure!(
+        named(&docs, "Service", EST_SERVICE).is_some(),
+        "no EST Service with hostNetwork"
+    );
+    let docs = render(&["--set", "est.enabled=true,est.listenAddress=fd00::1"])?;
+    let args = strings(&container_of(&docs)?["args"]);
+    ensure!(
+        args.iter().any(|a| a == "--est-addr=[fd00::1]:8443"),
+        "IPv6 listen address: {args:?}"
+    );
+    println!(
+        "EST render: selectorless Service on port est, --est-addr/--est-service/--est-url, POD_IP from status.podIP (or est.endpointIP), no port with hostNetwork"
+    );
     Ok(())
 }
 
@@ -623,12 +759,36 @@ const OPERATOR_CALLS: &[(&str, &str, &str, &str, &str)] = &[
     ("est/record.rs", ".patch(&name", "", "secrets", "patch"),
 ];
 
+/// The calls of `--est-service` (the leader's EndpointSlice of the EST Service), granted only
+/// with `est.enabled`, by a Role of their own in the release namespace: checked below against
+/// the rendered Role, and with `kubectl auth can-i` after the install.
+const EST_SERVICE_CALLS: &[(&str, &str, &str, &str, &str)] = &[
+    ("est/endpoint.rs", "services.get(", "", "services", "get"),
+    // A server-side apply creates the slice the first time.
+    (
+        "est/endpoint.rs",
+        "Patch::Apply(&slice)",
+        "discovery.k8s.io",
+        "endpointslices",
+        "create",
+    ),
+    (
+        "est/endpoint.rs",
+        "Patch::Apply(&slice)",
+        "discovery.k8s.io",
+        "endpointslices",
+        "patch",
+    ),
+];
+
 /// The Rust type of each resource the operator's RBAC covers, as `Api<T>` names it.
 const RESOURCE_OF_TYPE: &[(&str, &str)] = &[
     ("EdgeHierarchy", "edgehierarchies"),
     ("Secret", "secrets"),
     ("ConfigMap", "configmaps"),
     ("Namespace", "namespaces"),
+    ("Service", "services"),
+    ("EndpointSlice", "endpointslices"),
 ];
 
 /// Source files of the operator that run in the controller: not tests, not the kubectl plugin.
@@ -694,7 +854,7 @@ fn granted(role: &Value) -> BTreeSet<Rule> {
 fn rbac_is_what_the_code_calls() -> anyhow::Result<()> {
     let src = workspace_root().join("operator/src");
     // 1. Every call listed is still in its file.
-    for (file, call, ..) in OPERATOR_CALLS {
+    for (file, call, ..) in OPERATOR_CALLS.iter().chain(EST_SERVICE_CALLS) {
         let code = std::fs::read_to_string(src.join(file))
             .with_context(|| format!("reading operator/src/{file}"))?;
         ensure!(
@@ -722,6 +882,7 @@ fn rbac_is_what_the_code_calls() -> anyhow::Result<()> {
             ensure!(
                 OPERATOR_CALLS
                     .iter()
+                    .chain(EST_SERVICE_CALLS)
                     .any(|(f, _, _, r, _)| *f == relative && r.starts_with(resource)),
                 "operator/src/{relative} calls the API of {resource}, but OPERATOR_CALLS lists no call of it there: list its calls (and grant their verbs in templates/rbac.yaml)"
             );
@@ -757,10 +918,71 @@ fn rbac_is_what_the_code_calls() -> anyhow::Result<()> {
             "the Role in {ns} differs from the code's calls"
         );
     }
+    // 4. The EST Role grants exactly the EndpointSlice calls (and, in namespaced mode, the EST
+    // CA Secret of the release namespace, which no watched namespace's Role may cover).
+    let est_needed: BTreeSet<Rule> = EST_SERVICE_CALLS
+        .iter()
+        .map(|(_, _, g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect();
+    ensure!(
+        !cluster.iter().any(|rule| est_needed.contains(rule)),
+        "the ClusterRole grants the EST Service's calls, which belong to the EST Role"
+    );
+    for (mode, set, extra) in [
+        (
+            "cluster-wide",
+            "est.enabled=true,est.listenAddress=127.0.0.1",
+            vec![],
+        ),
+        (
+            "namespaced",
+            "est.enabled=true,est.listenAddress=127.0.0.1,watchNamespaces={team-a}",
+            vec![("", "secrets", "get"), ("", "secrets", "create")],
+        ),
+    ] {
+        let docs = render(&["--set", set])?;
+        let role = named(&docs, "Role", EST_SERVICE).context("no EST Role")?;
+        ensure!(
+            role["metadata"]["namespace"].as_str() == Some("eho-system"),
+            "the EST Role is not in the release namespace"
+        );
+        let mut wanted = est_needed.clone();
+        wanted.extend(
+            extra
+                .iter()
+                .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string())),
+        );
+        let got = granted(role);
+        ensure!(
+            got == wanted,
+            "the EST Role ({mode}) grants {:?} beyond the code's calls and lacks {:?}",
+            got.difference(&wanted).collect::<Vec<_>>(),
+            wanted.difference(&got).collect::<Vec<_>>()
+        );
+        // Everything but create is limited to the one Service, slice and Secret.
+        for rule in role["rules"].as_sequence().into_iter().flatten() {
+            let verbs = strings(&rule["verbs"]);
+            let names = strings(&rule["resourceNames"]);
+            let expected: Vec<String> = match strings(&rule["resources"]).as_slice() {
+                [r] if r == "secrets" => vec!["edge-hierarchy-operator-est-ca".into()],
+                _ => vec![EST_SERVICE.into()],
+            };
+            ensure!(
+                verbs == ["create"] || names == expected,
+                "EST Role rule {rule:?} is not limited to {expected:?}"
+            );
+        }
+        let binding = named(&docs, "RoleBinding", EST_SERVICE).context("no EST RoleBinding")?;
+        ensure!(
+            binding["roleRef"]["name"].as_str() == Some(EST_SERVICE),
+            "EST RoleBinding: {binding:?}"
+        );
+    }
     println!(
-        "the chart grants exactly the {} (resource, verb) pairs of the operator's {} API calls",
+        "the chart grants exactly the {} (resource, verb) pairs of the operator's {} API calls, and the EST Role the {} of the EST Service's",
         needed.len(),
-        OPERATOR_CALLS.len()
+        OPERATOR_CALLS.len(),
+        est_needed.len()
     );
     Ok(())
 }
@@ -940,12 +1162,17 @@ fn helm_install(
 
 const SA: &str = "system:serviceaccount:eho-system:eho-edge-hierarchy-operator";
 
+/// The cluster-wide release serves EST on loopback (the operator run under its ServiceAccount
+/// below publishes its EndpointSlice).
+const EST_VALUES: &str = "est.enabled=true,est.listenAddress=127.0.0.1";
+
 async fn installs_cluster_wide(cluster: &ControlPlane) -> anyhow::Result<()> {
-    let out = helm_install(cluster, "eho", "eho-system", &[])?;
+    let out = helm_install(cluster, "eho", "eho-system", &["--set", EST_VALUES])?;
     for wanted in [
         "eho-system/eho-edge-hierarchy-operator",
         "helm test eho -n eho-system",
         "Service eho-edge-hierarchy-operator-metrics",
+        "EST (docs/est.md): Service eho-edge-hierarchy-operator-est",
     ] {
         ensure!(out.contains(wanted), "NOTES lack {wanted:?}:\n{out}");
     }
@@ -955,6 +1182,8 @@ async fn installs_cluster_wide(cluster: &ControlPlane) -> anyhow::Result<()> {
         ("poddisruptionbudget", "eho-edge-hierarchy-operator"),
         ("serviceaccount", "eho-edge-hierarchy-operator"),
         ("role", "eho-edge-hierarchy-operator-leader-election"),
+        ("service", EST_SERVICE),
+        ("role", EST_SERVICE),
         ("clusterrole", "eho-edge-hierarchy-operator"),
         ("crd", "edgehierarchies.edgehierarchy.dev"),
     ] {
@@ -998,7 +1227,39 @@ async fn installs_cluster_wide(cluster: &ControlPlane) -> anyhow::Result<()> {
             (*verb, full, None, true)
         })
         .collect();
+    let est_slice = format!("endpointslices.discovery.k8s.io/{EST_SERVICE}");
+    let est_service = format!("services/{EST_SERVICE}");
     checks.extend([
+        // The EST Service's endpoint: that Service and that slice, in the release namespace.
+        ("get", est_service.as_str(), Some("eho-system"), true),
+        (
+            "create",
+            "endpointslices.discovery.k8s.io",
+            Some("eho-system"),
+            true,
+        ),
+        ("patch", est_slice.as_str(), Some("eho-system"), true),
+        ("get", "services/kubernetes", Some("default"), false),
+        ("get", "services/other", Some("eho-system"), false),
+        (
+            "patch",
+            "endpointslices.discovery.k8s.io/other",
+            Some("eho-system"),
+            false,
+        ),
+        (
+            "list",
+            "endpointslices.discovery.k8s.io",
+            Some("eho-system"),
+            false,
+        ),
+        (
+            "create",
+            "endpointslices.discovery.k8s.io",
+            Some("default"),
+            false,
+        ),
+        ("delete", est_slice.as_str(), Some("eho-system"), false),
         // Nothing else.
         ("update", "secrets", None, false),
         ("delete", "edgehierarchies.edgehierarchy.dev", None, false),
@@ -1055,9 +1316,10 @@ async fn installs_cluster_wide(cluster: &ControlPlane) -> anyhow::Result<()> {
             false,
         ),
     ]);
+    let others = checks.iter().filter(|(_, _, _, allowed)| !allowed).count();
     expect_can(cluster, SA, &checks)?;
     println!(
-        "the operator's ServiceAccount may do its {} calls' verbs and nothing of the 10 others asked",
+        "the operator's ServiceAccount may do its {} calls' verbs, the EST Service's 3, and nothing of the {others} others asked",
         OPERATOR_CALLS.len()
     );
     Ok(())
@@ -1366,11 +1628,31 @@ async fn operator_runs_under_its_service_account(cluster: &ControlPlane) -> anyh
         &["-n", ns, "create", "secret", "generic", "iothub-ca", &ca],
     )?;
     let log = dir.path().join("operator.log");
+    // With the flags the chart gives it for EST (on a free loopback port), so the EndpointSlice
+    // write runs under the chart's Role too.
+    let est_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let est_addr = format!("127.0.0.1:{est_port}");
+    let mut args: Vec<&str> = common::OPERATOR_FLAGS.args.to_vec();
+    args.extend([
+        "--est-addr",
+        est_addr.as_str(),
+        "--est-service",
+        EST_SERVICE,
+        "--est-namespace",
+        "eho-system",
+        "--est-endpoint-ip",
+        "192.0.2.10",
+    ]);
     let operator = e2e_harness::Operator::start(
         &e2e_harness::workspace_bin("edge-hierarchy-operator")?,
         &kubeconfig,
         &log,
-        common::OPERATOR_FLAGS,
+        e2e_harness::OperatorFlags {
+            args: &args,
+            ..common::OPERATOR_FLAGS
+        },
     )?;
     let devices = "    - {id: sa-top}\n    - {id: sa-lower, parent: sa-top}\n";
     let out = cluster.kubectl_apply_stdin(&format!(
@@ -1404,6 +1686,30 @@ async fn operator_runs_under_its_service_account(cluster: &ControlPlane) -> anyh
         "Ready under the chart's ServiceAccount after {:?}",
         started.elapsed()
     );
+    let wanted = format!("192.0.2.10 {est_port} est {EST_SERVICE} {EST_SERVICE}");
+    let slice_started = std::time::Instant::now();
+    loop {
+        let out = cluster.kubectl(&[
+            "-n",
+            "eho-system",
+            "get",
+            "endpointslice",
+            EST_SERVICE,
+            "-o",
+            "jsonpath={.endpoints[0].addresses[0]} {.ports[0].port} {.ports[0].name} {.metadata.labels.kubernetes\\.io/service-name} {.metadata.ownerReferences[0].name}",
+        ])?;
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if got == wanted {
+            break;
+        }
+        ensure!(
+            slice_started.elapsed() < common::CONVERGE,
+            "the EST EndpointSlice is {got:?}, not {wanted:?}; operator log:\n{}",
+            e2e_harness::process::log_tail(&log, 30)
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
+    println!("the EST Service's EndpointSlice names the operator: {wanted}");
     ensure!(
         hub.admin.device("sa-lower").await?.is_some(),
         "sa-lower is not in the hub"

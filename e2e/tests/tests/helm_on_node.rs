@@ -6,6 +6,11 @@
 //!
 //! The node runs Pods with `hostNetwork` only (docs/test-node.md): the operator reaches the
 //! emulator on 127.0.0.1 and the apiserver through the chart's `apiServer` values.
+//!
+//! EST is on (`est.enabled`, on the node's loopback): each leader, the first, the one after the
+//! failover and the upgraded one, routes the selectorless EST Service to itself through its
+//! EndpointSlice (with `est.endpointIP` 192.0.2.10, TEST-NET: published, never contacted), and
+//! answers EST on 127.0.0.1 with a server certificate of the release's EST CA.
 
 mod common;
 
@@ -28,6 +33,10 @@ const LEASE: &str = "edge-hierarchy-operator";
 /// Short, so the force-deleted leader's term runs out quickly.
 const LEASE_DURATION: &str = "8";
 const ROLLOUT: Duration = Duration::from_secs(240);
+/// The chart's EST Service, and the name of the EndpointSlice its leader writes.
+const EST_SERVICE: &str = "edge-hierarchy-operator-est";
+/// Published for the Service only; nothing connects to it.
+const EST_ENDPOINT_IP: &str = "192.0.2.10";
 
 fn image_archive() -> anyhow::Result<PathBuf> {
     let archive = workspace_root().join("target/image/edge-hierarchy-operator.tar");
@@ -60,8 +69,8 @@ fn helm(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// The values of this node: the loaded image (never pulled), host networking, the apiserver's
-/// loopback address (there is no kube-proxy), a short lease.
-fn values(cluster: &ControlPlane, tag: &str) -> anyhow::Result<Vec<String>> {
+/// loopback address (there is no kube-proxy), a short lease, EST on loopback port `est_port`.
+fn values(cluster: &ControlPlane, tag: &str, est_port: u16) -> anyhow::Result<Vec<String>> {
     let port = cluster
         .server_url()
         .rsplit_once(':')
@@ -75,6 +84,10 @@ fn values(cluster: &ControlPlane, tag: &str) -> anyhow::Result<Vec<String>> {
         "apiServer.host=127.0.0.1".to_string(),
         format!("apiServer.port={port}"),
         format!("leaderElection.leaseDuration={LEASE_DURATION}"),
+        "est.enabled=true".to_string(),
+        "est.listenAddress=127.0.0.1".to_string(),
+        format!("est.port={est_port}"),
+        format!("est.endpointIP={EST_ENDPOINT_IP}"),
     ]
     .into_iter()
     .flat_map(|v| ["--set".to_string(), v])
@@ -168,6 +181,109 @@ async fn wait_holder(env: &World, pick: impl Fn(&str) -> bool) -> anyhow::Result
     .await
 }
 
+/// The EST Service routes to `leader`: the Service has no selector and the port `est`, its
+/// EndpointSlice names `leader`'s Pod with the published address and the port, and EST answers
+/// on the node's loopback with a certificate of the release's EST CA. Without a device's client
+/// certificate `cacerts` is refused with 401, which is EST's own answer (docs/est.md).
+async fn est_routes_to(env: &World, est_port: u16, leader: &str) -> anyhow::Result<Duration> {
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let started = Instant::now();
+    let services: Api<Service> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let service = services.get(EST_SERVICE).await?;
+    let spec = service.spec.clone().unwrap_or_default();
+    ensure!(
+        spec.selector.is_none(),
+        "the EST Service selects Pods: {:?}",
+        spec.selector
+    );
+    let ports: Vec<(Option<String>, i32)> = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name, p.port))
+        .collect();
+    ensure!(
+        ports == [(Some("est".to_string()), i32::from(est_port))],
+        "EST Service ports: {ports:?}"
+    );
+    let uid = service.metadata.uid.clone().unwrap_or_default();
+    let slices: Api<EndpointSlice> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let seen = std::sync::Mutex::new(String::from("none"));
+    wait_until(
+        ROLLOUT,
+        Duration::from_millis(500),
+        &format!("the EST EndpointSlice to name the leader {leader}"),
+        || async {
+            let slice = slices.get_opt(EST_SERVICE).await.ok()??;
+            *seen.lock().unwrap() = format!("{:?}", slice.endpoints);
+            let endpoint = slice.endpoints.first()?;
+            let port = slice.ports.as_ref()?.first()?;
+            let labels = slice.metadata.labels.clone().unwrap_or_default();
+            let owned = slice
+                .metadata
+                .owner_references
+                .as_ref()?
+                .iter()
+                .any(|o| o.kind == "Service" && o.uid == uid);
+            (slice.endpoints.len() == 1
+                && slice.address_type == "IPv4"
+                && endpoint.addresses == [EST_ENDPOINT_IP]
+                && endpoint.target_ref.as_ref()?.name.as_deref() == Some(leader)
+                && port.name.as_deref() == Some("est")
+                && port.port == Some(i32::from(est_port))
+                && labels.get("kubernetes.io/service-name").map(String::as_str)
+                    == Some(EST_SERVICE)
+                && labels
+                    .get("endpointslice.kubernetes.io/managed-by")
+                    .map(String::as_str)
+                    == Some("edge-hierarchy-operator")
+                && owned)
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "last seen endpoints: {}\n{}",
+            seen.lock().unwrap(),
+            env.operator_output()
+        )
+    })?;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), NAMESPACE);
+    let ca = secrets
+        .get("edge-hierarchy-operator-est-ca")
+        .await?
+        .data
+        .and_then(|d| d.get("tls.crt").cloned())
+        .context("the EST CA Secret has no tls.crt")?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca.0)?)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let url = format!("https://127.0.0.1:{est_port}/.well-known/est/cacerts");
+    // The new leader may still be binding the port (the previous one closing it).
+    let answer = wait_until(
+        ROLLOUT,
+        Duration::from_millis(500),
+        &format!("EST to answer on {url}"),
+        || async {
+            let response = http.get(&url).send().await.ok()?;
+            let status = response.status();
+            Some((status, response.text().await.unwrap_or_default()))
+        },
+    )
+    .await
+    .with_context(|| env.operator_output())?;
+    ensure!(
+        answer.0 == reqwest::StatusCode::UNAUTHORIZED,
+        "GET {url} without a client certificate: {} {}",
+        answer.0,
+        answer.1
+    );
+    Ok(started.elapsed())
+}
+
 /// The tutorial with `extra` devices added below lower-layer.
 fn tutorial(extra: &str) -> String {
     example("tutorial.yaml").replace(
@@ -213,7 +329,11 @@ async fn the_chart_runs_on_a_real_node_with_two_replicas() -> anyhow::Result<()>
         NAMESPACE,
         "--create-namespace",
     ];
-    let dev = values(&env.cluster, "dev")?;
+    // A free loopback port of the node for EST (the Pods share the node's network).
+    let est_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dev = values(&env.cluster, "dev", est_port)?;
     install.extend(dev.iter().map(String::as_str));
     helm(&kubeconfig, &install)?;
     let took = rolled_out(&env, 2).await?;
@@ -223,6 +343,10 @@ async fn the_chart_runs_on_a_real_node_with_two_replicas() -> anyhow::Result<()>
     ensure!(
         first.starts_with(&format!("{RELEASE}-")),
         "the Lease holder {first:?} is not one of the Pods"
+    );
+    let took = est_routes_to(&env, est_port, &first).await?;
+    eprintln!(
+        "EST: Service {EST_SERVICE} routes to the leader {first} ({EST_ENDPOINT_IP}:{est_port}), which answers on loopback; {took:?}"
     );
 
     // The in-cluster operator brings the tutorial to Ready against the emulator.
@@ -271,11 +395,13 @@ async fn the_chart_runs_on_a_real_node_with_two_replicas() -> anyhow::Result<()>
         "leader {first} force-deleted: {next} leads, and the new device was Ready {:?} after the deletion",
         deleted.elapsed()
     );
+    let took = est_routes_to(&env, est_port, &next).await?;
+    eprintln!("EST: after the failover the Service routes to {next}, which answers; {took:?}");
     rolled_out(&env, 2).await?;
 
     // helm upgrade to a new tag: the replicas roll, one leader at a time.
     let mut upgrade = vec!["upgrade", RELEASE, chart, "--namespace", NAMESPACE];
-    let new_tag = values(&env.cluster, "upgrade")?;
+    let new_tag = values(&env.cluster, "upgrade", est_port)?;
     upgrade.extend(new_tag.iter().map(String::as_str));
     helm(&kubeconfig, &upgrade)?;
     let took = rolled_out(&env, 2).await?;
@@ -291,6 +417,10 @@ async fn the_chart_runs_on_a_real_node_with_two_replicas() -> anyhow::Result<()>
     );
     eprintln!("helm upgrade: rolled to the new tag in {took:?}");
     let upgraded_leader = wait_holder(&env, |h| h != first && h != next).await?;
+    let took = est_routes_to(&env, est_port, &upgraded_leader).await?;
+    eprintln!(
+        "EST: after the upgrade the Service routes to {upgraded_leader}, which answers; {took:?}"
+    );
     env.apply(
         "iot",
         &tutorial(

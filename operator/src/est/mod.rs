@@ -14,10 +14,12 @@
 //! - [`tls`]: the operator's EST CA (devices trust it through `trusted_certs`) and the server
 //!   certificate it issues;
 //! - [`server`]: HTTPS, refusals with metrics and Events, the hub write before an X509 answer.
+//! - [`endpoint`]: the leader's EndpointSlice behind the chart's selectorless EST Service.
 //!
 //! Start and stop it with [`serve`]: only a replica allowed to write to hubs should run it.
 
 pub mod authorize;
+pub mod endpoint;
 pub mod enroll;
 mod limit;
 mod metrics;

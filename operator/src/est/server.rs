@@ -46,9 +46,11 @@ pub async fn serve(
     state: Arc<EstState>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {addr} for EST: {e}; choose another --est-addr")
-    })?;
+    tokio::pin!(shutdown);
+    let Some(listener) = bind_until(addr, BIND_RETRY, &mut shutdown).await? else {
+        info!("EST server stopped before it could listen");
+        return Ok(());
+    };
     info!(address = %listener.local_addr()?, url = %state.endpoint.url, "serving EST");
     let acceptor = tokio_rustls::TlsAcceptor::from(state.tls.clone());
     let app = router(state);
@@ -79,6 +81,34 @@ pub async fn serve(
     .await;
     info!("EST server stopped");
     Ok(())
+}
+
+/// How often a taken port is tried again.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Listens on `addr`. A port in use is tried again every `retry` until `shutdown` (then `None`):
+/// a new leader sharing a network with the one before (replicas in the node's network) may start
+/// while the previous holder still closes its listener. Any other error is final.
+async fn bind_until(
+    addr: SocketAddr,
+    retry: std::time::Duration,
+    mut shutdown: impl Future<Output = ()> + Unpin,
+) -> anyhow::Result<Option<TcpListener>> {
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(Some(listener)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                warn!(address = %addr, retry_in_secs = retry.as_secs_f64(), "EST port in use (a previous leader still closing?); trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = &mut shutdown => return Ok(None),
+                }
+            }
+            Err(e) => {
+                anyhow::bail!("cannot listen on {addr} for EST: {e}; choose another --est-addr")
+            }
+        }
+    }
 }
 
 /// Accepts connections until `shutdown`, each handled by `handle` in a task of this term; then
@@ -408,6 +438,58 @@ impl ClientCertVerifier for AnyClientCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port taken at the start of a term is tried again until it is free, and given up when
+    /// the term ends first.
+    #[tokio::test]
+    async fn a_taken_port_is_tried_again_until_free_or_the_term_ends() {
+        let retry = std::time::Duration::from_millis(50);
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+        let gave_up = tokio::spawn(async move {
+            bind_until(
+                addr,
+                retry,
+                Box::pin(async {
+                    let _ = stop.await;
+                }),
+            )
+            .await
+        });
+        tokio::time::sleep(retry * 4).await;
+        assert!(!gave_up.is_finished(), "gave up while the term lasted");
+        stop_tx.send(()).unwrap();
+        assert!(
+            gave_up.await.unwrap().unwrap().is_none(),
+            "bound a taken port"
+        );
+
+        let waiting = tokio::spawn(bind_until(addr, retry, std::future::pending::<()>()));
+        tokio::time::sleep(retry * 3).await;
+        drop(taken);
+        let bound = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("never bound the freed port")
+            .unwrap()
+            .unwrap()
+            .expect("a listener");
+        assert_eq!(bound.local_addr().unwrap(), addr);
+    }
+
+    #[tokio::test]
+    async fn other_bind_errors_are_final_and_name_the_flag() {
+        // 192.0.2.1 (TEST-NET) is on no interface here: not "in use", so no retry.
+        let error = bind_until(
+            "192.0.2.1:0".parse().unwrap(),
+            std::time::Duration::from_millis(10),
+            std::future::pending::<()>(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("choose another --est-addr"), "{error}");
+    }
 
     /// A connection open when the term ends is closed with it: its handler is dropped before
     /// `accept_until` returns, and nothing listens afterwards.
