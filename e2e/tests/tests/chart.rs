@@ -1687,8 +1687,7 @@ async fn operator_runs_under_its_service_account(cluster: &ControlPlane) -> anyh
         started.elapsed()
     );
     let wanted = format!("192.0.2.10 {est_port} est {EST_SERVICE} {EST_SERVICE}");
-    let slice_started = std::time::Instant::now();
-    loop {
+    let slice = || {
         let out = cluster.kubectl(&[
             "-n",
             "eho-system",
@@ -1697,17 +1696,22 @@ async fn operator_runs_under_its_service_account(cluster: &ControlPlane) -> anyh
             EST_SERVICE,
             "-o",
             "jsonpath={.endpoints[0].addresses[0]} {.ports[0].port} {.ports[0].name} {.metadata.labels.kubernetes\\.io/service-name} {.metadata.ownerReferences[0].name}",
-        ])?;
-        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if got == wanted {
-            break;
-        }
-        ensure!(
-            slice_started.elapsed() < common::CONVERGE,
-            "the EST EndpointSlice is {got:?}, not {wanted:?}; operator log:\n{}",
+        ]);
+        out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let published = e2e_harness::wait_until(
+        common::CONVERGE,
+        common::POLL,
+        &format!("the EST EndpointSlice to be {wanted:?}"),
+        || async { slice().ok().filter(|got| *got == wanted) },
+    )
+    .await;
+    if let Err(e) = published {
+        let got = slice();
+        anyhow::bail!(
+            "{e}; it is {got:?}; operator log:\n{}",
             e2e_harness::process::log_tail(&log, 30)
         );
-        tokio::time::sleep(common::POLL).await;
     }
     println!("the EST Service's EndpointSlice names the operator: {wanted}");
     ensure!(
