@@ -148,11 +148,14 @@ async fn apply_once(client: &kube::Client, service: &EstService) -> anyhow::Resu
     Ok(())
 }
 
-/// The waits between attempts: 2 s, doubling, at most 60 s.
+/// The waits between attempts: 2 s, doubling, at most 60 s, for as long as the term lasts.
 pub fn backoff() -> impl Iterator<Item = Duration> {
-    std::iter::successors(Some(Duration::from_secs(2)), |d| {
-        Some((*d * 2).min(Duration::from_secs(60)))
-    })
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(2))
+        .with_max_delay(Duration::from_secs(60))
+        .without_max_times()
+        .build()
 }
 
 /// Publishes this replica as the Service's endpoint, retrying (see [`backoff`]) until it
