@@ -315,8 +315,10 @@ async fn hung_and_hostile_hubs_do_not_stall_a_healthy_tenant() -> anyhow::Result
             message.contains(&format!("localhost:{}", hub.port)),
             "{name}: the message names the hub: {message}"
         );
+        // Whether the call's budget or its retries ran out first depends on timing; either
+        // way the message says the hub did not answer in time.
         ensure!(
-            message.contains("time budget"),
+            message.contains("time budget") || message.contains("timed out"),
             "{name}: the message says the hub did not answer in time: {message}"
         );
     }
