@@ -4,7 +4,7 @@
 Reads the docker-archive with the standard library only (manifest.json, the config, the layer) and
 checks what the chart and the README rely on: the tag, the platform, the user, entrypoint and
 default argument, the same config as the Dockerfile's last stage, the layer's digests, owners and
-modes, the binary being the release build, the passwd entry and the CA roots. Then it unpacks the
+modes, the binary being the build `make image` packed (release, or debug under `make test`), the passwd entry and the CA roots. Then it unpacks the
 layer and runs the binary inside it as 65532:65532 on a read-only root, in its own mount and
 network namespaces (unshare + chroot, no container runtime): `--version`, `crd` (must equal
 crds/edgehierarchy.yaml) and `run` configured in-cluster the way kubelet would (service-account
@@ -36,7 +36,7 @@ TAG = "edge-hierarchy-operator:dev"
 BINARY = "edge-hierarchy-operator"
 USER = "65532:65532"
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
-RELEASE_BINARY = os.path.join(TARGET_DIR, "release", BINARY)
+PROFILE_FILE = os.path.join(REPO, "target", "image", "profile")
 OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 results = []
@@ -214,8 +214,12 @@ def main():
     check(f"/{BINARY} is a regular file with mode 0755",
           binary is not None and binary.isreg() and binary.mode == 0o755,
           "missing" if binary is None else oct(binary.mode))
-    with open(RELEASE_BINARY, "rb") as f:
-        check(f"/{BINARY} is the release build {RELEASE_BINARY}", files.get(BINARY) == f.read())
+    # scripts/image.sh records which profile it packed; the image must hold exactly that build.
+    profile = open(PROFILE_FILE).read().strip() if os.path.isfile(PROFILE_FILE) else ""
+    if check(f"{PROFILE_FILE} names the packed build", profile in ("release", "debug"), repr(profile)):
+        built = os.path.join(TARGET_DIR, profile, BINARY)
+        with open(built, "rb") as f:
+            check(f"/{BINARY} is the {profile} build {built}", files.get(BINARY) == f.read())
     tmp = members.get("tmp")
     check("/tmp is 1777", tmp is not None and tmp.isdir() and tmp.mode == 0o1777)
     passwd = files.get("etc/passwd", b"").decode().splitlines()

@@ -18,6 +18,10 @@
 # Works on a fresh machine with the toolchains: installs ca-certificates if missing (through
 # scripts/install-deps.sh), builds imagebuild once into the tools cache, and the release binary
 # into cargo's target folder (a no-op when it is up to date).
+#
+# IMAGE_PROFILE=debug packs the debug binary instead (`make test` does: the e2e tests run that
+# same binary outside the image, it is built already, and a cold release build would add about
+# ten minutes to CI). Everything else about the image is the same.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,14 +29,23 @@ tag="edge-hierarchy-operator:dev"
 out_dir="target/image"
 out="$out_dir/edge-hierarchy-operator.tar"
 cargo="${CARGO:-cargo}"
-bin="${CARGO_TARGET_DIR:-target}/release/edge-hierarchy-operator"
+profile="${IMAGE_PROFILE:-release}"
+case "$profile" in
+  release) profile_args=(--release) ;;
+  debug) profile_args=() ;;
+  *)
+    echo "image: IMAGE_PROFILE must be release or debug, not '$profile'" >&2
+    exit 2
+    ;;
+esac
+bin="${CARGO_TARGET_DIR:-target}/$profile/edge-hierarchy-operator"
 start=$SECONDS
 
 scripts/install-deps.sh
 imagebuild="$(e2e/tools/imagebuild/build.sh)"
 
-echo "image: cargo build --release -p edge-hierarchy-operator --bin edge-hierarchy-operator" >&2
-"$cargo" build --release --locked --quiet -p edge-hierarchy-operator --bin edge-hierarchy-operator
+echo "image: cargo build ${profile_args[*]:+${profile_args[*]} }-p edge-hierarchy-operator --bin edge-hierarchy-operator" >&2
+"$cargo" build "${profile_args[@]}" --locked --quiet -p edge-hierarchy-operator --bin edge-hierarchy-operator
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -60,4 +73,6 @@ mkdir -p "$out_dir"
   -label org.opencontainers.image.title=edge-hierarchy-operator \
   -label "org.opencontainers.image.description=Kubernetes operator for Azure IoT Edge hierarchies" \
   -label org.opencontainers.image.licenses=MIT >&2
-echo "image: wrote $out ($tag, $(du -h "$out" | cut -f1)) in $((SECONDS - start))s" >&2
+# Which binary is inside, for scripts/image-check.py (it compares the file byte for byte).
+echo "$profile" >"$out_dir/profile"
+echo "image: wrote $out ($tag, $profile build, $(du -h "$out" | cut -f1)) in $((SECONDS - start))s" >&2
