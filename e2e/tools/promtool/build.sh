@@ -62,7 +62,10 @@ if [ ! -x "$out" ]; then
   trap 'rm -f "$tmp"' EXIT
   start=$SECONDS
   echo "promtool/build.sh: building promtool from Prometheus $release (module $module); the first build takes minutes" >&2
-  (cd "$here" && go build -trimpath -ldflags "$ldflags" -o "$tmp" github.com/prometheus/prometheus/cmd/promtool)
+  # remove_all_sd is Prometheus' own build tag for leaving out the service-discovery plugins (AWS,
+  # Azure, GCE, ... SDKs; file and HTTP discovery stay): promtool checks and tests rules and lints
+  # metrics here, never discovers targets, and without them a cold build takes 3 minutes, not 8.
+  (cd "$here" && go build -trimpath -tags remove_all_sd -ldflags "$ldflags" -o "$tmp" github.com/prometheus/prometheus/cmd/promtool)
   if ! reported="$("$tmp" --version 2>&1)" || [[ "$reported" != "promtool, version $release "* ]]; then
     echo "promtool/build.sh: promtool was built but \`promtool --version\` did not report $release:" >&2
     echo "$reported" | head -n 20 >&2
