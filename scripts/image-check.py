@@ -37,6 +37,19 @@ BINARY = "edge-hierarchy-operator"
 USER = "65532:65532"
 TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
 PROFILE_FILE = os.path.join(REPO, "target", "image", "profile")
+
+
+def packed_profile():
+    """The build scripts/image.sh packed (release, or debug under `make test`), or "" if unknown."""
+    if not os.path.isfile(PROFILE_FILE):
+        return ""
+    with open(PROFILE_FILE) as f:
+        profile = f.read().strip()
+    return profile if profile in ("release", "debug") else ""
+
+
+PROFILE = packed_profile()
+PACKED_BINARY = os.path.join(TARGET_DIR, PROFILE or "release", BINARY)
 OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 results = []
@@ -172,8 +185,10 @@ def service_account(folder):
 def main():
     if not os.path.isfile(ARCHIVE):
         fail_all(f"{ARCHIVE} does not exist; run `make image` (make image-check does)")
-    if not os.path.isfile(RELEASE_BINARY):
-        fail_all(f"{RELEASE_BINARY} does not exist; run `make image`")
+    if not PROFILE:
+        fail_all(f"{PROFILE_FILE} does not name the packed build (release or debug); run `make image`")
+    if not os.path.isfile(PACKED_BINARY):
+        fail_all(f"{PACKED_BINARY} does not exist; run `make image`")
     for tool in ("unshare", "chroot", "ip", "openssl"):
         if shutil.which(tool) is None:
             fail_all(f"{tool} is not on PATH (util-linux, coreutils, iproute2, openssl)")
@@ -215,11 +230,8 @@ def main():
           binary is not None and binary.isreg() and binary.mode == 0o755,
           "missing" if binary is None else oct(binary.mode))
     # scripts/image.sh records which profile it packed; the image must hold exactly that build.
-    profile = open(PROFILE_FILE).read().strip() if os.path.isfile(PROFILE_FILE) else ""
-    if check(f"{PROFILE_FILE} names the packed build", profile in ("release", "debug"), repr(profile)):
-        built = os.path.join(TARGET_DIR, profile, BINARY)
-        with open(built, "rb") as f:
-            check(f"/{BINARY} is the {profile} build {built}", files.get(BINARY) == f.read())
+    with open(PACKED_BINARY, "rb") as f:
+        check(f"/{BINARY} is the {PROFILE} build {PACKED_BINARY}", files.get(BINARY) == f.read())
     tmp = members.get("tmp")
     check("/tmp is 1777", tmp is not None and tmp.isdir() and tmp.mode == 0o1777)
     passwd = files.get("etc/passwd", b"").decode().splitlines()
@@ -241,7 +253,7 @@ def main():
         image_env = c.get("Env") or []
         mode = f"as {USER}" if os.geteuid() == 0 else "as namespace root (not root: cannot switch to 65532)"
 
-        host = subprocess.run([RELEASE_BINARY, "--version"], capture_output=True, text=True, check=True).stdout
+        host = subprocess.run([PACKED_BINARY, "--version"], capture_output=True, text=True, check=True).stdout
         r = contained_run(root, [f"/{BINARY}", "--version"], image_env)
         check(f"--version runs inside the image {mode}, root read-only",
               r.returncode == 0 and r.stdout == host, (r.stdout + r.stderr).strip()[:300])
