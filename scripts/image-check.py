@@ -4,9 +4,9 @@
 Reads the docker-archive with the standard library only (manifest.json, the config, the layer) and
 checks what the chart and the README rely on: the tag, the platform, the user, entrypoint and
 default argument, the same config as the Dockerfile's last stage, the layer's digests, owners and
-modes, the binary being the build `make image` packed (release, or debug under `make test`), the passwd entry and the CA roots. Then it unpacks the
-layer and runs the binary inside it as 65532:65532 on a read-only root, in its own mount and
-network namespaces (unshare + chroot, no container runtime): `--version`, `crd` (must equal
+modes, the binary being the build `make image` packed (release, or debug under `make test`), the
+passwd entry and the CA roots. Then it unpacks the layer and runs the binary inside it as
+65532:65532 on a read-only root, in its own mount and network namespaces (unshare + chroot, no container runtime): `--version`, `crd` (must equal
 crds/edgehierarchy.yaml) and `run` configured in-cluster the way kubelet would (service-account
 token and CA mounted read-only, KUBERNETES_SERVICE_HOST/PORT, the chart's environment) against a
 port where nothing listens, which must get as far as listing EdgeHierarchies. A missing library,
@@ -49,7 +49,7 @@ def packed_profile():
 
 
 PROFILE = packed_profile()
-PACKED_BINARY = os.path.join(TARGET_DIR, PROFILE or "release", BINARY)
+PACKED_BINARY = os.path.join(TARGET_DIR, PROFILE, BINARY)
 OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 results = []

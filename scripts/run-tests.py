@@ -7,7 +7,7 @@ far sooner when a few binaries run side by side (each starts its own etcd, kube-
 emulator on free loopback ports and its own folders, so they do not meet). Within a binary the
 tests run as cargo would run them.
 
-    scripts/run-tests.py [--jobs N] [cargo test arguments...]
+    scripts/run-tests.py [--jobs N] [-- test binary arguments...]
 
 1. `cargo test --workspace --no-run --message-format=json` builds every test target (the same
    ones `cargo test --workspace` runs) and names their executables.
