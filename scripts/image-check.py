@@ -7,10 +7,11 @@ default argument, the same config as the Dockerfile's last stage, the layer's di
 modes, the binary being the build `make image` packed (release, or debug under `make test`), the
 passwd entry and the CA roots. Then it unpacks the layer and runs the binary inside it as
 65532:65532 on a read-only root, in its own mount and network namespaces (unshare + chroot, no
-container runtime): `--version`, `crd` (must equal crds/edgehierarchy.yaml) and `run` configured in-cluster the way kubelet would (service-account
-token and CA mounted read-only, KUBERNETES_SERVICE_HOST/PORT, the chart's environment) against a
-port where nothing listens, which must get as far as listing EdgeHierarchies. A missing library,
-a wrong loader path or a write to the root file system fails these runs.
+container runtime): `--version`, `crd` (must equal crds/edgehierarchy.yaml) and `run` configured
+in-cluster the way kubelet would (service-account token and CA mounted read-only,
+KUBERNETES_SERVICE_HOST/PORT, the chart's environment) against a port where nothing listens, which
+must get as far as listing EdgeHierarchies. A missing library, a wrong loader path or a write to
+the root file system fails these runs.
 
 Needs root or unprivileged user namespaces (unshare), and openssl (scripts/install-deps.sh). It
 never skips: anything it cannot check is a failure. Prints one line per check, then
